@@ -1,0 +1,172 @@
+"""Published models in the store: the layout, publishing in a safe order, verified loading.
+
+Layout under the store root::
+
+    datasets/time_to_dispatch_<ISO timestamp>.csv   weekly tranches (the data team's)
+    models/<model_version>/model.json              the artefact (JSON, no code)
+    models/<model_version>/metadata.json           its metadata, with the artefact's sha256
+    models/latest.json                             the pointer: version, keys and both sha256s
+
+The immutable objects are written first and the pointer last, with a conditional
+write, so a reader following the pointer never meets a half-published model.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any, Dict, Optional, Tuple
+
+from pipeline.model import DispatchModel, ModelFormatError
+from pipeline.store import ObjectNotFound, Store, StoreError
+
+DATASETS_PREFIX = "datasets/"
+MODELS_PREFIX = "models/"
+POINTER_KEY = "models/latest.json"
+
+
+class ModelUnavailable(Exception):
+    """No valid published model could be loaded; the message says why."""
+
+
+def sha256_hex(data: bytes) -> str:
+    """The hex sha256 of some bytes."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def make_model_version(created_at: datetime, model_sha256: str) -> str:
+    """A short version unique per model: UTC creation time and the artefact's hash."""
+    return f"{created_at:%Y%m%d-%H%M%S}-{model_sha256[:8]}"
+
+
+def model_key(version: str) -> str:
+    """Where a version's artefact lives."""
+    return f"{MODELS_PREFIX}{version}/model.json"
+
+
+def metadata_key(version: str) -> str:
+    """Where a version's metadata lives."""
+    return f"{MODELS_PREFIX}{version}/metadata.json"
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """The content of models/latest.json: which model is current and its checksums."""
+
+    model_version: str
+    model_key: str
+    model_sha256: str
+    metadata_key: str
+    metadata_sha256: str
+    published_at: str
+
+    def to_json(self) -> bytes:
+        """The pointer as JSON bytes."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, data: bytes, where: str) -> "Pointer":
+        """Parse a pointer; ModelUnavailable names the location when it is malformed."""
+        try:
+            raw = json.loads(data)
+            return cls(**{name: str(raw[name]) for name in cls.__dataclass_fields__})
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError) as exc:
+            raise ModelUnavailable(f"pointer {where} is malformed: {exc!r}") from exc
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A verified model with its metadata and the pointer that named it."""
+
+    model: DispatchModel
+    metadata: Dict[str, Any]
+    pointer: Pointer
+
+    @property
+    def version(self) -> str:
+        """The model_version the API returns."""
+        return self.pointer.model_version
+
+
+def read_pointer(store: Store) -> Optional[Tuple[Pointer, str]]:
+    """The current pointer and its version token, or None when nothing is published."""
+    found = store.read_versioned(POINTER_KEY)
+    if found is None:
+        return None
+    data, token = found
+    return Pointer.from_json(data, store.location(POINTER_KEY)), token
+
+
+def _verified(store: Store, key: str, expected_sha256: str) -> bytes:
+    try:
+        data = store.read_bytes(key)
+    except ObjectNotFound as exc:
+        raise ModelUnavailable(f"{store.location(key)} named by the pointer does not exist") from exc
+    actual = sha256_hex(data)
+    if actual != expected_sha256:
+        raise ModelUnavailable(
+            f"checksum mismatch for {store.location(key)}: "
+            f"sha256 {actual[:12]}... but the pointer records {expected_sha256[:12]}..."
+        )
+    return data
+
+
+def load_pointed(store: Store, pointer: Pointer) -> LoadedModel:
+    """Load the model a pointer names, verifying both checksums before parsing anything."""
+    model_bytes = _verified(store, pointer.model_key, pointer.model_sha256)
+    metadata_bytes = _verified(store, pointer.metadata_key, pointer.metadata_sha256)
+    try:
+        model = DispatchModel.from_json(model_bytes)
+        metadata = json.loads(metadata_bytes)
+    except (ModelFormatError, ValueError) as exc:
+        raise ModelUnavailable(f"{store.location(pointer.model_key)} is unreadable: {exc}") from exc
+    if not isinstance(metadata, dict) or metadata.get("model_sha256") != pointer.model_sha256:
+        raise ModelUnavailable(
+            f"{store.location(pointer.metadata_key)} does not describe the artefact it sits beside"
+        )
+    return LoadedModel(model, metadata, pointer)
+
+
+def load_latest(store: Store) -> LoadedModel:
+    """The current published model, verified; ModelUnavailable says why there is none."""
+    try:
+        found = read_pointer(store)
+        if found is None:
+            raise ModelUnavailable(
+                f"no model is published: {store.location(POINTER_KEY)} does not exist"
+            )
+        return load_pointed(store, found[0])
+    except StoreError as exc:
+        raise ModelUnavailable(str(exc)) from exc
+
+
+def publish(
+    store: Store,
+    model_bytes: bytes,
+    metadata: Dict[str, Any],
+    published_at: datetime,
+    expected_token: Optional[str],
+) -> Pointer:
+    """Write artefact and metadata, then swing the pointer if nobody else moved it meanwhile.
+
+    ``metadata`` must carry ``model_version`` and ``model_sha256`` (the artefact's).
+    Raises ConcurrentUpdate (a StoreError) when the pointer changed since it was
+    read as ``expected_token``; the immutable objects written stay, unreferenced.
+    """
+    version = str(metadata["model_version"])
+    if metadata.get("model_sha256") != sha256_hex(model_bytes):
+        raise ValueError("metadata's model_sha256 does not match the artefact")
+    metadata_bytes = json.dumps(metadata, indent=2, sort_keys=True).encode()
+    store.write_bytes(model_key(version), model_bytes)
+    store.write_bytes(metadata_key(version), metadata_bytes)
+    pointer = Pointer(
+        model_version=version,
+        model_key=model_key(version),
+        model_sha256=sha256_hex(model_bytes),
+        metadata_key=metadata_key(version),
+        metadata_sha256=sha256_hex(metadata_bytes),
+        published_at=published_at.isoformat(),
+    )
+    store.write_if_unchanged(POINTER_KEY, pointer.to_json(), expected_token)
+    return pointer

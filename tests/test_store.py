@@ -1,0 +1,64 @@
+"""The store: the same behaviour from a local directory and from S3 over HTTP."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.store import ConcurrentUpdate, ObjectNotFound, StoreError, open_store
+
+
+def test_write_read_list_round_trip(store_url: str) -> None:
+    store = open_store(store_url)
+    store.write_bytes("datasets/a.csv", b"a")
+    store.write_bytes("datasets/sub/b.csv", b"b")
+    store.write_bytes("models/latest.json", b"{}")
+    assert store.read_bytes("datasets/a.csv") == b"a"
+    assert store.list_keys("datasets/") == ["datasets/a.csv", "datasets/sub/b.csv"]
+    assert store.list_keys("nothing/") == []
+
+
+def test_missing_key_names_its_location(store_url: str) -> None:
+    store = open_store(store_url)
+    with pytest.raises(ObjectNotFound, match="models/none.json"):
+        store.read_bytes("models/none.json")
+    assert store.read_versioned("models/none.json") is None
+
+
+def test_listing_follows_every_page(s3_url: str) -> None:
+    store = open_store(s3_url)
+    for i in range(1005):
+        store.write_bytes(f"datasets/k{i:04d}", b"")
+    assert len(store.list_keys("datasets/")) == 1005
+
+
+def test_conditional_write_detects_a_lost_race(store_url: str) -> None:
+    store = open_store(store_url)
+    store.write_if_unchanged("models/latest.json", b"one", None)
+    with pytest.raises(ConcurrentUpdate):
+        store.write_if_unchanged("models/latest.json", b"two", None)
+    found = store.read_versioned("models/latest.json")
+    assert found is not None and found[0] == b"one"
+    store.write_if_unchanged("models/latest.json", b"two", found[1])
+    with pytest.raises(ConcurrentUpdate):
+        store.write_if_unchanged("models/latest.json", b"three", found[1])
+    assert store.read_bytes("models/latest.json") == b"two"
+
+
+def test_missing_bucket_is_a_clear_store_error(aws_env: dict) -> None:
+    store = open_store("s3://no-such-bucket-here/prefix")
+    with pytest.raises(StoreError, match="s3://no-such-bucket-here/prefix/datasets/x.csv"):
+        store.read_bytes("datasets/x.csv")
+
+
+def test_urls_choose_the_kind_of_store(tmp_path) -> None:
+    assert open_store(str(tmp_path)).url == str(tmp_path)
+    assert open_store(f"file://{tmp_path}").url == str(tmp_path)
+    assert open_store("s3://bucket/a/b/").url == "s3://bucket/a/b"
+    with pytest.raises(StoreError, match="names no bucket"):
+        open_store("s3://")
+    with pytest.raises(StoreError, match="neither"):
+        open_store("gs://bucket")
+
+
+def test_keys_cannot_escape_a_local_store(local_url: str) -> None:
+    with pytest.raises(StoreError, match="escapes"):
+        open_store(local_url).read_bytes("../outside")
