@@ -102,7 +102,8 @@ def _verified(store: Store, key: str, expected_sha256: str) -> bytes:
     try:
         data = store.read_bytes(key)
     except ObjectNotFound as exc:
-        raise ModelUnavailable(f"{store.location(key)} named by the pointer does not exist") from exc
+        where = store.location(key)
+        raise ModelUnavailable(f"{where} named by the pointer does not exist") from exc
     actual = sha256_hex(data)
     if actual != expected_sha256:
         raise ModelUnavailable(
@@ -120,7 +121,8 @@ def load_pointed(store: Store, pointer: Pointer) -> LoadedModel:
         model = DispatchModel.from_json(model_bytes)
         metadata = json.loads(metadata_bytes)
     except (ModelFormatError, ValueError) as exc:
-        raise ModelUnavailable(f"{store.location(pointer.model_key)} is unreadable: {exc}") from exc
+        where = store.location(pointer.model_key)
+        raise ModelUnavailable(f"{where} is unreadable: {exc}") from exc
     if not isinstance(metadata, dict) or metadata.get("model_sha256") != pointer.model_sha256:
         raise ModelUnavailable(
             f"{store.location(pointer.metadata_key)} does not describe the artefact it sits beside"

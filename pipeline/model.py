@@ -1,11 +1,16 @@
-"""The model: one monotone, non-negative piecewise-linear curve per product code.
+"""The model: one monotone, non-negative curve per product code, stored as JSON.
 
 This module is the feature encoding shared by training and serving: a request's
 ``product_code`` selects a curve and its ``orders_placed`` is the point on it.
-The curve family (how many linear segments) is chosen per product code by
-k-fold cross-validation, fitted by bounded least squares so that every segment
-slope is >= 0 (predictions never fall as orders grow) and the curve starts at
->= 0. The artefact is plain JSON: loading it executes no code.
+
+Per product code, k-fold cross-validation (on MAE) picks one of a few families:
+a straight line, three one-parameter curved shapes (saturating exponential, log,
+power; the parameter found on a grid) and piecewise-linear ramps with 2, 4 or 8
+pieces. Every family is fitted by least squares with all coefficients >= 0, so
+no curve ever falls as orders grow, and it starts at >= 0. The simplest family
+within 1% of the best CV error wins. Whatever the family, the published curve
+is piecewise linear (knots and values, JSON): loading it executes no code and
+serving it is a binary search.
 """
 from __future__ import annotations
 
@@ -13,14 +18,19 @@ import json
 import math
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
 
 FORMAT = "time-to-dispatch/monotone-piecewise-linear"
 FORMAT_VERSION = 1
-DEFAULT_SEGMENT_CANDIDATES: Tuple[int, ...] = (1, 2, 4, 8)
+DEFAULT_FAMILIES: Tuple[str, ...] = (
+    "linear", "saturating", "log", "power", "pieces-2", "pieces-4", "pieces-8"
+)
+CURVE_GRID_POINTS = 129
+SIMPLER_TOLERANCE = 0.01
+QUANTILE_GRID = np.linspace(0.0, 1.0, 33)
 DEFAULT_FOLDS = 5
 DEFAULT_MIN_ROWS_PER_CODE = 30
 DEFAULT_CV_MAX_ROWS = 20_000
@@ -138,11 +148,12 @@ def _parse_curve(code: str, spec: Any) -> Curve:
 
 @dataclass(frozen=True)
 class CodeFit:
-    """How one product code was fitted: rows, segments chosen and their CV errors."""
+    """How one product code was fitted: rows, the family chosen and every family's CV MAE."""
 
     rows: int
-    segments: int
-    cv_mae: Dict[int, float]
+    family: str
+    parameter: float
+    cv_mae: Dict[str, float]
 
 
 @dataclass(frozen=True)
@@ -154,40 +165,150 @@ class FitResult:
     skipped: Dict[str, int] = field(default_factory=dict)
 
 
-def _knots(orders: FloatArray, segments: int) -> FloatArray:
+Basis = Callable[[FloatArray], FloatArray]
+CURVED_PARAMETERS: Dict[str, FloatArray] = {
+    "saturating": np.geomspace(0.02, 5.0, 96),
+    "log": np.geomspace(0.01, 5.0, 96),
+    "power": np.linspace(0.05, 0.95, 37),
+}
+
+
+def _pieces(orders: FloatArray, segments: int) -> Tuple[Basis, FloatArray]:
+    """Ramps between quantile knots: a piecewise-linear curve with ``segments`` pieces."""
     knots: FloatArray = np.unique(np.quantile(orders, np.linspace(0.0, 1.0, segments + 1)))
-    return knots
-
-
-def _fit_curve(orders: FloatArray, hours: FloatArray, segments: int) -> Curve:
-    """Bounded least squares: value at the first knot >= 0, every segment slope >= 0."""
-    from scipy.optimize import lsq_linear
-
-    knots = _knots(orders, segments)
-    if len(knots) < 2:
-        level = max(float(np.mean(hours)), 0.0)
-        return Curve((float(knots[0]), float(knots[0]) + 1.0), (level, level))
     widths = np.diff(knots)
+
+    def basis(x: FloatArray) -> FloatArray:
+        ramps: FloatArray = np.clip((x[:, None] - knots[None, :-1]) / widths[None, :], 0.0, 1.0)
+        return ramps
+
+    return basis, knots
+
+
+def _raw_shape(kind: str, x: FloatArray, scale: FloatArray) -> FloatArray:
+    """An increasing transform of order counts, one column per shape parameter."""
+    if kind == "saturating":
+        result: FloatArray = -np.exp(-x / scale)
+    elif kind == "log":
+        result = np.log1p(x / scale)
+    else:
+        result = x ** scale
+    return result
+
+
+def _shapes(kind: str, x: FloatArray, low: float, high: float) -> FloatArray:
+    """Increasing shapes of one kind, a column per parameter, 0 at ``low`` and 1 at ``high``."""
+    parameters = CURVED_PARAMETERS[kind][None, :]
+    scale = parameters if kind == "power" else parameters * (high - low)
+    bottom = _raw_shape(kind, np.array([[low]]), scale)
+    top = _raw_shape(kind, np.array([[high]]), scale)
+    shaped: FloatArray = (_raw_shape(kind, np.maximum(x, 0.0)[:, None], scale) - bottom) / (
+        top - bottom
+    )
+    return shaped
+
+
+def _fit_curved(orders: FloatArray, hours: FloatArray, kind: str) -> Tuple[Curve, float]:
+    """Best a + b * shape(x) with a, b >= 0 over the kind's parameter grid, in closed form."""
+    low, high = float(orders.min()), float(orders.max())
+    g = _shapes(kind, orders, low, high)
+    n = float(len(hours))
+    sy, syy = float(hours.sum()), float(hours @ hours)
+    sg, sgg, sgy = g.sum(axis=0), (g * g).sum(axis=0), hours @ g
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b = (sgy - sg * sy / n) / (sgg - sg * sg / n)
+        a = (sy - b * sg) / n
+        through_zero = np.maximum(sgy / sgg, 0.0)
+    options = [
+        (np.where((a >= 0) & (b >= 0), a, np.nan), np.where((a >= 0) & (b >= 0), b, np.nan)),
+        (np.full_like(sg, max(sy / n, 0.0)), np.zeros_like(sg)),
+        (np.zeros_like(sg), through_zero),
+    ]
+    best = (np.inf, 0.0, 0.0, 0)
+    for oa, ob in options:
+        sse = syy - 2 * oa * sy - 2 * ob * sgy + n * oa * oa + 2 * oa * ob * sg + ob * ob * sgg
+        sse = np.where(np.isfinite(sse), sse, np.inf)
+        i = int(np.argmin(sse))
+        if sse[i] < best[0]:
+            best = (float(sse[i]), float(oa[i]), float(ob[i]), i)
+    _, a0, b0, i = best
+    span = high - low
+    grid = np.unique(
+        np.concatenate(
+            (
+                np.linspace(0.0, high + span, CURVE_GRID_POINTS),
+                low + span * np.geomspace(1e-4, 1.0, CURVE_GRID_POINTS // 2),
+                np.quantile(orders, QUANTILE_GRID),
+            )
+        )
+    )
+    values = a0 + b0 * _shapes(kind, grid, low, high)[:, i]
+    values = np.maximum.accumulate(np.maximum(values, 0.0))
+    curve = Curve(tuple(float(k) for k in grid), tuple(float(v) for v in values))
+    return curve, float(CURVED_PARAMETERS[kind][i])
+
+
+def nonnegative_least_squares(a: FloatArray, b: FloatArray, tol: float = 1e-10) -> FloatArray:
+    """Solve min ||a x - b|| subject to x >= 0 (Lawson and Hanson's active-set method)."""
+    n = a.shape[1]
+    x = np.zeros(n)
+    passive = np.zeros(n, dtype=bool)
+    gradient = a.T @ (b - a @ x)
+    for _ in range(3 * n + 10):
+        candidates = ~passive & (gradient > tol)
+        if not candidates.any():
+            break
+        passive[np.argmax(np.where(candidates, gradient, -np.inf))] = True
+        while True:
+            trial = np.zeros(n)
+            trial[passive] = np.linalg.lstsq(a[:, passive], b, rcond=None)[0]
+            if (trial[passive] > tol).all():
+                break
+            blocking = passive & (trial <= tol)
+            step = np.min(x[blocking] / (x[blocking] - trial[blocking]))
+            x = x + step * (trial - x)
+            passive &= x > tol
+        x = trial
+        gradient = a.T @ (b - a @ x)
+    return x
+
+
+def _fit_pieces(orders: FloatArray, hours: FloatArray, segments: int) -> Curve:
+    """Least squares over [1, ramps] with every coefficient >= 0, so the curve never falls."""
+    basis, knots = _pieces(orders, segments)
     design = np.empty((len(orders), len(knots) + 1), dtype=np.float64)
     design[:, 0] = 1.0
-    design[:, 1:-1] = np.clip(orders[:, None] - knots[None, :-1], 0.0, widths[None, :])
+    design[:, 1:-1] = basis(orders)
     design[:, -1] = hours
-    # R of the QR of [A | y] holds the whole least-squares problem in (k+2)^2 numbers.
-    r = np.linalg.qr(design, mode="r")
+    # R of the QR of [A | y] holds the whole least-squares problem in a few numbers.
+    r = np.asarray(np.linalg.qr(design, mode="r"))
     p = len(knots)
-    solution = lsq_linear(r[:p, :p], r[:p, p], bounds=(0.0, np.inf), method="bvls")
-    rises = solution.x[1:] * widths
-    values = solution.x[0] + np.concatenate(([0.0], np.cumsum(rises)))
-    return Curve(tuple(float(k) for k in knots), tuple(float(v) for v in np.maximum.accumulate(values)))
+    values = np.cumsum(nonnegative_least_squares(r[:p, :p], r[:p, p]))
+    return Curve(tuple(float(k) for k in knots), tuple(float(v) for v in values))
+
+
+def _fit_curve(orders: FloatArray, hours: FloatArray, family: str) -> Tuple[Curve, float]:
+    """Fit one named family; returns the curve and its shape parameter (0 for pieces)."""
+    if float(orders.min()) == float(orders.max()):
+        level = max(float(np.mean(hours)), 0.0)
+        return Curve((float(orders[0]), float(orders[0]) + 1.0), (level, level)), 0.0
+    kind, _, value = family.partition("-")
+    if kind == "linear":
+        return _fit_pieces(orders, hours, 1), 0.0
+    if kind == "pieces":
+        return _fit_pieces(orders, hours, int(value)), 0.0
+    if kind in CURVED_PARAMETERS:
+        return _fit_curved(orders, hours, kind)
+    raise ValueError(f"unknown model family {family!r}")
 
 
 def _cv_mae(
-    orders: FloatArray, hours: FloatArray, segments: int, folds: int, fold_of: npt.NDArray[np.int64]
+    orders: FloatArray, hours: FloatArray, family: str, folds: int, fold_of: npt.NDArray[np.int64]
 ) -> float:
     errors = np.empty(len(orders))
     for fold in range(folds):
         held = fold_of == fold
-        curve = _fit_curve(orders[~held], hours[~held], segments)
+        curve, _ = _fit_curve(orders[~held], hours[~held], family)
         errors[held] = np.abs(curve.predict(orders[held]) - hours[held])
     return float(np.mean(errors))
 
@@ -195,26 +316,28 @@ def _cv_mae(
 def fit_code(
     orders: FloatArray,
     hours: FloatArray,
-    candidates: Sequence[int] = DEFAULT_SEGMENT_CANDIDATES,
+    candidates: Sequence[str] = DEFAULT_FAMILIES,
     folds: int = DEFAULT_FOLDS,
     seed: int = 0,
     cv_max_rows: int = DEFAULT_CV_MAX_ROWS,
 ) -> Tuple[Curve, CodeFit]:
-    """Choose the number of segments by k-fold CV on MAE, then fit on all rows."""
+    """Choose the family by k-fold CV on MAE (ties to the simpler), then fit it on all rows."""
     rng = np.random.default_rng(seed)
     sample = rng.permutation(len(orders))[:cv_max_rows]
     cv_orders, cv_hours = orders[sample], hours[sample]
     fold_of = np.arange(len(sample)) % folds
-    scores = {k: _cv_mae(cv_orders, cv_hours, k, folds, fold_of) for k in sorted(candidates)}
-    best = min(scores, key=lambda k: (scores[k], k))
-    return _fit_curve(orders, hours, best), CodeFit(len(orders), best, scores)
+    scores = {name: _cv_mae(cv_orders, cv_hours, name, folds, fold_of) for name in candidates}
+    lowest = min(scores.values())
+    best = next(name for name in candidates if scores[name] <= lowest * (1.0 + SIMPLER_TOLERANCE))
+    curve, parameter = _fit_curve(orders, hours, best)
+    return curve, CodeFit(len(orders), best, parameter, scores)
 
 
 def fit_model(
     product_codes: Sequence[str],
     orders_placed: FloatArray,
     hours_to_dispatch: FloatArray,
-    candidates: Sequence[int] = DEFAULT_SEGMENT_CANDIDATES,
+    candidates: Sequence[str] = DEFAULT_FAMILIES,
     folds: int = DEFAULT_FOLDS,
     min_rows_per_code: int = DEFAULT_MIN_ROWS_PER_CODE,
     seed: int = 0,
@@ -239,4 +362,3 @@ def fit_model(
         curves[str(code)] = curve
         fits[str(code)] = fit
     return FitResult(DispatchModel(curves), fits, skipped)
-
