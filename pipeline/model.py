@@ -18,7 +18,7 @@ import json
 import math
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -40,6 +40,17 @@ FloatArray = npt.NDArray[np.float64]
 
 class ModelFormatError(ValueError):
     """A model artefact is not a valid model of this format."""
+
+
+def encode_codes(product_codes: Sequence[str]) -> Tuple[List[str], npt.NDArray[np.int64]]:
+    """Distinct product codes in order of appearance, and each row's position among them."""
+    lookup: Dict[str, int] = {}
+    index = np.fromiter(
+        (lookup.setdefault(str(code), len(lookup)) for code in product_codes),
+        dtype=np.int64,
+        count=len(product_codes),
+    )
+    return list(lookup), index
 
 
 @dataclass(frozen=True)
@@ -84,13 +95,12 @@ class DispatchModel:
 
     def predict(self, product_codes: Sequence[str], orders_placed: Sequence[float]) -> FloatArray:
         """Estimates for many rows at once; KeyError names the first unknown code."""
-        codes = np.asarray(product_codes, dtype=object)
         orders = np.asarray(orders_placed, dtype=np.float64)
         result = np.empty(len(orders), dtype=np.float64)
-        unique, inverse = np.unique(codes, return_inverse=True)
-        for index, code in enumerate(unique):
-            rows = inverse == index
-            result[rows] = self.curves[str(code)].predict(orders[rows])
+        unique, index = encode_codes(product_codes)
+        for position, code in enumerate(unique):
+            rows = index == position
+            result[rows] = self.curves[code].predict(orders[rows])
         return result
 
     def to_json(self) -> bytes:
@@ -173,9 +183,20 @@ CURVED_PARAMETERS: Dict[str, FloatArray] = {
 }
 
 
-def _pieces(orders: FloatArray, segments: int) -> Tuple[Basis, FloatArray]:
+def _quantiles(values: FloatArray, weights: FloatArray, levels: FloatArray) -> FloatArray:
+    """Quantiles of sorted distinct values repeated ``weights`` times (as np.quantile)."""
+    cumulative = np.cumsum(weights)
+    positions = levels * (cumulative[-1] - 1.0)
+    below = values[np.searchsorted(cumulative, np.floor(positions), side="right")]
+    above = values[np.searchsorted(cumulative, np.ceil(positions), side="right")]
+    result: FloatArray = below + (above - below) * (positions - np.floor(positions))
+    return result
+
+
+def _pieces(orders: FloatArray, weights: FloatArray, segments: int) -> Tuple[Basis, FloatArray]:
     """Ramps between quantile knots: a piecewise-linear curve with ``segments`` pieces."""
-    knots: FloatArray = np.unique(np.quantile(orders, np.linspace(0.0, 1.0, segments + 1)))
+    levels = np.linspace(0.0, 1.0, segments + 1)
+    knots: FloatArray = np.unique(_quantiles(orders, weights, levels))
     widths = np.diff(knots)
 
     def basis(x: FloatArray) -> FloatArray:
@@ -208,13 +229,15 @@ def _shapes(kind: str, x: FloatArray, low: float, high: float) -> FloatArray:
     return shaped
 
 
-def _fit_curved(orders: FloatArray, hours: FloatArray, kind: str) -> Tuple[Curve, float]:
+def _fit_curved(
+    orders: FloatArray, hours: FloatArray, weights: FloatArray, kind: str
+) -> Tuple[Curve, float]:
     """Best a + b * shape(x) with a, b >= 0 over the kind's parameter grid, in closed form."""
-    low, high = float(orders.min()), float(orders.max())
+    low, high = float(orders[0]), float(orders[-1])
     g = _shapes(kind, orders, low, high)
-    n = float(len(hours))
-    sy, syy = float(hours.sum()), float(hours @ hours)
-    sg, sgg, sgy = g.sum(axis=0), (g * g).sum(axis=0), hours @ g
+    n = float(weights.sum())
+    sy, syy = float(weights @ hours), float(weights @ (hours * hours))
+    sg, sgg, sgy = weights @ g, weights @ (g * g), (weights * hours) @ g
     with np.errstate(divide="ignore", invalid="ignore"):
         b = (sgy - sg * sy / n) / (sgg - sg * sg / n)
         a = (sy - b * sg) / n
@@ -238,7 +261,7 @@ def _fit_curved(orders: FloatArray, hours: FloatArray, kind: str) -> Tuple[Curve
             (
                 np.linspace(0.0, high + span, CURVE_GRID_POINTS),
                 low + span * np.geomspace(1e-4, 1.0, CURVE_GRID_POINTS // 2),
-                np.quantile(orders, QUANTILE_GRID),
+                _quantiles(orders, weights, QUANTILE_GRID),
             )
         )
     )
@@ -273,13 +296,16 @@ def nonnegative_least_squares(a: FloatArray, b: FloatArray, tol: float = 1e-10) 
     return x
 
 
-def _fit_pieces(orders: FloatArray, hours: FloatArray, segments: int) -> Curve:
+def _fit_pieces(
+    orders: FloatArray, hours: FloatArray, weights: FloatArray, segments: int
+) -> Curve:
     """Least squares over [1, ramps] with every coefficient >= 0, so the curve never falls."""
-    basis, knots = _pieces(orders, segments)
+    basis, knots = _pieces(orders, weights, segments)
+    root = np.sqrt(weights)[:, None]
     design = np.empty((len(orders), len(knots) + 1), dtype=np.float64)
-    design[:, 0] = 1.0
-    design[:, 1:-1] = basis(orders)
-    design[:, -1] = hours
+    design[:, :1] = root
+    design[:, 1:-1] = basis(orders) * root
+    design[:, -1] = hours * root[:, 0]
     # R of the QR of [A | y] holds the whole least-squares problem in a few numbers.
     r = np.asarray(np.linalg.qr(design, mode="r"))
     p = len(knots)
@@ -289,16 +315,20 @@ def _fit_pieces(orders: FloatArray, hours: FloatArray, segments: int) -> Curve:
 
 def _fit_curve(orders: FloatArray, hours: FloatArray, family: str) -> Tuple[Curve, float]:
     """Fit one named family; returns the curve and its shape parameter (0 for pieces)."""
-    if float(orders.min()) == float(orders.max()):
-        level = max(float(np.mean(hours)), 0.0)
-        return Curve((float(orders[0]), float(orders[0]) + 1.0), (level, level)), 0.0
+    # Rows sharing an order count share a design row: fit their means, weighted by count.
+    distinct, inverse = np.unique(orders, return_inverse=True)
+    weights = np.bincount(inverse).astype(np.float64)
+    means = np.bincount(inverse, weights=hours) / weights
+    if len(distinct) == 1:
+        level = max(float(means[0]), 0.0)
+        return Curve((float(distinct[0]), float(distinct[0]) + 1.0), (level, level)), 0.0
     kind, _, value = family.partition("-")
     if kind == "linear":
-        return _fit_pieces(orders, hours, 1), 0.0
+        return _fit_pieces(distinct, means, weights, 1), 0.0
     if kind == "pieces":
-        return _fit_pieces(orders, hours, int(value)), 0.0
+        return _fit_pieces(distinct, means, weights, int(value)), 0.0
     if kind in CURVED_PARAMETERS:
-        return _fit_curved(orders, hours, kind)
+        return _fit_curved(distinct, means, weights, kind)
     raise ValueError(f"unknown model family {family!r}")
 
 
@@ -344,21 +374,40 @@ def fit_model(
     cv_max_rows: int = DEFAULT_CV_MAX_ROWS,
 ) -> FitResult:
     """Fit one curve per product code with enough rows; rarer codes are skipped and reported."""
-    codes = np.asarray(product_codes, dtype=object)
+    names, index = encode_codes(product_codes)
+    return fit_encoded(
+        names, index, orders_placed, hours_to_dispatch,
+        candidates, folds, min_rows_per_code, seed, cv_max_rows,
+    )
+
+
+def fit_encoded(
+    code_names: Sequence[str],
+    code_index: npt.NDArray[np.int64],
+    orders_placed: FloatArray,
+    hours_to_dispatch: FloatArray,
+    candidates: Sequence[str] = DEFAULT_FAMILIES,
+    folds: int = DEFAULT_FOLDS,
+    min_rows_per_code: int = DEFAULT_MIN_ROWS_PER_CODE,
+    seed: int = 0,
+    cv_max_rows: int = DEFAULT_CV_MAX_ROWS,
+) -> FitResult:
+    """As fit_model, for rows whose codes are already encoded (``code_names[code_index]``)."""
     orders = np.asarray(orders_placed, dtype=np.float64)
     hours = np.asarray(hours_to_dispatch, dtype=np.float64)
-    unique, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
-    order = np.argsort(inverse, kind="stable")
-    bounds = np.concatenate(([0], np.cumsum(counts)))
+    order = np.argsort(code_index, kind="stable")
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(code_index, minlength=len(code_names)))))
     curves: Dict[str, Curve] = {}
     fits: Dict[str, CodeFit] = {}
     skipped: Dict[str, int] = {}
-    for index, code in enumerate(unique):
-        rows = order[bounds[index]:bounds[index + 1]]
-        if len(rows) < min_rows_per_code:
-            skipped[str(code)] = int(len(rows))
+    for position, code in sorted(enumerate(code_names), key=lambda item: item[1]):
+        rows = order[bounds[position]:bounds[position + 1]]
+        if len(rows) == 0:
             continue
-        curve, fit = fit_code(orders[rows], hours[rows], candidates, folds, seed, cv_max_rows)
-        curves[str(code)] = curve
-        fits[str(code)] = fit
+        if len(rows) < min_rows_per_code:
+            skipped[code] = int(len(rows))
+            continue
+        curves[code], fits[code] = fit_code(
+            orders[rows], hours[rows], candidates, folds, seed, cv_max_rows
+        )
     return FitResult(DispatchModel(curves), fits, skipped)

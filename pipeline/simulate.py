@@ -1,11 +1,18 @@
 """Simulated weekly tranches: realistic data with a known truth, for local runs and tests."""
 from __future__ import annotations
 
+import argparse
+import logging
+import sys
 from dataclasses import dataclass
-from typing import Dict, Tuple
+from datetime import datetime, timedelta, timezone
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
+
+from pipeline.store import Store, StoreError, open_store
+from pipeline.tranches import choose_tranches, parse_timestamp
 
 SHAPES = ("linear", "saturating")
 DEFAULT_PRODUCT_CODES: Tuple[str, ...] = ("SKU001", "SKU002", "SKU003", "SKU004", "SKU005")
@@ -67,7 +74,8 @@ def simulate_tranche(
     rng = np.random.default_rng(seed)
     index = rng.integers(0, len(product_codes), size=rows)
     level = 100.0 * (1.0 + 0.02 * week)
-    orders = rng.poisson(lam=level, size=rows).astype(np.int64)
+    busy = rng.uniform(0.1, 2.5, size=rows)
+    orders = rng.poisson(lam=level * busy).astype(np.int64)
     expected = np.empty(rows, dtype=np.float64)
     for i in range(len(product_codes)):
         mask = index == i
@@ -86,3 +94,86 @@ def tranche_key(when_iso: str) -> str:
     """The store key of a tranche delivered at an ISO timestamp."""
     return f"datasets/time_to_dispatch_{when_iso}.csv"
 
+
+DELIVERY_WEEKDAY = 4  # Friday
+DELIVERY_HOUR = 23
+EXIT_STORE = 3
+
+log = logging.getLogger("simulate")
+
+
+def last_delivery(now: datetime) -> datetime:
+    """The latest Friday 23:00 UTC at or before a moment."""
+    now = now.astimezone(timezone.utc)
+    friday = now.replace(hour=DELIVERY_HOUR, minute=0, second=0, microsecond=0)
+    friday -= timedelta(days=(now.weekday() - DELIVERY_WEEKDAY) % 7)
+    return friday if friday <= now else friday - timedelta(days=7)
+
+
+def delivery_times(weeks: int, until: datetime) -> List[datetime]:
+    """``weeks`` weekly delivery moments ending at the last one at or before ``until``."""
+    last = last_delivery(until)
+    return [last - timedelta(days=7 * (weeks - 1 - week)) for week in range(weeks)]
+
+
+def week_seed(seed: int, week: int) -> int:
+    """A seed per week derived from the run's seed, so weeks differ yet repeat exactly."""
+    return int(np.random.SeedSequence([seed, week]).generate_state(1)[0])
+
+
+def write_tranches(
+    store: Store, rows: int, weeks: int, seed: int, shape: str, until: datetime
+) -> List[str]:
+    """Write ``weeks`` weekly tranches, oldest first, and return their keys."""
+    keys = []
+    for week, moment in enumerate(delivery_times(weeks, until)):
+        tranche = simulate_tranche(rows, seed=week_seed(seed, week), shape=shape, week=week)
+        key = tranche_key(moment.strftime("%Y-%m-%dT%H:%M:%S"))
+        store.write_bytes(key, tranche.to_csv())
+        keys.append(key)
+    return keys
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """CLI: write simulated weekly tranches into a store."""
+    parser = argparse.ArgumentParser(
+        prog="simulate", description="Write simulated weekly tranches into a store.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("store", metavar="STORE",
+                        help="local directory, file:// URL or s3://bucket[/prefix]")
+    parser.add_argument("--rows", type=int, default=1000, help="rows per tranche")
+    parser.add_argument("--weeks", type=int, default=1, help="how many weekly tranches")
+    parser.add_argument("--seed", type=int, default=0, help="seed: same seed, same data")
+    parser.add_argument("--shape", choices=SHAPES, default="linear",
+                        help="how dispatch time grows with orders")
+    parser.add_argument("--until", default=None,
+                        help="ISO timestamp; the newest tranche is the last Friday 23:00 UTC at "
+                             "or before it (default: now)")
+    parser.add_argument("--only-if-empty", action="store_true",
+                        help="write nothing if the store already holds a tranche")
+    args = parser.parse_args(argv)
+    until = datetime.now(timezone.utc) if args.until is None else parse_timestamp(args.until)
+    if until is None:
+        parser.error(f"--until {args.until!r} is not an ISO timestamp")
+    if args.rows < 1 or args.weeks < 1:
+        parser.error("--rows and --weeks must be at least 1")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        store = open_store(args.store)
+        if args.only_if_empty:
+            latest = choose_tranches(store.list_keys("datasets/")).latest
+            if latest is not None:
+                log.info("%s already holds tranche %s; nothing written", store.url, latest.key)
+                return 0
+        keys = write_tranches(store, args.rows, args.weeks, args.seed, args.shape, until)
+    except StoreError as exc:
+        log.error("nothing more written: %s", exc)
+        return EXIT_STORE
+    log.info("wrote %d tranche(s) of %d rows to %s: %s", len(keys), args.rows, store.url,
+             ", ".join(keys))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -187,7 +187,7 @@ class S3Store:
             from botocore.config import Config
 
             config = Config(
-                retries={"mode": "standard", "max_attempts": self._max_attempts},
+                retries={"mode": "standard", "total_max_attempts": self._max_attempts},
                 connect_timeout=self._timeout,
                 read_timeout=self._timeout,
             )

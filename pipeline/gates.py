@@ -1,0 +1,265 @@
+"""The gates a model passes before publishing: metrics, logic checks, champion vs challenger.
+
+Each gate returns a small named :class:`Decision` (pass, warn, fail, or keep for
+the champion gate) with a sentence in plain words, for the log and the metadata.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Dict, List, Mapping, Optional, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.model import DispatchModel
+from pipeline.validation import ValidTranche
+
+PASS, WARN, FAIL, KEEP = "pass", "warn", "fail", "keep"
+DEFAULT_R2_MIN = 0.5
+DEFAULT_R2_WARN = 0.8
+DEFAULT_MAE_MAX = 2.0
+DEFAULT_MAE_WARN = 1.0
+DEFAULT_GRID_POINTS = 200
+DEFAULT_GRID_EXTEND = 0.5
+DEFAULT_LABEL_FACTOR = 1.5
+DEFAULT_CHAMPION_TOLERANCE = 0.05
+_MONOTONE_SLACK = 1e-9
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """One gate's outcome, the value it judged (if any) and why, in plain words."""
+
+    gate: str
+    outcome: str
+    detail: str
+    value: Optional[float] = None
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready form for the metadata."""
+        return {"gate": self.gate, "outcome": self.outcome, "detail": self.detail,
+                "value": self.value}
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """MAE and R² of predictions over some rows."""
+
+    rows: int
+    mae: float
+    r2: float
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready form."""
+        return {"rows": self.rows, "mae": round(self.mae, 6), "r2": round(self.r2, 6)}
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Metrics overall and per product code; rows of codes the model does not know are unscored."""
+
+    overall: Metrics
+    per_code: Dict[str, Metrics]
+    unscored_rows: int
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready form."""
+        return {
+            "overall": self.overall.to_dict(),
+            "per_product_code": {c: m.to_dict() for c, m in sorted(self.per_code.items())},
+            "unscored_rows": self.unscored_rows,
+        }
+
+
+def mean_absolute_error(actual: FloatArray, predicted: FloatArray) -> float:
+    """MAE; 0 for no rows."""
+    return float(np.mean(np.abs(actual - predicted))) if len(actual) else 0.0
+
+
+def r_squared(actual: FloatArray, predicted: FloatArray) -> float:
+    """The coefficient of determination; 0 when the labels have no variance to explain."""
+    if len(actual) == 0:
+        return 0.0
+    total = float(np.sum((actual - np.mean(actual)) ** 2))
+    residual = float(np.sum((actual - predicted) ** 2))
+    if total == 0.0:
+        return 1.0 if residual == 0.0 else 0.0
+    return 1.0 - residual / total
+
+
+def metrics(actual: FloatArray, predicted: FloatArray) -> Metrics:
+    """MAE and R² together."""
+    return Metrics(int(len(actual)), mean_absolute_error(actual, predicted),
+                   r_squared(actual, predicted))
+
+
+def predict_known(
+    model: DispatchModel, rows: ValidTranche
+) -> Tuple[npt.NDArray[np.bool_], FloatArray]:
+    """Which rows have a code the model knows, and the predictions for those rows."""
+    known = np.zeros(rows.rows, dtype=bool)
+    predictions = np.full(rows.rows, np.nan)
+    for index, code in enumerate(rows.product_codes):
+        curve = model.curves.get(code)
+        if curve is None:
+            continue
+        mask = rows.code_index == index
+        known |= mask
+        predictions[mask] = curve.predict(rows.orders_placed[mask])
+    return known, predictions[known]
+
+
+def evaluate(model: DispatchModel, rows: ValidTranche) -> Evaluation:
+    """Metrics of a model on some rows, overall and per product code it knows."""
+    known, predictions = predict_known(model, rows)
+    actual = rows.hours_to_dispatch[known]
+    codes = rows.code_index[known]
+    per_code = {}
+    for index, code in enumerate(rows.product_codes):
+        mask = codes == index
+        if mask.any():
+            per_code[code] = metrics(actual[mask], predictions[mask])
+    return Evaluation(metrics(actual, predictions), per_code, int(rows.rows - known.sum()))
+
+
+@dataclass(frozen=True)
+class MetricThresholds:
+    """Error and warning levels: R² must not fall below, MAE (hours) must not rise above."""
+
+    r2_min: float = DEFAULT_R2_MIN
+    r2_warn: float = DEFAULT_R2_WARN
+    mae_max: float = DEFAULT_MAE_MAX
+    mae_warn: float = DEFAULT_MAE_WARN
+
+
+def metric_gates(held_out: Metrics, thresholds: MetricThresholds) -> Tuple[Decision, Decision]:
+    """R² and MAE on the held-out rows against their error and warning levels."""
+    r2, mae = held_out.r2, held_out.mae
+    if held_out.rows == 0:
+        nothing = "no held-out rows of a product code the model knows"
+        return Decision("r2", FAIL, nothing), Decision("mae", FAIL, nothing)
+    if r2 < thresholds.r2_min:
+        r2_decision = Decision("r2", FAIL, f"held-out R² {r2:.4f} is below the minimum "
+                               f"{thresholds.r2_min:g}", r2)
+    elif r2 < thresholds.r2_warn:
+        r2_decision = Decision("r2", WARN, f"held-out R² {r2:.4f} is below the warning level "
+                               f"{thresholds.r2_warn:g}", r2)
+    else:
+        r2_decision = Decision("r2", PASS, f"held-out R² {r2:.4f} (warning below "
+                               f"{thresholds.r2_warn:g})", r2)
+    if mae > thresholds.mae_max:
+        mae_decision = Decision("mae", FAIL, f"held-out MAE {mae:.4f} h is above the maximum "
+                                f"{thresholds.mae_max:g} h", mae)
+    elif mae > thresholds.mae_warn:
+        mae_decision = Decision("mae", WARN, f"held-out MAE {mae:.4f} h is above the warning "
+                                f"level {thresholds.mae_warn:g} h", mae)
+    else:
+        mae_decision = Decision("mae", PASS, f"held-out MAE {mae:.4f} h (warning above "
+                                f"{thresholds.mae_warn:g} h)", mae)
+    return r2_decision, mae_decision
+
+
+@dataclass(frozen=True)
+class LogicOptions:
+    """How the logic checks probe the model."""
+
+    grid_points: int = DEFAULT_GRID_POINTS
+    grid_extend: float = DEFAULT_GRID_EXTEND
+    label_factor: float = DEFAULT_LABEL_FACTOR
+
+
+def observed_ranges(rows: ValidTranche) -> Dict[str, Tuple[float, float]]:
+    """The smallest and largest orders_placed seen per product code."""
+    count = len(rows.product_codes)
+    low = np.full(count, np.inf)
+    high = np.full(count, -np.inf)
+    np.minimum.at(low, rows.code_index, rows.orders_placed)
+    np.maximum.at(high, rows.code_index, rows.orders_placed)
+    return {
+        code: (float(low[i]), float(high[i]))
+        for i, code in enumerate(rows.product_codes) if np.isfinite(low[i])
+    }
+
+
+def logic_gates(
+    model: DispatchModel,
+    ranges: Mapping[str, Tuple[float, float]],
+    label_max: float,
+    options: LogicOptions = LogicOptions(),
+) -> Tuple[Decision, Decision, Decision]:
+    """Monotone and non-negative on a grid beyond the observed range; bounded on it."""
+    bound = label_max * options.label_factor
+    falling: List[str] = []
+    negative: List[str] = []
+    beyond: List[str] = []
+    highest = 0.0
+    for code in model.product_codes:
+        low, high = ranges.get(code, (0.0, 0.0))
+        top = high + options.grid_extend * max(high - low, 1.0)
+        grid = np.linspace(0.0, top, options.grid_points)
+        curve = model.curves[code]
+        values = curve.predict(grid)
+        if np.any(np.diff(values) < -_MONOTONE_SLACK * np.maximum(1.0, np.abs(values[1:]))):
+            falling.append(code)
+        if np.any(values < 0.0) or not np.all(np.isfinite(values)):
+            negative.append(code)
+        inside = curve.predict(np.linspace(low, high, options.grid_points))
+        peak = float(np.max(inside))
+        highest = max(highest, peak)
+        if peak > bound or not np.isfinite(peak):
+            beyond.append(code)
+    grid_words = f"orders 0 to {options.grid_extend:.0%} of the observed span past the largest"
+    monotone = (
+        Decision("monotone", FAIL, f"predictions fall as orders grow for {', '.join(falling)}")
+        if falling else
+        Decision("monotone", PASS, f"predictions never fall as orders grow ({grid_words})")
+    )
+    non_negative = (
+        Decision("non_negative", FAIL, f"negative predictions for {', '.join(negative)}")
+        if negative else
+        Decision("non_negative", PASS, f"no negative predictions ({grid_words})")
+    )
+    bounded = (
+        Decision("bounded", FAIL, f"predictions above {bound:.4g} h ({options.label_factor:g}x "
+                 f"the largest label) for {', '.join(beyond)}", highest)
+        if beyond else
+        Decision("bounded", PASS, f"largest prediction on the observed range {highest:.4g} h is "
+                 f"within {bound:.4g} h ({options.label_factor:g}x the largest label)", highest)
+    )
+    return monotone, non_negative, bounded
+
+
+def champion_gate(
+    challenger: DispatchModel,
+    champion: Optional[DispatchModel],
+    champion_version: Optional[str],
+    held_out: ValidTranche,
+    tolerance: float = DEFAULT_CHAMPION_TOLERANCE,
+) -> Decision:
+    """Publish unless the challenger's held-out MAE is worse than the champion's by > tolerance.
+
+    Both are scored on the same held-out rows: those whose codes both models know.
+    """
+    if champion is None:
+        return Decision("champion", PASS, "no champion is published; the challenger wins")
+    both = set(champion.product_codes) & set(challenger.product_codes)
+    shared = [i for i, code in enumerate(held_out.product_codes) if code in both]
+    rows = np.flatnonzero(np.isin(held_out.code_index, shared))
+    if len(rows) == 0:
+        return Decision("champion", PASS, f"champion {champion_version} knows none of the "
+                        "held-out product codes; the challenger wins")
+    subset = held_out.subset(rows)
+    challenger_mae = evaluate(challenger, subset).overall.mae
+    champion_mae = evaluate(champion, subset).overall.mae
+    limit = champion_mae * (1.0 + tolerance)
+    words = (f"on {len(rows)} held-out rows the challenger's MAE is {challenger_mae:.4f} h, "
+             f"champion {champion_version}'s {champion_mae:.4f} h (tolerance {tolerance:.1%})")
+    if challenger_mae > limit:
+        unknown = sorted(set(challenger.product_codes) - set(champion.product_codes))
+        later = ""
+        if unknown:
+            later = f"; new product codes {', '.join(unknown)} wait for a later model"
+        return Decision("champion", KEEP, f"{words}: the champion is kept{later}", challenger_mae)
+    return Decision("champion", PASS, f"{words}: the challenger wins", challenger_mae)

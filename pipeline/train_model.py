@@ -1,0 +1,488 @@
+"""The train_model stage: the newest tranche in, a validated, gated and safely published model out.
+
+Run as ``python -m pipeline.train_model STORE [options]`` or, as Bodywork does, as
+``python train_model.py STORE [options]`` from ``pipeline/`` with PYTHONPATH at the
+repo root. Steps: find the newest tranche, check the data contract, measure drift
+against the previous tranche, split (seeded, stratified by product code), fit on
+the training rows, gate (held-out metrics, logic checks, champion vs challenger),
+refit on all rows and re-check its logic, then publish artefact, metadata and pointer.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline import artefacts
+from pipeline.drift import DEFAULT_DRIFT_THRESHOLD, DriftSummary, tranche_drift
+from pipeline.gates import (
+    DEFAULT_CHAMPION_TOLERANCE, DEFAULT_GRID_EXTEND, DEFAULT_LABEL_FACTOR, DEFAULT_MAE_MAX,
+    DEFAULT_MAE_WARN, DEFAULT_R2_MIN, DEFAULT_R2_WARN, FAIL, KEEP, WARN, Decision, Evaluation,
+    LogicOptions, MetricThresholds, champion_gate, evaluate, logic_gates, metric_gates,
+    observed_ranges,
+)
+from pipeline.model import DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE, DispatchModel, FitResult
+from pipeline.model import fit_encoded
+from pipeline.store import (
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, ConcurrentUpdate, Store, StoreError, open_store,
+)
+from pipeline.tranches import Tranche, find_tranches
+from pipeline.validation import (
+    DEFAULT_MAX_HOURS, DEFAULT_MIN_ROWS, ContractOptions, DataContractError, ValidTranche,
+    usable_rows, validate_tranche,
+)
+
+EXIT_OK = 0
+EXIT_STORE = 3
+EXIT_NO_TRANCHE = 4
+EXIT_BAD_DATA = 5
+EXIT_GATES = 6
+EXIT_CONCURRENT = 7
+DEFAULT_TEST_FRACTION = 0.2
+DEFAULT_SEED = 0
+
+log = logging.getLogger("train_model")
+
+
+class StageFailure(Exception):
+    """An expected failure: nothing is published; the message says why in plain words."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Every tunable of the stage."""
+
+    contract: ContractOptions = ContractOptions()
+    thresholds: MetricThresholds = MetricThresholds()
+    logic: LogicOptions = LogicOptions()
+    min_rows_per_code: int = DEFAULT_MIN_ROWS_PER_CODE
+    folds: int = DEFAULT_FOLDS
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    seed: int = DEFAULT_SEED
+    champion_tolerance: float = DEFAULT_CHAMPION_TOLERANCE
+    drift_threshold: float = DEFAULT_DRIFT_THRESHOLD
+    refit: bool = True
+    store_attempts: int = DEFAULT_MAX_ATTEMPTS
+    store_timeout: float = DEFAULT_TIMEOUT_SECONDS
+
+
+class Split(NamedTuple):
+    """Row positions of the training and held-out rows."""
+
+    train: npt.NDArray[np.int64]
+    test: npt.NDArray[np.int64]
+
+
+class Champion(NamedTuple):
+    """The published model (if readable), its version, and the pointer's version token."""
+
+    model: Optional[DispatchModel]
+    version: Optional[str]
+    token: Optional[str]
+
+
+class Trained(NamedTuple):
+    """The model fitted on the training rows, its held-out evaluation and gate decisions."""
+
+    fit: FitResult
+    held_out: Evaluation
+    decisions: Tuple[Decision, ...]
+    seconds: float
+
+
+def split_rows(code_index: npt.NDArray[np.int64], test_fraction: float, seed: int) -> Split:
+    """A seeded split holding out ``test_fraction`` (rounded) of every product code's rows."""
+    shuffled = np.random.default_rng(seed).permutation(len(code_index))
+    order = shuffled[np.argsort(code_index[shuffled], kind="stable")]
+    counts = np.bincount(code_index)
+    starts = np.repeat(np.cumsum(counts) - counts, counts)
+    held = (np.arange(len(order)) - starts) < np.repeat(np.round(counts * test_fraction), counts)
+    return Split(np.sort(order[~held]), np.sort(order[held]))
+
+
+def fit(rows: ValidTranche, options: TrainOptions) -> FitResult:
+    """The model's fit on some rows, with the stage's settings."""
+    return fit_encoded(
+        rows.product_codes, rows.code_index, rows.orders_placed, rows.hours_to_dispatch,
+        folds=options.folds, min_rows_per_code=options.min_rows_per_code, seed=options.seed,
+    )
+
+
+def label_bound_gates(
+    model: DispatchModel, rows: ValidTranche, options: TrainOptions
+) -> Tuple[Decision, ...]:
+    """The logic checks of a model against the rows it was fitted on."""
+    label_max = float(rows.hours_to_dispatch.max())
+    return logic_gates(model, observed_ranges(rows), label_max, options.logic)
+
+
+def train_and_gate(tranche: ValidTranche, split: Split, options: TrainOptions) -> Trained:
+    """Fit on the training rows; judge held-out metrics and logic."""
+    train, test = tranche.subset(split.train), tranche.subset(split.test)
+    started = time.perf_counter()
+    result = fit(train, options)
+    seconds = time.perf_counter() - started
+    if not result.model.curves:
+        raise StageFailure(EXIT_BAD_DATA, (
+            f"no product code has {options.min_rows_per_code} training rows "
+            f"(rows per code in the training split: {train.rows_by_code()}); nothing to learn"
+        ))
+    held_out = evaluate(result.model, test)
+    decisions = metric_gates(held_out.overall, options.thresholds) + label_bound_gates(
+        result.model, train, options
+    )
+    return Trained(result, held_out, decisions, seconds)
+
+
+def read_champion(store: Store) -> Champion:
+    """The published model to beat; unreadable is logged as a warning and treated as none."""
+    found = store.read_versioned(artefacts.POINTER_KEY)
+    if found is None:
+        return Champion(None, None, None)
+    data, token = found
+    try:
+        pointer = artefacts.Pointer.from_json(data, store.location(artefacts.POINTER_KEY))
+        loaded = artefacts.load_pointed(store, pointer)
+    except artefacts.ModelUnavailable as exc:
+        log.warning("the published model cannot be read, so the challenger wins: %s", exc)
+        return Champion(None, None, token)
+    return Champion(loaded.model, loaded.version, token)
+
+
+def measure_drift(
+    store: Store, previous: Optional[Tranche], current: ValidTranche, threshold: float
+) -> DriftSummary:
+    """Drift against the previous tranche; any problem with it only skips the measure."""
+    if previous is None:
+        return DriftSummary(None, threshold, note="no previous tranche")
+    try:
+        rows = usable_rows(store.read_bytes(previous.key))
+    except StoreError as exc:
+        log.warning("drift not measured: cannot read the previous tranche: %s", exc)
+        return DriftSummary(previous.key, threshold, note=f"previous tranche unreadable: {exc}")
+    if rows is None or rows.rows == 0:
+        log.warning("drift not measured: previous tranche %s has no usable rows", previous.key)
+        return DriftSummary(previous.key, threshold, note="previous tranche has no usable rows")
+    summary = tranche_drift(rows, current, previous.key, threshold)
+    psi = ", ".join(f"{f.feature} {f.psi:.3f}" for f in summary.features)
+    if summary.drifted:
+        log.warning("drift above PSI %g against %s: %s", threshold, previous.key, psi)
+    else:
+        log.info("drift against %s (PSI): %s", previous.key, psi)
+    return summary
+
+
+def git_commit() -> str:
+    """GIT_COMMIT_HASH, else the repo's HEAD, else 'unknown'."""
+    commit = os.environ.get("GIT_COMMIT_HASH", "").strip()
+    if commit:
+        return commit
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+        return done.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions() -> Dict[str, str]:
+    """Versions of Python and the libraries the stage used."""
+    import polars
+
+    versions = {"python": platform.python_version(), "numpy": np.__version__,
+                "polars": polars.__version__}
+    for name in ("boto3", "botocore", "scipy"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = str(getattr(module, "__version__", "unknown"))
+    return versions
+
+
+def log_decisions(decisions: Sequence[Decision]) -> None:
+    """One log line per gate decision, at WARNING when it warns or fails."""
+    for d in decisions:
+        level = logging.WARNING if d.outcome in (WARN, FAIL) else logging.INFO
+        log.log(level, "gate %s: %s: %s", d.gate, d.outcome, d.detail)
+
+
+def build_metadata(
+    store: Store,
+    tranche_key: str,
+    tranche_sha256: str,
+    tranche: ValidTranche,
+    split: Split,
+    trained: Trained,
+    final: FitResult,
+    decisions: Sequence[Decision],
+    drift: DriftSummary,
+    options: TrainOptions,
+    training_seconds: float,
+    created_at: datetime,
+    model_sha256: str,
+) -> Dict[str, Any]:
+    """Everything a reader needs to know about how the published model came to be."""
+    return {
+        "model_version": artefacts.make_model_version(created_at, model_sha256),
+        "model_sha256": model_sha256,
+        "created_at": created_at.isoformat(),
+        "tranche": {"key": tranche_key, "location": store.location(tranche_key),
+                    "sha256": tranche_sha256, "ignored_columns": list(tranche.ignored_columns)},
+        "rows": {
+            "total": tranche.rows,
+            "train": int(len(split.train)),
+            "test": int(len(split.test)),
+            "per_product_code": tranche.rows_by_code(),
+            "skipped_product_codes": dict(final.skipped),
+            "skipped_product_codes_in_training_split": dict(trained.fit.skipped),
+        },
+        "metrics": {"held_out": trained.held_out.to_dict()},
+        "fits": {code: asdict(f) for code, f in sorted(final.fits.items())},
+        "published_model": "refit on all rows" if options.refit else "fitted on the training rows",
+        "gates": [d.to_dict() for d in decisions],
+        "drift": drift.to_dict(),
+        "product_codes": list(final.model.product_codes),
+        "library_versions": library_versions(),
+        "git_commit": git_commit(),
+        "training_seconds": round(training_seconds, 3),
+        "options": asdict(options),
+    }
+
+
+class Delivered(NamedTuple):
+    """The newest tranche's key and bytes, its valid rows, and the tranche before it."""
+
+    key: str
+    data: bytes
+    rows: ValidTranche
+    previous: Optional[Tranche]
+
+
+def read_newest_tranche(store: Store, contract: ContractOptions) -> Delivered:
+    """Find the newest tranche and hold it to the data contract."""
+    choice = find_tranches(store)
+    if choice.latest is None:
+        raise StageFailure(EXIT_NO_TRANCHE, (
+            f"no tranche found: no key like datasets/time_to_dispatch_<ISO timestamp>.csv "
+            f"in {store.location(artefacts.DATASETS_PREFIX)}"
+        ))
+    key = choice.latest.key
+    log.info("newest tranche: %s", store.location(key))
+    data = store.read_bytes(key)
+    try:
+        rows = validate_tranche(data, contract)
+    except DataContractError as exc:
+        raise StageFailure(
+            EXIT_BAD_DATA, f"tranche {store.location(key)} breaks the data contract: {exc}"
+        ) from None
+    log.info("tranche meets the data contract: %d rows, product codes %s",
+             rows.rows, rows.rows_by_code())
+    if rows.ignored_columns:
+        log.warning("ignoring extra columns %s", ", ".join(rows.ignored_columns))
+    return Delivered(key, data, rows, choice.previous)
+
+
+def require_passed(decisions: Sequence[Decision], what: str) -> None:
+    """Log the decisions; StageFailure naming every failed gate if any failed."""
+    log_decisions(decisions)
+    failed = [d for d in decisions if d.outcome == FAIL]
+    if failed:
+        raise StageFailure(EXIT_GATES, f"{what} rejected by the gates: " + "; ".join(
+            f"{d.gate}: {d.detail}" for d in failed))
+
+
+class Refit(NamedTuple):
+    """The model refit on all rows, its logic-check decisions and the seconds it took."""
+
+    fit: FitResult
+    decisions: Tuple[Decision, ...]
+    seconds: float
+
+
+def refit_and_check(tranche: ValidTranche, options: TrainOptions) -> Refit:
+    """The same fit on all rows, with the logic checks run again on it (named refit_*)."""
+    started = time.perf_counter()
+    final = fit(tranche, options)
+    seconds = time.perf_counter() - started
+    checks = tuple(
+        Decision(f"refit_{d.gate}", d.outcome, d.detail, d.value)
+        for d in label_bound_gates(final.model, tranche, options)
+    )
+    require_passed(checks, "the model refit on all rows")
+    return Refit(final, checks, seconds)
+
+
+def run(store_url: str, options: TrainOptions) -> int:
+    """The stage: returns EXIT_OK when published or deliberately kept, else raises."""
+    store = open_store(store_url, options.store_attempts, options.store_timeout)
+    delivered = read_newest_tranche(store, options.contract)
+    tranche = delivered.rows
+    drift = measure_drift(store, delivered.previous, tranche, options.drift_threshold)
+
+    split = split_rows(tranche.code_index, options.test_fraction, options.seed)
+    trained = train_and_gate(tranche, split, options)
+    require_passed(trained.decisions, "the model")
+
+    champion = read_champion(store)
+    verdict = champion_gate(trained.fit.model, champion.model, champion.version,
+                            tranche.subset(split.test), options.champion_tolerance)
+    log_decisions([verdict])
+    if verdict.outcome == KEEP:
+        log.info("nothing published: the current model %s was deliberately kept", champion.version)
+        return EXIT_OK
+    decisions = list(trained.decisions) + [verdict]
+
+    final, seconds = trained.fit, trained.seconds
+    if options.refit:
+        refit = refit_and_check(tranche, options)
+        final = refit.fit
+        decisions += refit.decisions
+        seconds += refit.seconds
+    if final.skipped:
+        log.warning("product codes with fewer than %d rows are not learned (the API will reject "
+                    "them as unknown): %s", options.min_rows_per_code, final.skipped)
+
+    model_bytes = final.model.to_json()
+    created_at = datetime.now(timezone.utc)
+    metadata = build_metadata(
+        store, delivered.key, artefacts.sha256_hex(delivered.data), tranche, split, trained,
+        final, decisions, drift, options, seconds, created_at, artefacts.sha256_hex(model_bytes),
+    )
+    pointer = artefacts.publish(store, model_bytes, metadata, created_at, champion.token)
+    log.info("published model %s (%s) for product codes %s", pointer.model_version,
+             store.location(pointer.model_key), ", ".join(final.model.product_codes))
+    return EXIT_OK
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions, str]:
+    """The store URL, the options and the log level from the command line."""
+    parser = argparse.ArgumentParser(
+        prog="train_model",
+        description="Train the time-to-dispatch model on the newest tranche in STORE, gate it "
+                    "and publish it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=f"exit status: {EXIT_OK} published or current model deliberately kept, "
+               f"2 bad options, {EXIT_STORE} store unavailable, {EXIT_NO_TRANCHE} no tranche, "
+               f"{EXIT_BAD_DATA} tranche breaks the data contract, {EXIT_GATES} model failed the "
+               f"gates, {EXIT_CONCURRENT} another run published meanwhile",
+    )
+    add = parser.add_argument
+    add("store", metavar="STORE", help="local directory, file:// URL or s3://bucket[/prefix]")
+    add("--min-rows", type=int, default=DEFAULT_MIN_ROWS, help="fewest data rows a tranche needs")
+    add("--max-hours", type=float, default=DEFAULT_MAX_HOURS,
+        help="largest plausible hours_to_dispatch")
+    add("--min-rows-per-code", type=int, default=DEFAULT_MIN_ROWS_PER_CODE,
+        help="product codes with fewer rows are not learned")
+    add("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
+        help="share of every product code's rows held out for the gates")
+    add("--seed", type=int, default=DEFAULT_SEED, help="seed of the split and the CV folds")
+    add("--folds", type=int, default=DEFAULT_FOLDS, help="cross-validation folds choosing curves")
+    add("--r2-min", type=float, default=DEFAULT_R2_MIN, help="fail when held-out R² is below")
+    add("--r2-warn", type=float, default=DEFAULT_R2_WARN, help="warn when held-out R² is below")
+    add("--mae-max", type=float, default=DEFAULT_MAE_MAX,
+        help="fail when held-out MAE (hours) is above")
+    add("--mae-warn", type=float, default=DEFAULT_MAE_WARN,
+        help="warn when held-out MAE (hours) is above")
+    add("--label-factor", type=float, default=DEFAULT_LABEL_FACTOR,
+        help="fail when a prediction on the observed range exceeds this times the largest label")
+    add("--grid-extend", type=float, default=DEFAULT_GRID_EXTEND,
+        help="the logic checks probe orders from 0 to this share of the observed span beyond it")
+    add("--champion-tolerance", type=float, default=DEFAULT_CHAMPION_TOLERANCE,
+        help="keep the published model when the new one's MAE is worse by more than this share")
+    add("--drift-threshold", type=float, default=DEFAULT_DRIFT_THRESHOLD,
+        help="warn when a feature's PSI against the previous tranche is above")
+    parser.set_defaults(refit=True)
+    add("--no-refit", dest="refit", action="store_false", default=argparse.SUPPRESS,
+        help="publish the model fitted on the training rows (default: refit on all rows)")
+    add("--store-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS,
+        help="attempts per S3 request before the store counts as unavailable")
+    add("--store-timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
+        help="seconds to connect to or read from S3 before retrying")
+    add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    args = parser.parse_args(argv)
+    problems = [
+        text for bad, text in (
+            (not 0.0 < args.test_fraction < 1.0, "--test-fraction must be between 0 and 1"),
+            (args.min_rows < 1, "--min-rows must be at least 1"),
+            (args.min_rows_per_code < args.folds, "--min-rows-per-code must be >= --folds"),
+            (args.folds < 2, "--folds must be at least 2"),
+            (not args.max_hours > 0, "--max-hours must be positive"),
+            (args.r2_warn < args.r2_min, "--r2-warn must be >= --r2-min"),
+            (args.mae_warn > args.mae_max, "--mae-warn must be <= --mae-max"),
+            (args.champion_tolerance < 0, "--champion-tolerance must be >= 0"),
+            (args.label_factor <= 0, "--label-factor must be positive"),
+            (args.grid_extend < 0, "--grid-extend must be >= 0"),
+            (args.store_attempts < 1, "--store-attempts must be at least 1"),
+            (not args.store_timeout > 0, "--store-timeout must be positive"),
+        ) if bad
+    ]
+    if problems:
+        parser.error("; ".join(problems))
+    options = TrainOptions(
+        contract=ContractOptions(min_rows=args.min_rows, max_hours=args.max_hours),
+        thresholds=MetricThresholds(args.r2_min, args.r2_warn, args.mae_max, args.mae_warn),
+        logic=LogicOptions(label_factor=args.label_factor, grid_extend=args.grid_extend),
+        min_rows_per_code=args.min_rows_per_code,
+        folds=args.folds,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        champion_tolerance=args.champion_tolerance,
+        drift_threshold=args.drift_threshold,
+        refit=args.refit,
+        store_attempts=args.store_attempts,
+        store_timeout=args.store_timeout,
+    )
+    return args.store, options, args.log_level
+
+
+def configure_logging(level: str) -> None:
+    """Plain, UTC-timestamped lines on stderr (unless the host already set up logging)."""
+    handler = logging.StreamHandler(sys.stderr)
+    formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
+                                  "%Y-%m-%dT%H:%M:%SZ")
+    formatter.converter = time.gmtime
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(handler)
+    root.setLevel(level)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse, run, and turn every expected failure into one ERROR line and an exit status."""
+    store_url, options, level = parse_args(argv)
+    configure_logging(level)
+    try:
+        return run(store_url, options)
+    except StageFailure as exc:
+        log.error("nothing published: %s", exc)
+        return exc.exit_code
+    except ConcurrentUpdate as exc:
+        log.error("nothing published: another run moved the latest-model pointer meanwhile (%s)",
+                  exc)
+        return EXIT_CONCURRENT
+    except StoreError as exc:
+        log.error("nothing published: the store is unavailable: %s", exc)
+        return EXIT_STORE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The simulator's CLI: weekly tranches on Fridays at 23:00 UTC, the same for the same seed."""
+from __future__ import annotations
+
+import subprocess
+from datetime import datetime, timedelta, timezone
+from typing import Dict
+
+import pytest
+
+from pipeline.simulate import delivery_times, last_delivery, main, week_seed
+from pipeline.store import open_store
+from pipeline.tranches import choose_tranches, tranche_timestamp
+from pipeline.validation import validate_tranche
+from tests.conftest import PYTHON, REPO_ROOT, stage_env
+
+UTC = timezone.utc
+FRIDAY_23 = datetime(2026, 11, 20, 23, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "now, expected",
+    [
+        (FRIDAY_23, FRIDAY_23),
+        (FRIDAY_23 - timedelta(seconds=1), FRIDAY_23 - timedelta(days=7)),
+        (FRIDAY_23 + timedelta(days=6, hours=23), FRIDAY_23),
+        (datetime(2026, 11, 21, 4, tzinfo=timezone(timedelta(hours=5))), FRIDAY_23),
+        (datetime(2026, 11, 21, 3, tzinfo=timezone(timedelta(hours=5))),
+         FRIDAY_23 - timedelta(days=7)),
+    ],
+)
+def test_last_delivery_is_the_latest_friday_2300_utc(now: datetime, expected: datetime) -> None:
+    assert last_delivery(now) == expected
+
+
+def test_deliveries_are_weekly_oldest_first() -> None:
+    times = delivery_times(3, FRIDAY_23)
+    assert times == [FRIDAY_23 - timedelta(days=14), FRIDAY_23 - timedelta(days=7), FRIDAY_23]
+    assert len({week_seed(1, w) for w in range(10)}) == 10
+    assert week_seed(1, 2) == week_seed(1, 2) != week_seed(2, 2)
+
+
+def contents(url: str) -> Dict[str, bytes]:
+    store = open_store(url)
+    return {key: store.read_bytes(key) for key in store.list_keys("datasets/")}
+
+
+def test_cli_writes_deterministic_valid_weekly_tranches(local_url: str, tmp_path) -> None:
+    args = ["--rows", "300", "--weeks", "3", "--seed", "7", "--until", "2026-11-21T00:00:00Z"]
+    assert main([local_url, *args]) == 0
+    written = contents(local_url)
+    assert [tranche_timestamp(k) for k in sorted(written)] == delivery_times(3, FRIDAY_23)
+    for data in written.values():
+        assert validate_tranche(data).rows == 300
+    assert len(set(written.values())) == 3
+    other = str(tmp_path / "again")
+    assert main([other, *args]) == 0
+    assert contents(other) == written
+    assert main([other, *args[:-2], "--seed", "8", "--until", "2026-11-21"]) == 0
+    assert contents(other) != written
+
+
+def test_only_if_empty_leaves_a_store_with_tranches_alone(local_url: str) -> None:
+    assert main([local_url, "--rows", "100", "--until", "2026-11-21"]) == 0
+    before = contents(local_url)
+    assert main([local_url, "--rows", "100", "--weeks", "2", "--only-if-empty"]) == 0
+    assert contents(local_url) == before
+
+
+def test_saturating_shape_and_module_form_on_s3(s3_url: str, aws_env: Dict[str, str]) -> None:
+    done = subprocess.run(
+        [PYTHON, "-m", "pipeline.simulate", s3_url, "--rows", "200", "--weeks", "2",
+         "--shape", "saturating"],
+        cwd=REPO_ROOT, env=stage_env(aws_env), capture_output=True, text=True, timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    choice = choose_tranches(open_store(s3_url).list_keys("datasets/"))
+    assert choice.latest is not None and choice.previous is not None
+    assert choice.latest.timestamp == last_delivery(datetime.now(UTC))
+
+
+def test_bad_arguments_are_refused(local_url: str) -> None:
+    for bad in (["--rows", "0"], ["--until", "last friday"], ["--shape", "cubic"]):
+        with pytest.raises(SystemExit) as exited:
+            main([local_url, *bad])
+        assert exited.value.code == 2

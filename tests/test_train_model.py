@@ -1,0 +1,433 @@
+"""The train_model stage end to end: local and S3 stores, every bad tranche, the CLI forms."""
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+import pytest
+
+from pipeline import artefacts
+from pipeline.model import Curve, DispatchModel
+from pipeline.simulate import (
+    DEFAULT_PRODUCT_CODES, expected_hours, noise_floor_mae, simulate_tranche, tranche_key,
+    write_tranches,
+)
+from pipeline.store import ConcurrentUpdate, Store, open_store
+from pipeline.train_model import (
+    EXIT_BAD_DATA, EXIT_CONCURRENT, EXIT_GATES, EXIT_NO_TRANCHE, EXIT_STORE, main, split_rows,
+)
+from tests.conftest import PIPELINE_DIR, PYTHON, REPO_ROOT, free_port, stage_env
+
+OLD_WEEK = "2026-11-13T23:00:00"
+NEW_WEEK = "2026-11-20T23:00:00"
+UNTIL = datetime(2026, 11, 21, tzinfo=timezone.utc)
+HEADER = b"hours_to_dispatch,orders_placed,product_code\n"
+
+
+def put(url: str, when: str, data: bytes) -> str:
+    key = tranche_key(when)
+    open_store(url).write_bytes(key, data)
+    return key
+
+
+def snapshot(url: str) -> Dict[str, bytes]:
+    """Every object in the store (hidden files and the whole bucket included), byte for byte."""
+    if url.startswith("s3://"):
+        import boto3
+
+        client = boto3.client("s3")
+        bucket = url[len("s3://"):].split("/")[0]
+        pages = client.get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        keys = [item["Key"] for page in pages for item in page.get("Contents", [])]
+        return {k: client.get_object(Bucket=bucket, Key=k)["Body"].read() for k in keys}
+    root = Path(url)
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+def errors(caplog: pytest.LogCaptureFixture) -> List[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def messages(caplog: pytest.LogCaptureFixture, level: int) -> List[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno == level]
+
+
+def stage(url: str, *options: str) -> int:
+    return main([url, *options])
+
+
+@pytest.fixture(scope="module")
+def published_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A local store holding last week's tranche and a model published from it."""
+    root = tmp_path_factory.mktemp("template") / "store"
+    root.mkdir()
+    put(str(root), OLD_WEEK, simulate_tranche(1000, seed=11).to_csv())
+    assert stage(str(root)) == 0
+    return root
+
+
+@pytest.fixture
+def published(published_template: Path, tmp_path: Path) -> str:
+    """A fresh copy of the published template store."""
+    root = tmp_path / "published"
+    shutil.copytree(published_template, root)
+    return str(root)
+
+
+def pointed_version(url: str) -> str:
+    found = artefacts.read_pointer(open_store(url))
+    assert found is not None
+    return found[0].model_version
+
+
+# ---------------------------------------------------------------------------- pure steps
+
+
+def test_split_is_seeded_disjoint_complete_and_stratified() -> None:
+    codes = np.repeat(np.arange(3), [100, 50, 7]).astype(np.int64)
+    split = split_rows(codes, 0.2, seed=4)
+    again = split_rows(codes, 0.2, seed=4)
+    np.testing.assert_array_equal(split.test, again.test)
+    assert not set(split.train) & set(split.test)
+    assert sorted(np.concatenate([split.train, split.test])) == list(range(len(codes)))
+    assert np.bincount(codes[split.test]).tolist() == [20, 10, 1]
+    assert not np.array_equal(split_rows(codes, 0.2, seed=5).test, split.test)
+
+
+# ------------------------------------------------------------------------ publishing
+
+
+def test_publishes_a_verified_model_with_complete_metadata(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GIT_COMMIT_HASH", "abc1234")
+    store = open_store(store_url)
+    keys = write_tranches(store, rows=1000, weeks=2, seed=3, shape="linear", until=UNTIL)
+    assert stage(store_url) == 0
+    loaded = artefacts.load_latest(store)
+    meta = loaded.metadata
+    assert meta["model_version"] == loaded.version
+    assert meta["tranche"]["key"] == keys[-1]
+    assert meta["tranche"]["sha256"] == artefacts.sha256_hex(store.read_bytes(keys[-1]))
+    assert meta["rows"]["total"] == 1000
+    assert meta["rows"]["train"] + meta["rows"]["test"] == 1000
+    assert meta["rows"]["test"] == 200
+    assert sum(meta["rows"]["per_product_code"].values()) == 1000
+    assert meta["product_codes"] == list(DEFAULT_PRODUCT_CODES)
+    assert set(meta["fits"]) == set(DEFAULT_PRODUCT_CODES)
+    held_out = meta["metrics"]["held_out"]
+    assert held_out["overall"]["rows"] == 200 and held_out["overall"]["r2"] > 0.8
+    assert set(held_out["per_product_code"]) == set(DEFAULT_PRODUCT_CODES)
+    gates = {g["gate"]: g["outcome"] for g in meta["gates"]}
+    assert gates == {
+        "r2": "pass", "mae": "pass", "monotone": "pass", "non_negative": "pass",
+        "bounded": "pass", "champion": "pass", "refit_monotone": "pass",
+        "refit_non_negative": "pass", "refit_bounded": "pass",
+    }
+    assert meta["drift"]["previous_tranche"] == keys[0]
+    assert set(meta["drift"]["psi"]) == {"orders_placed", "hours_to_dispatch", "product_code"}
+    assert meta["git_commit"] == "abc1234"
+    assert {"python", "numpy", "polars"} <= set(meta["library_versions"])
+    assert meta["training_seconds"] > 0
+    assert meta["published_model"] == "refit on all rows"
+    assert meta["options"]["champion_tolerance"] == 0.05
+    assert datetime.fromisoformat(meta["created_at"]).tzinfo is not None
+
+
+def test_the_next_run_meets_the_champion_and_replaces_it(
+    published: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    champion = pointed_version(published)
+    put(published, NEW_WEEK, simulate_tranche(1000, seed=12).to_csv())
+    with caplog.at_level(logging.INFO):
+        assert stage(published) == 0
+    assert pointed_version(published) != champion
+    decision = [g for g in artefacts.load_latest(open_store(published)).metadata["gates"]
+                if g["gate"] == "champion"][0]
+    assert champion in decision["detail"] and decision["outcome"] == "pass"
+
+
+def true_model(shape: str) -> DispatchModel:
+    knots = np.arange(0.0, 400.0)
+    return DispatchModel({
+        code: Curve(tuple(knots), tuple(expected_hours(i, knots, shape)))
+        for i, code in enumerate(DEFAULT_PRODUCT_CODES)
+    })
+
+
+def publish_model(url: str, model: DispatchModel) -> str:
+    store = open_store(url)
+    data = model.to_json()
+    now = datetime.now(timezone.utc)
+    version = artefacts.make_model_version(now, artefacts.sha256_hex(data))
+    found = artefacts.read_pointer(store)
+    metadata = {"model_version": version, "model_sha256": artefacts.sha256_hex(data)}
+    artefacts.publish(store, data, metadata, now, None if found is None else found[1])
+    return version
+
+
+def test_a_better_champion_is_deliberately_kept(
+    local_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    champion = publish_model(local_url, true_model("saturating"))
+    tranche = simulate_tranche(1000, seed=21, shape="saturating", noise_sd=0.01)
+    put(local_url, NEW_WEEK, tranche.to_csv())
+    before = snapshot(local_url)
+    with caplog.at_level(logging.INFO):
+        assert stage(local_url) == 0  # the challenger is ~30% worse: beyond the 5% tolerance
+    assert snapshot(local_url) == before
+    assert any("deliberately kept" in m and champion in m for m in messages(caplog, logging.INFO))
+    assert errors(caplog) == []
+
+
+def test_an_unreadable_champion_is_replaced_with_a_warning(
+    published: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    pointer = artefacts.read_pointer(open_store(published))
+    assert pointer is not None
+    (Path(published) / pointer[0].model_key).write_bytes(b"{tampered")
+    put(published, NEW_WEEK, simulate_tranche(1000, seed=13).to_csv())
+    with caplog.at_level(logging.INFO):
+        assert stage(published) == 0
+    assert pointed_version(published) != pointer[0].model_version
+    assert any("cannot be read" in m for m in messages(caplog, logging.WARNING))
+
+
+def test_new_codes_are_learned_and_rare_ones_skipped_and_recorded(
+    published: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    base = simulate_tranche(1000, seed=14).to_csv()
+    extra = "".join(f"{2 + i * 0.01:.2f},{90 + i},NEW001\n" for i in range(200))
+    rare = "".join(f"3.0,{100 + i},RARE01\n" for i in range(10))
+    put(published, NEW_WEEK, base + extra.encode() + rare.encode())
+    with caplog.at_level(logging.INFO):
+        assert stage(published) == 0
+    meta = artefacts.load_latest(open_store(published)).metadata
+    assert "NEW001" in meta["product_codes"] and "RARE01" not in meta["product_codes"]
+    assert meta["rows"]["skipped_product_codes"] == {"RARE01": 10}
+    assert any("RARE01" in m for m in messages(caplog, logging.WARNING))
+
+
+def test_no_refit_publishes_the_model_fitted_on_the_training_rows(local_url: str) -> None:
+    put(local_url, NEW_WEEK, simulate_tranche(1000, seed=15).to_csv())
+    assert stage(local_url, "--no-refit") == 0
+    meta = artefacts.load_latest(open_store(local_url)).metadata
+    assert meta["published_model"] == "fitted on the training rows"
+    assert not any(g["gate"].startswith("refit_") for g in meta["gates"])
+
+
+# ------------------------------------------------------------ every bad tranche, one by one
+
+
+def rows(n: int = 200, seed: int = 16) -> bytes:
+    return simulate_tranche(n, seed=seed).to_csv()
+
+
+BAD_TRANCHES: Dict[str, Callable[[], bytes]] = {
+    "file_empty": lambda: b"",
+    "no_data_rows": lambda: HEADER,
+    "file_binary": lambda: b"\x1f\x8b\x08\x00" + bytes(range(256)),
+    "file_not_utf8": lambda: rows() + b"1.0,3,SKU\xff\n",
+    "wrong_delimiter": lambda: rows().replace(b",", b";"),
+    "missing_columns": lambda: rows().replace(b"orders_placed", b"orders", 1),
+    "duplicate_columns": lambda: rows().replace(b"product_code", b"orders_placed", 1),
+    "hours_to_dispatch_not_a_number": lambda: rows() + b"soon,3,SKU001\n",
+    "orders_placed_not_a_number": lambda: rows() + b"1.0,many,SKU001\n",
+    "hours_to_dispatch_missing": lambda: rows() + b",3,SKU001\n",
+    "orders_placed_missing": lambda: rows() + b"1.0,,SKU001\n",
+    "product_code_missing": lambda: rows() + b"1.0,3,\n",
+    "orders_placed_negative": lambda: rows() + b"1.0,-3,SKU001\n",
+    "orders_placed_not_whole": lambda: rows() + b"1.0,3.5,SKU001\n",
+    "orders_placed_not_finite": lambda: rows() + b"1.0,inf,SKU001\n",
+    "hours_to_dispatch_negative": lambda: rows() + b"-1.0,3,SKU001\n",
+    "hours_to_dispatch_not_finite": lambda: rows() + b"nan,3,SKU001\n",
+    "hours_to_dispatch_above_max": lambda: rows() + b"1000.5,3,SKU001\n",
+    "extra_fields": lambda: rows() + b"1.0,3,SKU,001\n",
+    "too_few_rows": lambda: rows(99),
+    "unreadable_csv": lambda: rows() + b'"1.0,3,SKU001\n',
+}
+
+
+@pytest.mark.parametrize("rule", sorted(BAD_TRANCHES))
+def test_each_bad_tranche_is_rejected_and_nothing_changes(
+    rule: str, published: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    champion = pointed_version(published)
+    key = put(published, NEW_WEEK, BAD_TRANCHES[rule]())
+    before = snapshot(published)
+    assert stage(published) == EXIT_BAD_DATA
+    assert snapshot(published) == before
+    assert pointed_version(published) == champion
+    [error] = errors(caplog)
+    assert rule in error and key in error and "data contract" in error
+
+
+def test_a_bad_tranche_on_s3_changes_nothing(s3_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    put(s3_url, OLD_WEEK, rows(1000))
+    assert stage(s3_url) == 0
+    put(s3_url, NEW_WEEK, rows() + b"1.0,-3,SKU001\n")
+    before = snapshot(s3_url)
+    caplog.clear()
+    assert stage(s3_url) == EXIT_BAD_DATA
+    assert snapshot(s3_url) == before
+    [error] = errors(caplog)
+    assert "orders_placed_negative" in error and s3_url in error
+
+
+def test_garbage_labels_fail_the_gates(published: str, caplog: pytest.LogCaptureFixture) -> None:
+    tranche = simulate_tranche(1000, seed=17)
+    shuffled = np.random.default_rng(0).permutation(tranche.hours_to_dispatch)
+    lines = [f"{h:.4f},{o},{c}" for h, o, c in
+             zip(shuffled, tranche.orders_placed, tranche.product_code)]
+    put(published, NEW_WEEK, HEADER + ("\n".join(lines) + "\n").encode())
+    before = snapshot(published)
+    assert stage(published) == EXIT_GATES
+    assert snapshot(published) == before
+    [error] = errors(caplog)
+    assert "gates" in error and "R²" in error
+
+
+# ------------------------------------------------------------------ other expected failures
+
+
+def test_no_tranche_at_all(local_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    open_store(local_url).write_bytes("datasets/time_to_dispatch_next-week.csv", rows())
+    assert stage(local_url) == EXIT_NO_TRANCHE
+    [error] = errors(caplog)
+    assert "no tranche" in error
+    assert any("next-week" in m for m in messages(caplog, logging.WARNING))
+
+
+def test_a_missing_bucket_is_a_store_error(
+    aws_env: Dict[str, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    assert stage("s3://no-such-bucket-for-training/x") == EXIT_STORE
+    [error] = errors(caplog)
+    assert "store is unavailable" in error and "no-such-bucket-for-training" in error
+
+
+def test_an_unreachable_store_fails_in_one_plain_line(aws_env: Dict[str, str]) -> None:
+    env = stage_env(dict(aws_env, AWS_ENDPOINT_URL=f"http://127.0.0.1:{free_port()}"))
+    done = run_cli([PYTHON, "-m", "pipeline.train_model", "s3://bucket/x", "--store-attempts",
+                    "1", "--store-timeout", "2"], REPO_ROOT, env)
+    assert done.returncode == EXIT_STORE
+    [error] = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert "store is unavailable" in error and "s3://bucket/x/datasets/" in error
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("edge_rows, learned", [(30, True), (29, False)])
+def test_min_rows_per_code_boundary(edge_rows: int, learned: bool, local_url: str) -> None:
+    edge = "".join(f"{2 + i * 0.01:.2f},{90 + i},EDGE\n" for i in range(edge_rows))
+    put(local_url, NEW_WEEK, simulate_tranche(1000, seed=19).to_csv() + edge.encode())
+    assert stage(local_url, "--min-rows-per-code", "30") == 0
+    meta = artefacts.load_latest(open_store(local_url)).metadata
+    assert ("EDGE" in meta["product_codes"]) == learned
+    assert meta["rows"]["skipped_product_codes"] == ({} if learned else {"EDGE": 29})
+
+
+class RacingStore:
+    """A store where another run swings the pointer just before this run's conditional write."""
+
+    def __init__(self, inner: Store) -> None:
+        self.inner = inner
+        self.url = inner.url
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+    def write_if_unchanged(self, key: str, data: bytes, token: Optional[str]) -> None:
+        current = self.inner.read_versioned(key)
+        self.inner.write_if_unchanged(key, b'{"someone": "else"}',
+                                      None if current is None else current[1])
+        self.inner.write_if_unchanged(key, data, token)
+
+
+def test_losing_the_race_to_publish_is_reported(
+    published: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pipeline.train_model as stage_module
+
+    monkeypatch.setattr(stage_module, "open_store", lambda url, *_: RacingStore(open_store(url)))
+    put(published, NEW_WEEK, simulate_tranche(1000, seed=18).to_csv())
+    assert stage(published) == EXIT_CONCURRENT
+    assert open_store(published).read_bytes(artefacts.POINTER_KEY) == b'{"someone": "else"}'
+    [error] = errors(caplog)
+    assert "another run" in error
+    assert issubclass(ConcurrentUpdate, Exception)
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+@pytest.mark.parametrize("shape", ["linear", "saturating"])
+def test_held_out_mae_is_within_three_percent_of_the_noise_floor(
+    shape: str, local_url: str
+) -> None:
+    put(local_url, NEW_WEEK, simulate_tranche(1000, seed=31, shape=shape).to_csv())
+    assert stage(local_url) == 0
+    model = artefacts.load_latest(open_store(local_url)).model
+    fresh = simulate_tranche(50_000, seed=32, shape=shape)
+    mae = float(np.mean(np.abs(
+        model.predict(list(fresh.product_code), fresh.orders_placed) - fresh.hours_to_dispatch
+    )))
+    floor = noise_floor_mae(fresh)
+    assert mae <= 1.03 * floor, f"{shape}: MAE {mae:.4f} vs noise floor {floor:.4f}"
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def run_cli(args: List[str], cwd: Path, env: Dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_module_form_publishes_from_the_repo_root(local_url: str) -> None:
+    put(local_url, NEW_WEEK, rows(1000))
+    done = run_cli([PYTHON, "-m", "pipeline.train_model", local_url], REPO_ROOT, stage_env({}))
+    assert done.returncode == 0, done.stderr
+    assert "ERROR" not in done.stderr and "published model" in done.stderr
+    assert artefacts.load_latest(open_store(local_url)).metadata["rows"]["total"] == 1000
+
+
+def test_bodywork_form_publishes_to_s3(s3_url: str, aws_env: Dict[str, str]) -> None:
+    put(s3_url, NEW_WEEK, rows(1000))
+    done = run_cli([PYTHON, "train_model.py", s3_url], PIPELINE_DIR, stage_env(aws_env))
+    assert done.returncode == 0, done.stderr
+    assert artefacts.load_latest(open_store(s3_url)).metadata["tranche"]["key"] == tranche_key(
+        NEW_WEEK
+    )
+
+
+def test_cli_failure_is_one_error_line_without_traceback(published: str) -> None:
+    put(published, NEW_WEEK, HEADER)
+    done = run_cli([PYTHON, "train_model.py", published], PIPELINE_DIR, stage_env({}))
+    assert done.returncode == EXIT_BAD_DATA
+    error_lines = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert len(error_lines) == 1 and "no data rows" in error_lines[0]
+    assert "Traceback" not in done.stderr
+
+
+def test_help_lists_the_options_and_bad_options_are_refused(local_url: str) -> None:
+    done = run_cli([PYTHON, "-m", "pipeline.train_model", "--help"], REPO_ROOT, stage_env({}))
+    assert done.returncode == 0
+    for option in ("--min-rows", "--max-hours", "--test-fraction", "--seed", "--r2-min",
+                   "--r2-warn", "--mae-max", "--mae-warn", "--champion-tolerance",
+                   "--drift-threshold", "--min-rows-per-code", "--no-refit"):
+        assert option in done.stdout
+    with pytest.raises(SystemExit) as exited:
+        main([local_url, "--r2-min", "0.9", "--r2-warn", "0.8"])
+    assert exited.value.code == 2
+
+
+def test_metadata_is_plain_json(published: str) -> None:
+    pointer = artefacts.read_pointer(open_store(published))
+    assert pointer is not None
+    raw = open_store(published).read_bytes(pointer[0].metadata_key)
+    assert json.loads(raw)["model_version"] == pointer[0].model_version

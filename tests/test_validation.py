@@ -1,0 +1,201 @@
+"""The data contract: every rule, every boundary, every violation reported in one pass."""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.simulate import simulate_tranche
+from pipeline.validation import (
+    ContractOptions, DataContractError, row_rules, usable_rows, validate_tranche,
+)
+
+HEADER = "hours_to_dispatch,orders_placed,product_code"
+LOOSE = ContractOptions(min_rows=1)
+
+
+def csv(rows: Sequence[str], header: str = HEADER) -> bytes:
+    """A CSV file from a header and data lines."""
+    return ("\n".join([header, *rows]) + "\n").encode()
+
+
+def good_rows(n: int = 5) -> List[str]:
+    return [f"{1.5 + i},{10 + i},SKU00{i % 3 + 1}" for i in range(n)]
+
+
+def broken(data: bytes, options: ContractOptions = LOOSE) -> DataContractError:
+    with pytest.raises(DataContractError) as caught:
+        validate_tranche(data, options)
+    return caught.value
+
+
+def rules_of(error: DataContractError) -> List[str]:
+    return [v.rule for v in error.violations]
+
+
+def test_a_good_tranche_becomes_model_ready_arrays() -> None:
+    data = csv(["2.5,10,SKU002", "1.25, 3 , SKU001 ", "4,0,SKU002"])
+    tranche = validate_tranche(data, LOOSE)
+    assert tranche.product_codes == ("SKU001", "SKU002")
+    assert list(tranche.codes()) == ["SKU002", "SKU001", "SKU002"]
+    np.testing.assert_array_equal(tranche.orders_placed, [10.0, 3.0, 0.0])
+    np.testing.assert_array_equal(tranche.hours_to_dispatch, [2.5, 1.25, 4.0])
+    assert tranche.rows_by_code() == {"SKU001": 1, "SKU002": 2}
+
+
+def test_a_simulated_tranche_meets_the_default_contract() -> None:
+    tranche = validate_tranche(simulate_tranche(500, seed=3).to_csv())
+    assert tranche.rows == 500 and len(tranche.product_codes) == 5
+
+
+def test_every_rule_has_a_name_and_a_description() -> None:
+    rules = row_rules(ContractOptions())
+    assert len({r.name for r in rules}) == len(rules)
+    assert all(r.description for r in rules)
+
+
+@pytest.mark.parametrize(
+    "line, rule",
+    [
+        ("abc,10,SKU001", "hours_to_dispatch_not_a_number"),
+        ("1.5,ten,SKU001", "orders_placed_not_a_number"),
+        ("1.5,1_000,SKU001", "orders_placed_not_a_number"),
+        (",10,SKU001", "hours_to_dispatch_missing"),
+        ("1.5,,SKU001", "orders_placed_missing"),
+        ("1.5,10,", "product_code_missing"),
+        ("1.5,10,   ", "product_code_missing"),
+        ("1.5,10", "product_code_missing"),
+        ("1.5,-1,SKU001", "orders_placed_negative"),
+        ("1.5,2.5,SKU001", "orders_placed_not_whole"),
+        ("1.5,inf,SKU001", "orders_placed_not_finite"),
+        ("1.5,nan,SKU001", "orders_placed_not_finite"),
+        ("-0.01,10,SKU001", "hours_to_dispatch_negative"),
+        ("nan,10,SKU001", "hours_to_dispatch_not_finite"),
+        ("-inf,10,SKU001", "hours_to_dispatch_not_finite"),
+        ("1000.01,10,SKU001", "hours_to_dispatch_above_max"),
+        ("1.5,10,SKU001,surplus", "extra_fields"),
+    ],
+)
+def test_each_row_rule_names_the_rule_and_the_line(line: str, rule: str) -> None:
+    error = broken(csv(good_rows(3) + [line] + good_rows(2)))
+    assert rules_of(error) == [rule]
+    violation = error.violations[0]
+    assert violation.rows == 1
+    assert [e.line for e in violation.examples] == [5]
+    assert rule in str(error) and "line 5" in str(error)
+
+
+def test_every_violation_is_reported_together_with_counts_and_few_examples() -> None:
+    bad = ["x,1,A"] * 7 + ["1,-2,A", "2000,1,A", "1,1,"]
+    error = broken(csv(good_rows(3) + bad), ContractOptions(min_rows=1, examples=2))
+    by_rule = {v.rule: v for v in error.violations}
+    assert set(by_rule) == {
+        "hours_to_dispatch_not_a_number", "orders_placed_negative",
+        "hours_to_dispatch_above_max", "product_code_missing",
+    }
+    assert by_rule["hours_to_dispatch_not_a_number"].rows == 7
+    assert [e.line for e in by_rule["hours_to_dispatch_not_a_number"].examples] == [5, 6]
+    assert by_rule["hours_to_dispatch_not_a_number"].to_dict()["examples"][0]["values"] == {
+        "hours_to_dispatch": "x"
+    }
+
+
+@pytest.mark.parametrize("value, ok", [("1000", True), ("1000.0001", False)])
+def test_max_hours_boundary(value: str, ok: bool) -> None:
+    data = csv(good_rows(2) + [f"{value},1,SKU001"])
+    if ok:
+        assert validate_tranche(data, LOOSE).hours_to_dispatch.max() == 1000.0
+    else:
+        assert rules_of(broken(data)) == ["hours_to_dispatch_above_max"]
+
+
+def test_max_hours_is_an_option() -> None:
+    data = csv(good_rows(2) + ["50,1,SKU001"])
+    assert rules_of(broken(data, ContractOptions(min_rows=1, max_hours=49.9))) == [
+        "hours_to_dispatch_above_max"
+    ]
+    validate_tranche(data, ContractOptions(min_rows=1, max_hours=50))
+
+
+@pytest.mark.parametrize("line", ["0,0,SKU001", "1,3.0,SKU001", "1,1e2,SKU001", "+1,+2,SKU001"])
+def test_boundary_values_that_are_valid(line: str) -> None:
+    assert validate_tranche(csv([line]), LOOSE).rows == 1
+
+
+@pytest.mark.parametrize("rows, ok", [(100, True), (99, False)])
+def test_min_rows_boundary(rows: int, ok: bool) -> None:
+    data = csv(good_rows(rows))
+    if ok:
+        assert validate_tranche(data).rows == 100
+    else:
+        error = broken(data, ContractOptions())
+        assert rules_of(error) == ["too_few_rows"] and "99" in str(error)
+
+
+@pytest.mark.parametrize(
+    "data, rule, words",
+    [
+        (b"", "file_empty", "empty"),
+        (b" \n\n  \n", "file_empty", "empty"),
+        (b"PK\x03\x04\x00\x00binary", "file_binary", "binary"),
+        (HEADER.encode() + b"\n1,2,caf\xe9\n", "file_not_utf8", "line 2"),
+        (b"hours_to_dispatch;orders_placed;product_code\n1;2;A\n", "wrong_delimiter", "';'"),
+        (b"hours_to_dispatch\torders_placed\tproduct_code\n1\t2\tA\n", "wrong_delimiter", "\\t"),
+        (HEADER.encode() + b"\n", "no_data_rows", "no data rows"),
+        (HEADER.encode() + b"\n\n\n", "no_data_rows", "no data rows"),
+        (b"hours_to_dispatch,orders,product_code\n1,2,A\n", "missing_columns", "orders_placed"),
+        (HEADER.encode() + b",orders_placed\n1,2,A,3\n", "duplicate_columns", "orders_placed"),
+        (HEADER.encode() + b'\n"1,2,A\n', "unreadable_csv", "cannot be parsed"),
+    ],
+)
+def test_unusable_files_get_a_clear_message(data: bytes, rule: str, words: str) -> None:
+    error = broken(data)
+    assert rules_of(error) == [rule]
+    assert words in str(error)
+
+
+def test_extra_columns_are_ignored_and_reported() -> None:
+    data = csv(["1,2,A,x", "3,4,B,y"], header="product_code,note,orders_placed,hours_to_dispatch")
+    with pytest.raises(DataContractError):
+        validate_tranche(data, LOOSE)  # 'x' and 'y' are not hours
+    data = csv(["A,x,2,1", "B,y,4,3"], header="product_code,note,orders_placed,hours_to_dispatch")
+    tranche = validate_tranche(data, LOOSE)
+    assert tranche.ignored_columns == ("note",)
+    np.testing.assert_array_equal(tranche.hours_to_dispatch, [1.0, 3.0])
+
+
+def test_byte_order_mark_crlf_quotes_and_blank_lines_are_tolerated() -> None:
+    data = b'\xef\xbb\xbf' + csv(['"1.5","2","SKU001"', "", "2,3,SKU002"]).replace(b"\n", b"\r\n")
+    tranche = validate_tranche(data, LOOSE)
+    assert tranche.rows == 2 and tranche.product_codes == ("SKU001", "SKU002")
+
+
+def test_line_numbers_count_skipped_blank_lines() -> None:
+    error = broken(csv(["1,2,A", "", "", "x,2,A"]))
+    assert error.violations[0].examples[0].line == 5
+
+
+def test_usable_rows_keeps_only_rows_breaking_no_rule() -> None:
+    tranche = usable_rows(csv(["1,2,A", "x,2,A", "3,-1,B", "2,4,B"]))
+    assert tranche is not None and tranche.rows == 2
+    np.testing.assert_array_equal(tranche.hours_to_dispatch, [1.0, 2.0])
+    assert usable_rows(b"\x00\x01") is None
+    empty = usable_rows(csv(["x,2,A"]))
+    assert empty is not None and empty.rows == 0 and empty.product_codes == ()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300) | st.text(alphabet=',;\n\r"\t 0123456789.-eainfSKU', max_size=300)
+       .map(lambda t: (HEADER + "\n" + t).encode()))
+def test_any_bytes_give_rows_or_a_contract_error_never_a_crash(data: bytes) -> None:
+    try:
+        tranche = validate_tranche(data, LOOSE)
+    except DataContractError as error:
+        assert error.violations and str(error)
+    else:
+        assert tranche.rows >= 1
+        assert np.isfinite(tranche.orders_placed).all() and (tranche.orders_placed >= 0).all()
+        assert np.isfinite(tranche.hours_to_dispatch).all()
