@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, Dict, Optional, Tuple
 
 from pipeline.model import DispatchModel, ModelFormatError
-from pipeline.store import ObjectNotFound, Store, StoreError
+from pipeline.store import ConcurrentUpdate, ObjectNotFound, Store, StoreError
 
 DATASETS_PREFIX = "datasets/"
 MODELS_PREFIX = "models/"
@@ -170,5 +170,12 @@ def publish(
         metadata_sha256=sha256_hex(metadata_bytes),
         published_at=published_at.isoformat(),
     )
-    store.write_if_unchanged(POINTER_KEY, pointer.to_json(), expected_token)
+    try:
+        store.write_if_unchanged(POINTER_KEY, pointer.to_json(), expected_token)
+    except ConcurrentUpdate:
+        # A retried conditional write whose first attempt landed (its response lost) fails
+        # its own precondition: that is our publication, not a rival's.
+        current = read_pointer(store)
+        if current is None or current[0] != pointer:
+            raise
     return pointer

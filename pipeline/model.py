@@ -115,7 +115,9 @@ class DispatchModel:
                 for code, curve in sorted(self.curves.items())
             },
         }
-        return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+        return json.dumps(
+            document, sort_keys=True, separators=(",", ":"), allow_nan=False
+        ).encode()
 
     @classmethod
     def from_json(cls, data: bytes) -> "DispatchModel":
@@ -223,9 +225,10 @@ def _shapes(kind: str, x: FloatArray, low: float, high: float) -> FloatArray:
     scale = parameters if kind == "power" else parameters * (high - low)
     bottom = _raw_shape(kind, np.array([[low]]), scale)
     top = _raw_shape(kind, np.array([[high]]), scale)
-    shaped: FloatArray = (_raw_shape(kind, np.maximum(x, 0.0)[:, None], scale) - bottom) / (
-        top - bottom
-    )
+    with np.errstate(all="ignore"):
+        shaped: FloatArray = (_raw_shape(kind, np.maximum(x, 0.0)[:, None], scale) - bottom) / (
+            top - bottom
+        )
     return shaped
 
 
@@ -238,7 +241,7 @@ def _fit_curved(
     n = float(weights.sum())
     sy, syy = float(weights @ hours), float(weights @ (hours * hours))
     sg, sgg, sgy = weights @ g, weights @ (g * g), (weights * hours) @ g
-    with np.errstate(divide="ignore", invalid="ignore"):
+    with np.errstate(all="ignore"):
         b = (sgy - sg * sy / n) / (sgg - sg * sg / n)
         a = (sy - b * sg) / n
         through_zero = np.maximum(sgy / sgg, 0.0)
@@ -249,7 +252,8 @@ def _fit_curved(
     ]
     best = (np.inf, 0.0, 0.0, 0)
     for oa, ob in options:
-        sse = syy - 2 * oa * sy - 2 * ob * sgy + n * oa * oa + 2 * oa * ob * sg + ob * ob * sgg
+        with np.errstate(all="ignore"):
+            sse = syy - 2 * oa * sy - 2 * ob * sgy + n * oa * oa + 2 * oa * ob * sg + ob * ob * sgg
         sse = np.where(np.isfinite(sse), sse, np.inf)
         i = int(np.argmin(sse))
         if sse[i] < best[0]:
@@ -265,7 +269,8 @@ def _fit_curved(
             )
         )
     )
-    values = a0 + b0 * _shapes(kind, grid, low, high)[:, i]
+    with np.errstate(all="ignore"):
+        values = a0 + b0 * _shapes(kind, grid, low, high)[:, i]
     values = np.maximum.accumulate(np.maximum(values, 0.0))
     curve = Curve(tuple(float(k) for k in grid), tuple(float(v) for v in values))
     return curve, float(CURVED_PARAMETERS[kind][i])
@@ -328,7 +333,10 @@ def _fit_curve(orders: FloatArray, hours: FloatArray, family: str) -> Tuple[Curv
     if kind == "pieces":
         return _fit_pieces(distinct, means, weights, int(value)), 0.0
     if kind in CURVED_PARAMETERS:
-        return _fit_curved(distinct, means, weights, kind)
+        curve, parameter = _fit_curved(distinct, means, weights, kind)
+        if np.isfinite(curve.values).all():
+            return curve, parameter
+        return _fit_pieces(distinct, means, weights, 1), 0.0
     raise ValueError(f"unknown model family {family!r}")
 
 
