@@ -1,0 +1,1 @@
+"""The prediction API: settings, schemas and the ASGI application that serves the model."""

@@ -1,0 +1,308 @@
+"""The application factory: FastAPI for docs, schema and operations, a lean layer for predictions.
+
+``create_app(settings, store, initial)`` returns an ASGI app for uvicorn. FastAPI
+declares every route (so ``/openapi.json`` and ``/docs`` are accurate, the request
+schema listing the served model's product codes) and serves ``/health``,
+``/api/v0.1/model``, ``/metrics`` and the docs; the two prediction routes are
+answered by :class:`~pipeline.api.fastpath.PredictionLayer` in front of it, with
+the same schemas and error shape. With ``model_refresh_seconds > 0`` the lifespan
+polls the store and swaps in newly published models off the request path.
+"""
+
+import asyncio
+import gc
+import logging
+import time
+from contextlib import asynccontextmanager, suppress
+from typing import Any, AsyncIterator, Callable, Dict, List, Optional
+
+import orjson
+from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.security import APIKeyHeader
+from hmac import compare_digest
+from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import Field
+from typing_extensions import Annotated
+
+from pipeline.api.errors import message_body, summary, validation_body
+from pipeline.api.fastpath import (
+    BATCH_PATH,
+    LOG_SCOPE_KEY,
+    SINGLE_PATH,
+    Outcome,
+    PredictionLayer,
+    answer_batch,
+    answer_single,
+)
+from pipeline.api.schemas import (
+    BatchPredictionResponse,
+    ErrorMessage,
+    HealthResponse,
+    ModelInfo,
+    PredictionRequest,
+    PredictionResponse,
+    ValidationErrorResponse,
+)
+from pipeline.api.serving import (
+    RefreshOutcome,
+    ServingModel,
+    build_serving_model,
+    model_age_seconds,
+    refresh_step,
+)
+from pipeline.api.settings import ServeSettings
+from pipeline.api.state import ServiceState, iso_utc
+from pipeline.artefacts import LoadedModel
+from pipeline.store import Store
+
+API_VERSION = "0.1"
+MODEL_PATH = "/api/v0.1/model"
+HEALTH_PATH = "/health"
+METRICS_PATH = "/metrics"
+TITLE = "time-to-dispatch"
+DESCRIPTION = (
+    "Estimated hours to dispatch an order, from the product code and the orders placed. "
+    "The request schema's `product_code` enum lists the codes the served model knows "
+    "(it changes when a new model is swapped in). Send `X-Request-ID` to have it echoed "
+    "and logged; otherwise one is generated."
+)
+TRAINING_KEYS = ("tranche", "tranche_key", "tranche_sha256", "tranche_rows")
+
+log = logging.getLogger("pipeline.api")
+
+
+class StrictJSONResponse(JSONResponse):
+    """JSON rendered by orjson: strict JSON (a non-finite float becomes null), never NaN."""
+
+    def render(self, content: Any) -> bytes:
+        """The body bytes."""
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def create_app(settings: ServeSettings, store: Store, initial: LoadedModel) -> PredictionLayer:
+    """The ASGI app serving ``initial`` (already verified) and, if enabled, its successors."""
+    state = ServiceState(settings, store, build_serving_model(initial, settings.max_batch_rows))
+    api = _fastapi(state)
+    known = frozenset(getattr(route, "path", "") for route in api.routes) - {""}
+    return PredictionLayer(api, state, known)
+
+
+def refresh_once(state: ServiceState) -> RefreshOutcome:
+    """One refresh check, applied: what the background task does each period (blocking)."""
+    result = refresh_step(state.store, state.serving, state.rejected)
+    state.apply(result)
+    return result
+
+
+async def refresh_forever(state: ServiceState) -> None:
+    """Poll the store every ``model_refresh_seconds``, loading off the event loop."""
+    interval = state.settings.model_refresh_seconds
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            result = await asyncio.to_thread(
+                refresh_step, state.store, state.serving, state.rejected
+            )
+        except Exception:  # noqa: BLE001 - the loop must outlive any one failed check
+            log.exception("model refresh check failed; still serving %s", state.serving.version)
+            continue
+        state.apply(result)
+
+
+def _lifespan(state: ServiceState) -> Callable[[FastAPI], Any]:
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        """Open the request log and start the refresh task; stop both on shutdown."""
+        # Start-up objects (FastAPI, pydantic, the model) live for good: freezing them
+        # keeps the collector's full passes, and so the latency tail, short.
+        gc.collect()
+        gc.freeze()
+        state.request_log.open()
+        task: Optional["asyncio.Task[None]"] = None
+        if state.settings.model_refresh_seconds > 0:
+            task = asyncio.create_task(refresh_forever(state))
+            log.info("polling for new models every %g s", state.settings.model_refresh_seconds)
+        try:
+            yield
+        finally:
+            if task is not None:
+                task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await task
+            state.request_log.close()
+            gc.unfreeze()
+
+    return lifespan
+
+
+def _api_key_dependency(settings: ServeSettings) -> List[Any]:
+    if settings.api_key is None:
+        return []
+    expected = settings.api_key.get_secret_value().encode()
+    scheme = APIKeyHeader(name=settings.api_key_header, auto_error=False)
+
+    def require_key(key: Annotated[Optional[str], Depends(scheme)]) -> None:
+        """401 unless the request carries the configured key."""
+        if key is None or not compare_digest(key.encode(), expected):
+            raise HTTPException(status_code=401, detail="missing or invalid API key")
+
+    return [Depends(require_key)]
+
+
+def _prediction_responses(settings: ServeSettings) -> Dict[Any, Any]:
+    request_id = {
+        "X-Request-ID": {"description": "The request id (the client's or a new one).",
+                         "schema": {"type": "string"}}
+    }
+    responses: Dict[Any, Any] = {
+        200: {"headers": request_id},
+        413: {"model": ErrorMessage, "description": "The body exceeds the size limit."},
+        422: {
+            "model": ValidationErrorResponse,
+            "description": "Invalid input; each issue names its field in `loc`.",
+        },
+    }
+    if settings.api_key is not None:
+        responses[401] = {"model": ErrorMessage, "description": "Missing or invalid API key."}
+    return responses
+
+
+async def _answer_via_fastapi(
+    state: ServiceState, request: Request, answer: Callable[[ServingModel, bytes], Outcome]
+) -> Response:
+    """The prediction routes when they are reached through FastAPI (fast path off)."""
+    body = await request.body()
+    fields = request.scope.setdefault(LOG_SCOPE_KEY, {})
+    if len(body) > state.settings.max_body_bytes:
+        detail = f"request body exceeds {state.settings.max_body_bytes} bytes"
+        return Response(message_body(detail), 413, media_type="application/json")
+    status, payload, found, rows = answer(state.serving, body)
+    fields.update(found, rows=rows)
+    return Response(payload, status, media_type="application/json")
+
+
+def _fastapi(state: ServiceState) -> FastAPI:
+    settings = state.settings
+    app = FastAPI(
+        title=TITLE,
+        version=API_VERSION,
+        description=DESCRIPTION,
+        lifespan=_lifespan(state),
+        default_response_class=StrictJSONResponse,
+    )
+    app.state.service = state
+    protected = _api_key_dependency(settings)
+    responses = _prediction_responses(settings)
+    request_id = Header(alias="X-Request-ID", description="Echoed and logged.")
+    batch_body = Annotated[
+        List[PredictionRequest],
+        Field(max_length=settings.max_batch_rows, description="Rows to estimate, in order."),
+    ]
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> Response:
+        """422 in the same shape as the fast path's, noted for the request log."""
+        errors = exc.errors()
+        request.scope.setdefault(LOG_SCOPE_KEY, {})["errors"] = summary(errors, prefix=())
+        return Response(validation_body(errors, prefix=()), 422, media_type="application/json")
+
+    @app.post(
+        SINGLE_PATH,
+        response_model=PredictionResponse,
+        responses=responses,
+        dependencies=protected,
+        tags=["predictions"],
+        summary="Estimate hours to dispatch for one product",
+    )
+    async def time_to_dispatch(
+        request: Request,
+        _body: PredictionRequest,
+        _request_id: Annotated[Optional[str], request_id] = None,
+    ) -> Response:
+        """The estimated hours to dispatch for one product code and order count."""
+        return await _answer_via_fastapi(state, request, answer_single)
+
+    @app.post(
+        BATCH_PATH,
+        response_model=BatchPredictionResponse,
+        responses=responses,
+        dependencies=protected,
+        tags=["predictions"],
+        summary=f"Estimate hours to dispatch for up to {settings.max_batch_rows} rows",
+    )
+    async def time_to_dispatch_batch(
+        request: Request,
+        _rows: batch_body,
+        _request_id: Annotated[Optional[str], request_id] = None,
+    ) -> Response:
+        """Estimates for a JSON array of requests, in order, equal to the single endpoint's."""
+        return await _answer_via_fastapi(state, request, answer_batch)
+
+    @app.get(HEALTH_PATH, response_model=HealthResponse, tags=["operations"])
+    async def health() -> HealthResponse:
+        """Liveness, the served model (version, creation, age) and the refresh loop's state."""
+        serving = state.serving
+        now = time.time()
+        return HealthResponse(
+            status="ok",
+            model_version=serving.version,
+            model_trained_at=serving.trained_at.isoformat() if serving.trained_at else None,
+            model_published_at=serving.loaded.pointer.published_at,
+            model_age_seconds=model_age_seconds(serving, now),
+            model_loaded_at=iso_utc(serving.loaded_at),
+            product_codes=len(serving.product_codes),
+            uptime_seconds=round(time.monotonic() - state.started_monotonic, 3),
+            refresh=state.refresh,
+        )
+
+    @app.get(MODEL_PATH, response_model=ModelInfo, tags=["operations"])
+    async def model_info() -> ModelInfo:
+        """The served model's metadata: version, training time, tranche, metrics, codes."""
+        serving = state.serving
+        metadata = serving.metadata
+        tranche = metadata.get("tranche")
+        if tranche is None:
+            tranche = {key: metadata[key] for key in TRAINING_KEYS if key in metadata} or None
+        return ModelInfo(
+            model_version=serving.version,
+            trained_at=serving.trained_at.isoformat() if serving.trained_at else None,
+            published_at=serving.loaded.pointer.published_at,
+            tranche=tranche,
+            metrics=metadata.get("metrics"),
+            product_codes=list(serving.product_codes),
+            metadata=metadata,
+        )
+
+    @app.get(METRICS_PATH, response_class=PlainTextResponse, tags=["operations"])
+    async def metrics() -> Response:
+        """Prometheus metrics: requests, latency, predictions, the model and its age."""
+        return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+
+    app.openapi = _openapi_for_model(app, state)  # type: ignore[method-assign]
+    return app
+
+
+def _openapi_for_model(app: FastAPI, state: ServiceState) -> Callable[[], Dict[str, Any]]:
+    """FastAPI's schema with the served model's product codes, rebuilt when the model swaps."""
+
+    def openapi() -> Dict[str, Any]:
+        """The OpenAPI document for the model served now (cached per model)."""
+        serving = state.serving
+        cached = state.openapi_cache
+        if cached is not None and cached[0] is serving:
+            return cached[1]
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        codes = list(serving.product_codes)
+        request = schema["components"]["schemas"]["PredictionRequest"]
+        request["properties"]["product_code"].update(enum=codes, examples=codes[:1])
+        request["examples"] = [{"product_code": codes[0], "orders_placed": 112}]
+        schema["info"]["x-model-version"] = serving.version
+        state.openapi_cache = (serving, schema)
+        return schema
+
+    return openapi

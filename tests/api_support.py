@@ -1,0 +1,126 @@
+"""Helpers for the API tests: small models published into a local store, and apps over them.
+
+Not a test module: imported by tests/test_api_*.py.
+"""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timedelta, timezone
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pipeline.api.app import create_app
+from pipeline.api.fastpath import PredictionLayer
+from pipeline.api.settings import ServeSettings
+from pipeline.artefacts import (
+    LoadedModel,
+    load_latest,
+    make_model_version,
+    publish,
+    read_pointer,
+    sha256_hex,
+)
+from pipeline.model import fit_model
+from pipeline.simulate import DEFAULT_PRODUCT_CODES, simulate_tranche
+from pipeline.store import Store, open_store
+
+SINGLE = "/api/v0.1/time_to_dispatch"
+BATCH = "/api/v0.1/time_to_dispatch/batch"
+CODES: Tuple[str, ...] = DEFAULT_PRODUCT_CODES
+TRAINED_AT = datetime(2026, 11, 20, 23, 0, tzinfo=timezone.utc)
+
+
+@lru_cache(maxsize=None)
+def model_bytes(seed: int = 1, codes: Tuple[str, ...] = CODES) -> bytes:
+    """A model fitted on a simulated 1,000-row tranche, as artefact bytes (cached)."""
+    tranche = simulate_tranche(1000, seed=seed, product_codes=codes)
+    orders = tranche.orders_placed.astype(np.float64)
+    fit = fit_model(tranche.product_code, orders, tranche.hours_to_dispatch, seed=seed)
+    return fit.model.to_json()
+
+
+def publish_model(
+    store: Store,
+    seed: int = 1,
+    codes: Tuple[str, ...] = CODES,
+    trained_at: datetime = TRAINED_AT,
+    extra: Optional[Dict[str, Any]] = None,
+) -> str:
+    """Publish a fitted model as train_model does (pointer last); its model_version."""
+    data = model_bytes(seed, codes)
+    version = make_model_version(trained_at, sha256_hex(data))
+    metadata: Dict[str, Any] = {
+        "model_version": version,
+        "model_sha256": sha256_hex(data),
+        "created_at": trained_at.isoformat(),
+        "tranche": {"key": "datasets/time_to_dispatch_2026-11-20T23:00:00.csv", "rows": 1000},
+        "metrics": {"mae": 0.41, "r2": 0.93},
+    }
+    metadata.update(extra or {})
+    found = read_pointer(store)
+    token = found[1] if found else None
+    publish(store, data, metadata, trained_at + timedelta(minutes=1), token)
+    return version
+
+
+def publish_raw(
+    store: Store, version: str, artefact: bytes, metadata_sha: Optional[str] = None
+) -> None:
+    """Publish arbitrary artefact bytes (e.g. a broken model) under a version.
+
+    With ``metadata_sha`` the metadata and pointer record that checksum instead of the
+    artefact's, as a corrupted or tampered artefact would look.
+    """
+    metadata = {"model_version": version, "model_sha256": metadata_sha or sha256_hex(artefact)}
+    found = read_pointer(store)
+    token = found[1] if found else None
+    if metadata_sha is None:
+        publish(store, artefact, metadata, TRAINED_AT, token)
+        return
+    # A checksum that does not match: write the objects and pointer by hand.
+    from pipeline.artefacts import POINTER_KEY, Pointer, metadata_key, model_key
+
+    metadata_bytes = json.dumps(metadata).encode()
+    store.write_bytes(model_key(version), artefact)
+    store.write_bytes(metadata_key(version), metadata_bytes)
+    pointer = Pointer(
+        model_version=version,
+        model_key=model_key(version),
+        model_sha256=metadata_sha,
+        metadata_key=metadata_key(version),
+        metadata_sha256=sha256_hex(metadata_bytes),
+        published_at=TRAINED_AT.isoformat(),
+    )
+    store.write_if_unchanged(POINTER_KEY, pointer.to_json(), token)
+
+
+def new_store(tmp_path: Path, seed: int = 1, codes: Tuple[str, ...] = CODES) -> Store:
+    """A local store under tmp_path with one published model."""
+    root = tmp_path / "store"
+    root.mkdir(exist_ok=True)
+    store = open_store(str(root))
+    publish_model(store, seed, codes)
+    return store
+
+
+def make_app(store: Store, log_path: Optional[Path] = None, **settings: Any) -> PredictionLayer:
+    """The app over the store's latest model, logging requests to log_path (or nowhere)."""
+    loaded: LoadedModel = load_latest(store)
+    settings.setdefault("api_key", None)  # never a key from the developer's environment
+    config = ServeSettings(request_log=str(log_path) if log_path else "", **settings)
+    return create_app(config, store, loaded)
+
+
+def log_lines(path: Path) -> List[Dict[str, Any]]:
+    """The JSON lines of a request log."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+
+def rows(pairs: Sequence[Tuple[Any, Any]]) -> List[Dict[str, Any]]:
+    """Batch rows from (product_code, orders_placed) pairs."""
+    return [{"product_code": code, "orders_placed": orders} for code, orders in pairs]

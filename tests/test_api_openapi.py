@@ -1,0 +1,94 @@
+"""The published OpenAPI document: paths, schemas with the model's codes, error responses."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict
+
+import pytest
+from starlette.testclient import TestClient
+
+from pipeline.api.app import refresh_once
+from pipeline.store import Store
+from tests.api_support import BATCH, CODES, SINGLE, make_app, new_store, publish_model
+
+NEW_CODES = ("SKU010", "SKU011", "SKU012")
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory) -> Store:
+    """A local store with one published model."""
+    return new_store(tmp_path_factory.mktemp("openapi"))
+
+
+def openapi(store: Store, **settings: Any) -> Dict[str, Any]:
+    """The document an app over the store publishes."""
+    with TestClient(make_app(store, **settings)) as client:
+        response = client.get("/openapi.json")
+    assert response.status_code == 200
+    document: Dict[str, Any] = response.json()
+    return document
+
+
+def test_every_route_is_described(store: Store) -> None:
+    paths = openapi(store)["paths"]
+    assert set(paths) == {SINGLE, BATCH, "/health", "/api/v0.1/model", "/metrics"}
+    assert set(paths[SINGLE]) == set(paths[BATCH]) == {"post"}
+    assert paths["/metrics"]["get"]["responses"]["200"]["content"].keys() == {"text/plain"}
+
+
+def test_request_schema_lists_the_models_codes_and_bounds(store: Store) -> None:
+    document = openapi(store)
+    request = document["components"]["schemas"]["PredictionRequest"]
+    assert request["required"] == ["product_code", "orders_placed"]
+    code = request["properties"]["product_code"]
+    assert code["enum"] == list(CODES)
+    assert code["type"] == "string"
+    orders = request["properties"]["orders_placed"]
+    assert (orders["type"], orders["minimum"], orders["maximum"]) == ("number", 0, 1e9)
+    assert request["examples"][0]["product_code"] in CODES
+    single = document["paths"][SINGLE]["post"]["requestBody"]["content"]["application/json"]
+    assert single["schema"] == {"$ref": "#/components/schemas/PredictionRequest"}
+
+
+def test_batch_schema_is_an_array_capped_at_max_batch_rows(store: Store) -> None:
+    body = openapi(store, max_batch_rows=250)["paths"][BATCH]["post"]["requestBody"]
+    schema = body["content"]["application/json"]["schema"]
+    assert schema["type"] == "array"
+    assert schema["maxItems"] == 250
+    assert schema["items"] == {"$ref": "#/components/schemas/PredictionRequest"}
+
+
+@pytest.mark.parametrize("path", [SINGLE, BATCH])
+def test_error_responses_are_documented(store: Store, path: str) -> None:
+    document = openapi(store)
+    responses = document["paths"][path]["post"]["responses"]
+    assert set(responses) == {"200", "413", "422"}
+    invalid = responses["422"]["content"]["application/json"]["schema"]
+    assert invalid == {"$ref": "#/components/schemas/ValidationErrorResponse"}
+    issue = document["components"]["schemas"]["ValidationIssue"]
+    assert {"type", "loc", "msg"} <= set(issue["required"])
+    assert "X-Request-ID" in responses["200"]["headers"]
+
+
+def test_with_a_key_401_and_the_scheme_are_documented(store: Store) -> None:
+    document = openapi(store, api_key="k", api_key_header="X-Key")
+    for path in (SINGLE, BATCH):
+        operation = document["paths"][path]["post"]
+        assert "401" in operation["responses"]
+        assert operation["security"] == [{"APIKeyHeader": []}]
+    scheme = document["components"]["securitySchemes"]["APIKeyHeader"]
+    assert scheme == {"type": "apiKey", "in": "header", "name": "X-Key"}
+    assert "security" not in document["paths"]["/health"]["get"]
+
+
+def test_document_follows_a_model_swap(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    app = make_app(store)
+    with TestClient(app) as client:
+        before = client.get("/openapi.json").json()
+        new_version = publish_model(store, seed=5, codes=NEW_CODES)
+        assert refresh_once(app.state).outcome == "swapped"
+        after = client.get("/openapi.json").json()
+    enum = after["components"]["schemas"]["PredictionRequest"]["properties"]["product_code"]["enum"]
+    assert enum == list(NEW_CODES)
+    assert after["info"]["x-model-version"] == new_version != before["info"]["x-model-version"]

@@ -1,0 +1,168 @@
+"""The served-model bundle: the fast batch parser agrees with pydantic, batch equals single."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any, List, Optional
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from pipeline.api.serving import BatchRows, ServingModel, build_serving_model, jsonable
+from pipeline.artefacts import load_latest
+from tests.api_support import CODES, new_store
+
+CAP = 20
+FIXTURE_OK = [HealthCheck.function_scoped_fixture]
+
+
+@pytest.fixture(scope="module")
+def serving(tmp_path_factory: pytest.TempPathFactory) -> ServingModel:
+    """A ServingModel with a small batch cap."""
+    store = new_store(tmp_path_factory.mktemp("serving"))
+    return build_serving_model(load_latest(store), CAP)
+
+
+values = st.one_of(
+    st.sampled_from(CODES),
+    st.text(max_size=8),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.floats(min_value=0, max_value=2e9),
+    st.booleans(),
+    st.none(),
+    st.lists(st.integers(), max_size=2),
+)
+good_rows = st.fixed_dictionaries(
+    {"product_code": st.sampled_from(CODES),
+     "orders_placed": st.one_of(st.integers(0, 10**9), st.floats(0, 1e9))}
+)
+any_rows = st.one_of(
+    good_rows,
+    st.fixed_dictionaries({"product_code": values, "orders_placed": values}),
+    st.dictionaries(st.sampled_from(["product_code", "orders_placed", "x"]), values, max_size=3),
+    values,
+)
+bodies = st.one_of(
+    st.lists(good_rows, max_size=CAP + 2),
+    st.lists(any_rows, max_size=CAP + 2),
+    any_rows,
+).map(lambda data: json.dumps(data).encode())
+
+
+def reference(serving: ServingModel, body: bytes) -> Optional[BatchRows]:
+    """What pydantic alone makes of a body: the columns, or None when it is invalid."""
+    try:
+        checked = serving.validators.batch.validate_json(body)
+    except ValidationError:
+        return None
+    return BatchRows(
+        [r["product_code"] for r in checked],
+        np.array([r["orders_placed"] for r in checked], dtype=np.float64),
+    )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(body=bodies)
+def test_batch_parser_agrees_with_pydantic(serving: ServingModel, body: bytes) -> None:
+    expected = reference(serving, body)
+    if expected is None:
+        with pytest.raises(ValidationError):
+            serving.parse_batch(body)
+        return
+    got = serving.parse_batch(body)
+    assert got.product_codes == expected.product_codes
+    assert np.array_equal(got.orders_placed, expected.orders_placed)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(body=any_rows.map(lambda data: json.dumps(data).encode()))
+def test_single_parser_agrees_with_pydantic(serving: ServingModel, body: bytes) -> None:
+    try:
+        row = serving.validators.single.validate_json(body)
+    except ValidationError as exc:
+        with pytest.raises(ValidationError) as raised:
+            serving.parse_single(body)
+        assert raised.value.errors() == exc.errors()
+        return
+    assert serving.parse_single(body) == (row["product_code"], row["orders_placed"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"product_code": "SKU001", "orders_placed": 1, "orders_placed": -1}',
+     b'{"product_code": "SKU001", "orders_placed": -1, "orders_placed": 1}',
+     b'{"product_code": "SKU001", "orders_placed": 18446744073709551616}',
+     b'{"product_code": "SKU001", "orders_placed": 1e999}',
+     b'{"product_code": "SKU001", "orders_placed": 1000000000}',
+     b'{"product_code": "SKU001", "orders_placed": 1000000000.0000001}',
+     b'{"product_code": "SKU001", "orders_placed": -0.0}'],
+)
+def test_single_parser_edge_cases(serving: ServingModel, body: bytes) -> None:
+    try:
+        row = serving.validators.single.validate_json(body)
+    except ValidationError:
+        with pytest.raises(ValidationError):
+            serving.parse_single(body)
+        return
+    assert serving.parse_single(body) == (row["product_code"], row["orders_placed"])
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b"[]", b'[{"product_code": "SKU001", "orders_placed": 1e999}]',
+     b'[{"product_code": "SKU001", "orders_placed": NaN}]',
+     b'[{"product_code": "SKU001", "orders_placed": 18446744073709551616}]',
+     b'[{"product_code": "SKU001", "orders_placed": -0.0}]'],
+)
+def test_batch_parser_edge_numbers(serving: ServingModel, body: bytes) -> None:
+    expected = reference(serving, body)
+    if expected is None:
+        with pytest.raises(ValidationError):
+            serving.parse_batch(body)
+    else:
+        assert serving.parse_batch(body).product_codes == expected.product_codes
+
+
+@pytest.mark.parametrize("n, ok", [(CAP, True), (CAP + 1, False)])
+def test_batch_cap_boundary(serving: ServingModel, n: int, ok: bool) -> None:
+    body = json.dumps([{"product_code": "SKU001", "orders_placed": 1}] * n).encode()
+    if ok:
+        assert len(serving.parse_batch(body).product_codes) == n
+    else:
+        with pytest.raises(ValidationError, match=f"at most {CAP} items"):
+            serving.parse_batch(body)
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(
+    pairs=st.lists(
+        st.tuples(st.sampled_from(CODES), st.floats(min_value=0, max_value=1e9)), max_size=60
+    )
+)
+def test_batch_estimates_equal_single_estimates(serving: ServingModel, pairs: List[Any]) -> None:
+    codes = [c for c, _ in pairs]
+    orders = np.array([o for _, o in pairs], dtype=np.float64)
+    batch = serving.predict_batch(BatchRows(codes, orders)).tolist()
+    single = [serving.predict_one(c, float(o)) for c, o in pairs]
+    assert batch == single
+    assert all(math.isfinite(v) and v >= 0 for v in batch)
+
+
+def test_model_facts_from_metadata(tmp_path: Path) -> None:
+    loaded = load_latest(new_store(tmp_path))
+    serving = build_serving_model(loaded, 5)
+    assert serving.trained_at is not None and serving.trained_at.year == 2026
+    assert serving.product_codes == CODES
+    assert serving.metadata["model_version"] == serving.version
+
+
+def test_jsonable_makes_metadata_strict_json() -> None:
+    raw = {"a": [1.5, float("nan"), float("inf")], "b": {"c": 2**70, "d": True, "e": -(2**63)}}
+    assert jsonable(raw) == {
+        "a": [1.5, None, None], "b": {"c": str(2**70), "d": True, "e": str(-(2**63))}
+    }

@@ -1,0 +1,125 @@
+"""Swap under load (issue 5, item 5; issue 3's refresh test), through a real server on S3.
+
+While clients send single and batch requests without pause, a new model is published:
+it is served within a few seconds, no request fails, every answer is the estimate of
+the model it names, and no client goes back to the old model once it saw the new one.
+A broken model published next is ignored (the good one keeps serving), and the refresh
+loop keeps working after it: a third model is picked up.
+"""
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import pytest
+
+from pipeline.model import DispatchModel
+from tests.serve_support import (
+    BATCH_PATH,
+    SINGLE_PATH,
+    ServerProcess,
+    Tally,
+    fitted_model,
+    publish_broken,
+    publish_model,
+    request,
+    rows_for,
+    stage_env_for,
+    wait_for,
+)
+
+REFRESH_SECONDS = 1
+CLIENTS = 2
+SWAP_WITHIN_SECONDS = 8.0  # generous: a few refresh periods on a loaded machine
+Answer = Tuple[str, str, int, float]  # version, product code, orders, estimate
+
+
+def _client(port: int, rows: List[Dict[str, Any]], stop: threading.Event, tally: Tally,
+            seen: List[Answer]) -> None:
+    """Alternate single and 20-row batch requests on one keep-alive connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    index = 0
+    while not stop.is_set():
+        index += 1
+        batch = rows[index % 50:index % 50 + 20]
+        try:
+            if index % 2:
+                row = batch[0]
+                status, body, _ = request(conn, "POST", SINGLE_PATH, row)
+                pairs = [(row, body.get("est_hours_to_dispatch"))] if status == 200 else []
+            else:
+                status, body, _ = request(conn, "POST", BATCH_PATH, batch)
+                pairs = list(zip(batch, body.get("est_hours_to_dispatch", [])))
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            tally.fail(repr(exc))
+            conn.close()
+            continue
+        if status != 200:
+            tally.fail(f"{status}: {body}")
+            continue
+        tally.add(body["model_version"])
+        seen.extend((body["model_version"], r["product_code"], r["orders_placed"], estimate)
+                    for r, estimate in pairs)
+    conn.close()
+
+
+def test_new_model_swapped_in_under_load_and_broken_one_ignored(
+    s3_url: str, aws_env: Dict[str, str], tmp_path: Path
+) -> None:
+    models: Dict[str, DispatchModel] = {}
+    first = fitted_model(seed=31)
+    models[publish_model(s3_url, first)] = first
+    extra = ["--model-refresh-seconds", str(REFRESH_SECONDS), "--drain-seconds", "0.2"]
+    with ServerProcess(s3_url, stage_env_for(aws_env), tmp_path, extra=extra) as server:
+        server.wait_listening()
+        tally, stop = Tally(), threading.Event()
+        seen: List[List[Answer]] = [[] for _ in range(CLIENTS)]
+        clients = [threading.Thread(target=_client, args=(server.port, rows_for(first, 80, i),
+                                                          stop, tally, seen[i]))
+                   for i in range(CLIENTS)]
+        for client in clients:
+            client.start()
+        try:
+            time.sleep(0.5)
+            second = fitted_model(seed=32)
+            version2 = publish_model(s3_url, second)
+            models[version2] = second
+            swapped = wait_for(lambda: tally.versions.get(version2, 0) > 10,
+                               SWAP_WITHIN_SECONDS)
+
+            broken = publish_broken(s3_url, "checksum")
+            time.sleep(1.5 * REFRESH_SECONDS)
+            after_broken = dict(tally.versions)
+            time.sleep(1.0 * REFRESH_SECONDS)
+            still = {v: n - after_broken.get(v, 0) for v, n in tally.versions.items()}
+
+            third = fitted_model(seed=33)
+            version3 = publish_model(s3_url, third)
+            models[version3] = third
+            recovered = wait_for(lambda: tally.versions.get(version3, 0) > 10,
+                                 SWAP_WITHIN_SECONDS)
+        finally:
+            stop.set()
+            for client in clients:
+                client.join()
+        server.terminate()
+        code = server.process.wait(timeout=10)
+        log = server.output()
+
+    assert swapped and recovered, (tally.versions, log[-3000:])
+    assert tally.failures == [], tally.failures[:5]
+    assert broken not in tally.versions
+    assert {v for v, n in still.items() if n} == {version2}, "the broken model was not served"
+    assert "new model rejected" in log and "checksum mismatch" in log
+    assert set(tally.versions) == set(models)
+    rank = {version: i for i, version in enumerate(models)}
+    for answers in seen:
+        wrong = [a for a in answers
+                 if a[3] != pytest.approx(models[a[0]].predict_one(a[1], a[2]), rel=1e-9)]
+        assert wrong == [], wrong[:5]
+        ranks = [rank[a[0]] for a in answers]
+        assert ranks == sorted(ranks), "a client went back to an older model"
+    assert code == 0, log
