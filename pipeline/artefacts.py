@@ -175,7 +175,15 @@ def publish(
     except ConcurrentUpdate:
         # A retried conditional write whose first attempt landed (its response lost) fails
         # its own precondition: that is our publication, not a rival's.
-        current = read_pointer(store)
-        if current is None or current[0] != pointer:
+        if not _points_to(store, pointer):
             raise
     return pointer
+
+
+def _points_to(store: Store, pointer: Pointer) -> bool:
+    """Whether the store's pointer is exactly this one."""
+    try:
+        current = read_pointer(store)
+    except ModelUnavailable:
+        return False
+    return current is not None and current[0] == pointer
