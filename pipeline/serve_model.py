@@ -60,8 +60,12 @@ class ServeOptions:
     settings: ServeSettings
 
 
-def _setting_default(name: str) -> Any:
-    return ServeSettings.model_fields[name].default
+SETTINGS_FROM_FLAGS = ("model_refresh_seconds", "drain_seconds", "max_batch_rows", "root_path")
+
+
+def _help(text: str, setting: str) -> str:
+    default = ServeSettings.model_fields[setting].default
+    return f"{text} (default: TTD_{setting.upper()} or {default!r})"
 
 
 def _number(text: str, kind: Callable[[str], T], what: str) -> T:
@@ -116,20 +120,29 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--model-refresh-seconds",
         type=_non_negative_seconds,
-        default=_setting_default("model_refresh_seconds"),
-        help="poll the store for a newly published model this often (0: never)",
+        default=argparse.SUPPRESS,
+        help=_help("poll the store for a newly published model this often (0: never)",
+                   "model_refresh_seconds"),
     )
     parser.add_argument(
         "--drain-seconds",
         type=_drain_seconds,
-        default=_setting_default("drain_seconds"),
-        help="after SIGTERM, keep accepting and answering this long before stopping",
+        default=argparse.SUPPRESS,
+        help=_help("after SIGTERM, keep accepting and answering this long before stopping",
+                   "drain_seconds"),
     )
     parser.add_argument(
         "--max-batch-rows",
         type=_positive_int,
-        default=_setting_default("max_batch_rows"),
-        help="most rows accepted in one batch request",
+        default=argparse.SUPPRESS,
+        help=_help("most rows accepted in one batch request", "max_batch_rows"),
+    )
+    parser.add_argument(
+        "--root-path",
+        default=argparse.SUPPRESS,
+        help=_help("path prefix a proxy strips before requests reach the service (the "
+                   "ingress's /<namespace>/<service>), so that /docs finds the schema",
+                   "root_path"),
     )
     parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="log threshold")
     return parser
@@ -139,11 +152,8 @@ def parse_options(argv: Optional[Sequence[str]]) -> ServeOptions:
     """Options from the command line; secrets are left to ServeSettings' environment."""
     args = build_parser().parse_args(argv)
     try:
-        settings = ServeSettings(
-            model_refresh_seconds=args.model_refresh_seconds,
-            drain_seconds=args.drain_seconds,
-            max_batch_rows=args.max_batch_rows,
-        )
+        given = {name: getattr(args, name, None) for name in SETTINGS_FROM_FLAGS}
+        settings = ServeSettings(**{k: v for k, v in given.items() if v is not None})
     except ValidationError as exc:
         raise StartupError(f"invalid settings: {_one_line(str(exc))}") from exc
     return ServeOptions(

@@ -92,3 +92,15 @@ def test_document_follows_a_model_swap(tmp_path: Path) -> None:
     enum = after["components"]["schemas"]["PredictionRequest"]["properties"]["product_code"]["enum"]
     assert enum == list(NEW_CODES)
     assert after["info"]["x-model-version"] == new_version != before["info"]["x-model-version"]
+
+
+def test_docs_behind_a_path_prefix_fetch_the_schema_under_it(store: Store) -> None:
+    prefix = "/time-to-dispatch/serve-model"
+    with TestClient(make_app(store, root_path=prefix)) as client:
+        docs = client.get("/docs")
+        document = client.get("/openapi.json")
+        predicted = client.post(SINGLE, json={"product_code": CODES[0], "orders_placed": 3})
+    assert docs.status_code == 200
+    assert f"{prefix}/openapi.json" in docs.text
+    assert document.status_code == 200 and SINGLE in document.json()["paths"]
+    assert predicted.status_code == 200

@@ -60,6 +60,22 @@ def test_options_reach_the_settings() -> None:
     assert options.settings.max_batch_rows == 7
 
 
+def test_flags_override_the_environment_which_overrides_the_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("TTD_MAX_BATCH_ROWS", "500")
+    monkeypatch.setenv("TTD_ROOT_PATH", "/time-to-dispatch/serve-model")
+    from_env = parse_options(["store"]).settings
+    assert (from_env.max_batch_rows, from_env.root_path) == (500, "/time-to-dispatch/serve-model")
+    from_flags = parse_options(["store", "--max-batch-rows", "7", "--root-path", "/x"]).settings
+    assert (from_flags.max_batch_rows, from_flags.root_path) == (7, "/x")
+
+
+def test_a_malformed_root_path_is_refused() -> None:
+    with pytest.raises(StartupError, match="root_path"):
+        parse_options(["store", "--root-path", "no-leading-slash"])
+
+
 @pytest.mark.parametrize(
     "flag, accepted, rejected",
     [

@@ -192,6 +192,7 @@ def _fastapi(state: ServiceState) -> FastAPI:
         description=DESCRIPTION,
         lifespan=_lifespan(state),
         default_response_class=StrictJSONResponse,
+        root_path=settings.root_path,
     )
     app.state.service = state
     protected = _api_key_dependency(settings)

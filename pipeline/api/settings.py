@@ -41,6 +41,11 @@ class ServeSettings(BaseSettings):
     request_log: str = Field(
         default="-", description="request log: '-' stdout, '' off, else a file path"
     )
+    root_path: str = Field(
+        default="",
+        pattern=r"^(/[A-Za-z0-9._~-]+)*$",
+        description="path prefix a proxy strips (e.g. the ingress's /<namespace>/<service>)",
+    )
     fast_path: bool = Field(
         default=True, description="serve predictions through the lean ASGI layer"
     )
