@@ -68,6 +68,11 @@ class LoadResult(NamedTuple):
     cpu_us_per_request: float
 
 
+# Command prefixes that pin the servers and the load generator to separate CPUs.
+SERVER_CPU: List[str] = []
+LOAD_CPU: List[str] = []
+
+
 def free_port() -> int:
     """A loopback port nothing listens on right now."""
     with socket.socket() as sock:
@@ -120,7 +125,7 @@ def start_floor(port: int) -> "subprocess.Popen[bytes]":
         "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
         "--workers", "1", "--no-access-log", "--log-level", "warning", "--lifespan", "off",
     ]
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=_env({}))
+    return subprocess.Popen(SERVER_CPU + command, cwd=REPO_ROOT, env=_env({}))
 
 
 def start_service(port: int, store_url: str, request_log: str) -> "subprocess.Popen[bytes]":
@@ -129,7 +134,9 @@ def start_service(port: int, store_url: str, request_log: str) -> "subprocess.Po
         sys.executable, "-m", "pipeline.serve_model", store_url,
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
     ]
-    return subprocess.Popen(command, cwd=REPO_ROOT, env=_env({"TTD_REQUEST_LOG": request_log}))
+    return subprocess.Popen(
+        SERVER_CPU + command, cwd=REPO_ROOT, env=_env({"TTD_REQUEST_LOG": request_log})
+    )
 
 
 def _env(extra: Dict[str, str]) -> Dict[str, str]:
@@ -151,7 +158,7 @@ def stop(process: "subprocess.Popen[bytes]") -> None:
 
 def run_wrk(port: int, seconds: float, connections: int, script: Path) -> LoadResult:
     """Drive a server with wrk and parse its summary."""
-    command = [
+    command = LOAD_CPU + [
         "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--latency",
         "-s", str(script),
         f"http://127.0.0.1:{port}{SINGLE_PATH}",
@@ -346,6 +353,10 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--batch-repeats", type=int, default=7)
     parser.add_argument("--python-load", action="store_true", help="use the Python load generator")
+    parser.add_argument(
+        "--no-pin", action="store_true",
+        help="let servers and wrk share every CPU (default: servers on CPU 0, wrk on CPU 1)",
+    )
     return parser.parse_args(argv)
 
 
@@ -378,6 +389,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run both servers under the same load and print the comparison."""
     args = parse_args(argv)
     use_wrk = shutil.which("wrk") is not None and not args.python_load
+    if not args.no_pin and shutil.which("taskset") and (os.cpu_count() or 1) >= 2:
+        SERVER_CPU[:] = ["taskset", "-c", "0"]
+        LOAD_CPU[:] = ["taskset", "-c", "1"]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         store_url = publish_model(root / "store")
@@ -387,6 +401,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             bodies = ", ".join(f"'{body.decode()}'" for body in request_bodies())
             script.write_text(WRK_SCRIPT % bodies)
         load = "wrk -t1" if use_wrk else "python asyncio"
+        if SERVER_CPU:
+            load += " (servers pinned to CPU 0, load to CPU 1)"
         print(f"load: {load}, {args.connections} connections, {args.seconds:g} s per server "
               f"in {args.rounds} alternating rounds after {args.warmup:g} s warm-up; load "
               f"average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cpus (shared: noisy)")
