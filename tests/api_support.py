@@ -26,6 +26,7 @@ from pipeline.artefacts import (
 from pipeline.model import fit_model
 from pipeline.simulate import DEFAULT_PRODUCT_CODES, simulate_tranche
 from pipeline.store import Store, open_store
+from tests.conftest import publish_unchecked
 
 SINGLE = "/api/v0.1/time_to_dispatch"
 BATCH = "/api/v0.1/time_to_dispatch/batch"
@@ -79,22 +80,8 @@ def publish_raw(
     token = found[1] if found else None
     if metadata_sha is None:
         publish(store, artefact, metadata, TRAINED_AT, token)
-        return
-    # A checksum that does not match: write the objects and pointer by hand.
-    from pipeline.artefacts import POINTER_KEY, Pointer, metadata_key, model_key
-
-    metadata_bytes = json.dumps(metadata).encode()
-    store.write_bytes(model_key(version), artefact)
-    store.write_bytes(metadata_key(version), metadata_bytes)
-    pointer = Pointer(
-        model_version=version,
-        model_key=model_key(version),
-        model_sha256=metadata_sha,
-        metadata_key=metadata_key(version),
-        metadata_sha256=sha256_hex(metadata_bytes),
-        published_at=TRAINED_AT.isoformat(),
-    )
-    store.write_if_unchanged(POINTER_KEY, pointer.to_json(), token)
+    else:
+        publish_unchecked(store, version, artefact, metadata_sha)
 
 
 def new_store(tmp_path: Path, seed: int = 1, codes: Tuple[str, ...] = CODES) -> Store:

@@ -1,14 +1,19 @@
 """Shared fixtures: a real S3 API over HTTP (moto's server) and stores on it or on disk."""
 from __future__ import annotations
 
+import json
 import os
 import socket
 import sys
 import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, Iterator
 
 import pytest
+
+from pipeline.artefacts import POINTER_KEY, Pointer, metadata_key, model_key, sha256_hex
+from pipeline.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PIPELINE_DIR = REPO_ROOT / "pipeline"
@@ -82,3 +87,20 @@ def stage_env(extra: Dict[str, str]) -> Dict[str, str]:
     env.update(extra)
     env["PYTHONPATH"] = str(REPO_ROOT)
     return env
+
+
+def publish_unchecked(store: Store, version: str, artefact: bytes, recorded_sha256: str) -> None:
+    """Point the store at any artefact bytes with any recorded checksum, as a tampered store is."""
+    metadata = json.dumps({"model_version": version, "model_sha256": recorded_sha256}).encode()
+    store.write_bytes(model_key(version), artefact)
+    store.write_bytes(metadata_key(version), metadata)
+    pointer = Pointer(
+        model_version=version,
+        model_key=model_key(version),
+        model_sha256=recorded_sha256,
+        metadata_key=metadata_key(version),
+        metadata_sha256=sha256_hex(metadata),
+        published_at=datetime.now(timezone.utc).isoformat(),
+    )
+    found = store.read_versioned(POINTER_KEY)
+    store.write_if_unchanged(POINTER_KEY, pointer.to_json(), found[1] if found else None)

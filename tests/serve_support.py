@@ -18,20 +18,11 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline.artefacts import (
-    POINTER_KEY,
-    Pointer,
-    make_model_version,
-    metadata_key,
-    model_key,
-    publish,
-    read_pointer,
-    sha256_hex,
-)
+from pipeline.artefacts import make_model_version, publish, read_pointer, sha256_hex
 from pipeline.model import DispatchModel, fit_model
 from pipeline.simulate import simulate_tranche
 from pipeline.store import open_store
-from tests.conftest import PIPELINE_DIR, PYTHON, REPO_ROOT, free_port
+from tests.conftest import PIPELINE_DIR, PYTHON, REPO_ROOT, free_port, publish_unchecked
 
 SINGLE_PATH = "/api/v0.1/time_to_dispatch"
 BATCH_PATH = "/api/v0.1/time_to_dispatch/batch"
@@ -77,18 +68,7 @@ def publish_broken(store_url: str, how: str) -> str:
         recorded = sha256_hex(artefact)
     else:
         raise ValueError(f"unknown breakage {how!r}")
-    metadata = json.dumps({"model_version": version, "model_sha256": recorded}).encode()
-    store.write_bytes(model_key(version), artefact)
-    store.write_bytes(metadata_key(version), metadata)
-    pointer = Pointer(
-        model_version=version,
-        model_key=model_key(version),
-        model_sha256=recorded,
-        metadata_key=metadata_key(version),
-        metadata_sha256=sha256_hex(metadata),
-        published_at=datetime.now(timezone.utc).isoformat(),
-    )
-    store.write_bytes(POINTER_KEY, pointer.to_json())
+    publish_unchecked(store, version, artefact, recorded)
     return version
 
 
