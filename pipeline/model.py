@@ -4,13 +4,13 @@ This module is the feature encoding shared by training and serving: a request's
 ``product_code`` selects a curve and its ``orders_placed`` is the point on it.
 
 Per product code, k-fold cross-validation (on MAE) picks one of a few families:
-a straight line, three one-parameter curved shapes (saturating exponential, log,
-power; the parameter found on a grid) and piecewise-linear ramps with 2, 4 or 8
-pieces. Every family is fitted by least squares with all coefficients >= 0, so
-no curve ever falls as orders grow, and it starts at >= 0. The simplest family
-within 1% of the best CV error wins. Whatever the family, the published curve
-is piecewise linear (knots and values, JSON): loading it executes no code and
-serving it is a binary search.
+a straight line, four one-parameter curved shapes (saturating exponential, log,
+power, and a line capped at a level; the parameter found on a grid) and
+piecewise-linear ramps with 2, 4 or 8 pieces. Every family is fitted by least
+squares with all coefficients >= 0, so no curve ever falls as orders grow, and
+it starts at >= 0. The simplest family within 1% of the best CV error wins.
+Whatever the family, the published curve is piecewise linear (knots and values,
+JSON): loading it executes no code and serving it is a binary search.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ import numpy.typing as npt
 FORMAT = "time-to-dispatch/monotone-piecewise-linear"
 FORMAT_VERSION = 1
 DEFAULT_FAMILIES: Tuple[str, ...] = (
-    "linear", "saturating", "log", "power", "pieces-2", "pieces-4", "pieces-8"
+    "linear", "saturating", "log", "power", "capped", "pieces-2", "pieces-4", "pieces-8"
 )
 CURVE_GRID_POINTS = 129
 SIMPLER_TOLERANCE = 0.01
@@ -182,6 +182,7 @@ CURVED_PARAMETERS: Dict[str, FloatArray] = {
     "saturating": np.geomspace(0.02, 5.0, 96),
     "log": np.geomspace(0.01, 5.0, 96),
     "power": np.linspace(0.05, 0.95, 37),
+    "capped": np.linspace(0.02, 0.98, 49),
 }
 
 
@@ -214,6 +215,8 @@ def _raw_shape(kind: str, x: FloatArray, scale: FloatArray) -> FloatArray:
         result: FloatArray = -np.exp(-x / scale)
     elif kind == "log":
         result = np.log1p(x / scale)
+    elif kind == "capped":
+        result = np.minimum(x, scale)
     else:
         result = x ** scale
     return result
@@ -222,7 +225,12 @@ def _raw_shape(kind: str, x: FloatArray, scale: FloatArray) -> FloatArray:
 def _shapes(kind: str, x: FloatArray, low: float, high: float) -> FloatArray:
     """Increasing shapes of one kind, a column per parameter, 0 at ``low`` and 1 at ``high``."""
     parameters = CURVED_PARAMETERS[kind][None, :]
-    scale = parameters if kind == "power" else parameters * (high - low)
+    if kind == "power":
+        scale = parameters
+    elif kind == "capped":
+        scale = low + parameters * (high - low)
+    else:
+        scale = parameters * (high - low)
     bottom = _raw_shape(kind, np.array([[low]]), scale)
     top = _raw_shape(kind, np.array([[high]]), scale)
     with np.errstate(all="ignore"):

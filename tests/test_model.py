@@ -176,3 +176,13 @@ def test_curve_extrapolates_along_its_end_segments_and_floors_at_zero() -> None:
     assert curve.predict_one(30.0) == pytest.approx(5.0)
     assert curve.predict_one(5.0) == pytest.approx(0.0)
     assert curve.predict_one(0.0) == 0.0
+
+
+def test_a_line_that_levels_off_at_a_capacity_is_recovered() -> None:
+    rng = np.random.default_rng(4)
+    orders = rng.uniform(0.0, 300.0, 3000)
+    truth = np.minimum(2.0 + 0.05 * orders, 9.0)
+    curve, fit = fit_code(orders, truth + rng.normal(0.0, 0.3, 3000))
+    assert fit.family == "capped"
+    grid = np.linspace(0.0, 300.0, 61)
+    assert np.max(np.abs(curve.predict(grid) - np.minimum(2.0 + 0.05 * grid, 9.0))) < 0.15
