@@ -29,17 +29,14 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from pipeline.artefacts import make_model_version, publish, sha256_hex  # noqa: E402
-from pipeline.model import fit_model  # noqa: E402
-from pipeline.simulate import DEFAULT_PRODUCT_CODES, simulate_tranche  # noqa: E402
-from pipeline.store import open_store  # noqa: E402
+from benchmarks.serving_support import free_port, publish_model  # noqa: E402
+from pipeline.simulate import DEFAULT_PRODUCT_CODES  # noqa: E402
 
 SINGLE_PATH = "/api/v0.1/time_to_dispatch"
 BATCH_PATH = "/api/v0.1/time_to_dispatch/batch"
@@ -73,36 +70,12 @@ SERVER_CPU: List[str] = []
 LOAD_CPU: List[str] = []
 
 
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def request_bodies() -> List[bytes]:
     """Single-request bodies that vary the product code and order count."""
     return [
         json.dumps({"product_code": code, "orders_placed": 80 + 17 * i}).encode()
         for i, code in enumerate(DEFAULT_PRODUCT_CODES)
     ]
-
-
-def publish_model(root: Path) -> str:
-    """Fit a model on a simulated tranche and publish it into a local store; its URL."""
-    tranche = simulate_tranche(5_000, seed=7)
-    fit = fit_model(tranche.product_code, tranche.orders_placed, tranche.hours_to_dispatch)
-    model_bytes = fit.model.to_json()
-    now = datetime.now(timezone.utc)
-    digest = sha256_hex(model_bytes)
-    metadata = {
-        "model_version": make_model_version(now, digest),
-        "model_sha256": digest,
-        "created_at": now.isoformat(),
-    }
-    store = open_store(str(root))
-    publish(store, model_bytes, metadata, now, None)
-    return str(root)
 
 
 def wait_for_port(port: int, process: "subprocess.Popen[bytes]", timeout: float = 60.0) -> None:
@@ -394,7 +367,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         LOAD_CPU[:] = ["taskset", "-c", "1"]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        store_url = publish_model(root / "store")
+        store_url = str(root / "store")
+        publish_model(store_url)
         script: Optional[Path] = None
         if use_wrk:
             script = root / "post.lua"

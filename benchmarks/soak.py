@@ -30,17 +30,14 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from pipeline.artefacts import make_model_version, publish, sha256_hex  # noqa: E402
-from pipeline.model import fit_model  # noqa: E402
-from pipeline.simulate import DEFAULT_PRODUCT_CODES, simulate_tranche  # noqa: E402
-from pipeline.store import open_store  # noqa: E402
+from benchmarks.serving_support import free_port, publish_model  # noqa: E402
+from pipeline.simulate import DEFAULT_PRODUCT_CODES  # noqa: E402
 
 SINGLE_PATH = "/api/v0.1/time_to_dispatch"
 CAPACITY_CONNECTIONS = 16
@@ -85,27 +82,6 @@ class SoakFigures(NamedTuple):
     def rss_growth(self) -> float:
         """Relative growth of resident memory from after the warm-up to the end."""
         return (self.rss_end_kib - self.rss_start_kib) / self.rss_start_kib
-
-
-def free_port() -> int:
-    """A loopback port nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def publish_model(store_url: str) -> str:
-    """Fit a model on a simulated tranche and publish it; its version."""
-    tranche = simulate_tranche(5000, seed=7)
-    model = fit_model(tranche.product_code.tolist(), tranche.orders_placed.astype(float),
-                      tranche.hours_to_dispatch).model
-    data = model.to_json()
-    now = datetime.now(timezone.utc)
-    version = make_model_version(now, sha256_hex(data))
-    metadata = {"model_version": version, "model_sha256": sha256_hex(data),
-                "trained_at": now.isoformat()}
-    publish(open_store(store_url), data, metadata, now, None)
-    return version
 
 
 def start_server(store_url: str, port: int, log_path: Path) -> "subprocess.Popen[bytes]":
