@@ -233,7 +233,12 @@ def _structure(data: bytes) -> Tuple[bytes, List[str]]:
     if text.startswith("\ufeff"):
         data, text = data[len(codecs.BOM_UTF8):], text[1:]
     first, _, rest = text.partition("\n")
-    names = [name.strip() for name in next(csv.reader([first.rstrip("\r")]), [])]
+    try:
+        names = [name.strip() for name in next(csv.reader([first.rstrip("\r")]), [])]
+    except csv.Error as exc:
+        raise DataContractError([Violation(
+            "header_unreadable", f"the header line is not valid CSV ({exc}): {first.strip()!r}"
+        )]) from None
     if len(names) == 1:
         for delimiter in _OTHER_DELIMITERS:
             if delimiter in first:

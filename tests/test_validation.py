@@ -187,6 +187,12 @@ def test_usable_rows_keeps_only_rows_breaking_no_rule() -> None:
     assert empty is not None and empty.rows == 0 and empty.product_codes == ()
 
 
+def test_a_header_with_a_stray_carriage_return_is_a_contract_error() -> None:
+    with pytest.raises(DataContractError) as refused:
+        validate_tranche(b"hours_to_dispatch,orders\rplaced,product_code\n1,2,SKU001\n", LOOSE)
+    assert "header line is not valid CSV" in str(refused.value)
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=300) | st.text(alphabet=',;\n\r"\t 0123456789.-eainfSKU', max_size=300)
        .map(lambda t: (HEADER + "\n" + t).encode()))
