@@ -18,7 +18,7 @@ import json
 import math
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -44,13 +44,22 @@ class ModelFormatError(ValueError):
 
 def encode_codes(product_codes: Sequence[str]) -> Tuple[List[str], npt.NDArray[np.int64]]:
     """Distinct product codes in order of appearance, and each row's position among them."""
-    lookup: Dict[str, int] = {}
+    lookup = {code: i for i, code in enumerate(dict.fromkeys(product_codes))}
     index = np.fromiter(
-        (lookup.setdefault(str(code), len(lookup)) for code in product_codes),
-        dtype=np.int64,
-        count=len(product_codes),
+        map(lookup.__getitem__, product_codes), dtype=np.int64, count=len(product_codes)
     )
-    return list(lookup), index
+    return [str(code) for code in lookup], index
+
+
+def rows_by_code(
+    code_index: npt.NDArray[np.int64], codes: int
+) -> Iterator[Tuple[int, npt.NDArray[np.intp]]]:
+    """Each code's position with the row numbers holding it (codes without rows are left out)."""
+    order = np.argsort(code_index, kind="stable")
+    bounds = np.concatenate(([0], np.cumsum(np.bincount(code_index, minlength=codes))))
+    for position in range(codes):
+        if bounds[position + 1] > bounds[position]:
+            yield position, order[bounds[position]:bounds[position + 1]]
 
 
 @dataclass(frozen=True)
@@ -93,14 +102,13 @@ class DispatchModel:
         """Estimated hours to dispatch for one product; KeyError for an unknown code."""
         return self.curves[product_code].predict_one(float(orders_placed))
 
-    def predict(self, product_codes: Sequence[str], orders_placed: Sequence[float]) -> FloatArray:
+    def predict(self, product_codes: Sequence[str], orders_placed: npt.ArrayLike) -> FloatArray:
         """Estimates for many rows at once; KeyError names the first unknown code."""
         orders = np.asarray(orders_placed, dtype=np.float64)
         result = np.empty(len(orders), dtype=np.float64)
         unique, index = encode_codes(product_codes)
-        for position, code in enumerate(unique):
-            rows = index == position
-            result[rows] = self.curves[code].predict(orders[rows])
+        for position, rows in rows_by_code(index, len(unique)):
+            result[rows] = self.curves[unique[position]].predict(orders[rows])
         return result
 
     def to_json(self) -> bytes:
@@ -411,15 +419,12 @@ def fit_encoded(
     """As fit_model, for rows whose codes are already encoded (``code_names[code_index]``)."""
     orders = np.asarray(orders_placed, dtype=np.float64)
     hours = np.asarray(hours_to_dispatch, dtype=np.float64)
-    order = np.argsort(code_index, kind="stable")
-    bounds = np.concatenate(([0], np.cumsum(np.bincount(code_index, minlength=len(code_names)))))
+    grouped = sorted(rows_by_code(code_index, len(code_names)), key=lambda g: code_names[g[0]])
     curves: Dict[str, Curve] = {}
     fits: Dict[str, CodeFit] = {}
     skipped: Dict[str, int] = {}
-    for position, code in sorted(enumerate(code_names), key=lambda item: item[1]):
-        rows = order[bounds[position]:bounds[position + 1]]
-        if len(rows) == 0:
-            continue
+    for position, rows in grouped:
+        code = code_names[position]
         if len(rows) < min_rows_per_code:
             skipped[code] = int(len(rows))
             continue

@@ -20,7 +20,6 @@ from pydantic_core import InitErrorDetails, ValidationError
 
 from pipeline.api.schemas import ORDERS_PLACED_MAX, RequestValidators, build_validators
 from pipeline.artefacts import LoadedModel, ModelUnavailable, Pointer, load_pointed, read_pointer
-from pipeline.model import Curve
 from pipeline.store import Store, StoreError
 
 log = logging.getLogger("pipeline.api")
@@ -69,8 +68,6 @@ class ServingModel:
     metadata: Dict[str, Any]
     product_codes: Tuple[str, ...]
     validators: RequestValidators
-    code_index: Dict[str, int]
-    curves: Tuple[Curve, ...]
     predictors: Dict[str, Callable[[float], float]]
     validate_single: Callable[[bytes], Dict[str, Any]]
     max_batch_rows: int
@@ -137,7 +134,7 @@ class ServingModel:
         try:
             codes = [row["product_code"] for row in data]
             orders = [row["orders_placed"] for row in data]
-            if not self.code_index.keys() >= set(codes):
+            if not self.predictors.keys() >= set(codes):
                 return None
         except (TypeError, KeyError):
             return None
@@ -150,23 +147,8 @@ class ServingModel:
 
     def predict_batch(self, rows: BatchRows) -> FloatArray:
         """Estimates for validated rows, vectorised per product code (same as predict_one)."""
-        n = len(rows.product_codes)
-        result = np.empty(n, dtype=np.float64)
-        if n == 0:
-            return result
-        index = np.fromiter(
-            map(self.code_index.__getitem__, rows.product_codes), dtype=np.intp, count=n
-        )
-        order = np.argsort(index, kind="stable")
-        ends = np.cumsum(np.bincount(index, minlength=len(self.curves)))
-        start = 0
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are checked
-            for code, end in enumerate(ends.tolist()):
-                if end > start:
-                    picked = order[start:end]
-                    result[picked] = self.curves[code].predict(rows.orders_placed[picked])
-                start = end
-        return result
+            return self.loaded.model.predict(rows.product_codes, rows.orders_placed)
 
 
 def _too_long(data: List[Any], cap: int) -> InitErrorDetails:
@@ -179,7 +161,6 @@ def build_serving_model(loaded: LoadedModel, max_batch_rows: int) -> ServingMode
     codes = loaded.model.product_codes
     metadata = loaded.metadata
     validators = build_validators(codes, max_batch_rows)
-    curves = tuple(loaded.model.curves[code] for code in codes)
     trained = next(
         (parse_time(metadata.get(key)) for key in TRAINED_AT_KEYS if metadata.get(key)), None
     )
@@ -189,9 +170,7 @@ def build_serving_model(loaded: LoadedModel, max_batch_rows: int) -> ServingMode
         metadata=jsonable(metadata),
         product_codes=codes,
         validators=validators,
-        code_index={code: i for i, code in enumerate(codes)},
-        curves=curves,
-        predictors={code: curve.predict_one for code, curve in zip(codes, curves)},
+        predictors={code: loaded.model.curves[code].predict_one for code in codes},
         validate_single=validators.single.validator.validate_json,
         max_batch_rows=max_batch_rows,
         trained_at=trained,
