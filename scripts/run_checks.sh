@@ -4,8 +4,10 @@
 #   bash scripts/run_checks.sh                 # all tox environments
 #   bash scripts/run_checks.sh -e static_code_analysis   # arguments go to tox
 #
-# Needs only python3 (>= 3.11) and network access to PyPI. The tools (tox, tox-uv) live in
-# .tox/.cicd-venv, rebuilt when requirements_cicd.txt changes; tox builds its own environments.
+# Needs python3 (>= 3.11), a Python 3.9 for the deployment checks (the image's Python: `python3.9`
+# on PATH, pyenv's, or TTD_PYTHON39=/path/to/python3.9) and network access to PyPI. The tools
+# (tox, tox-uv) live in .tox/.cicd-venv, rebuilt when requirements_cicd.txt changes; tox builds
+# its own environments, each under a complete lock (constraints/).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -18,6 +20,25 @@ if ! "$PYTHON" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)
          "(set PYTHON=/path/to/python3.11)" >&2
     exit 2
 fi
+
+find_python39() {
+    local candidate
+    for candidate in "${TTD_PYTHON39:-}" "$(command -v python3.9 || true)" \
+            "$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"/versions/3.9*/bin/python3.9; do
+        if [ -n "$candidate" ] && [ -x "$candidate" ] && "$candidate" -c \
+                'import sys; sys.exit(0 if sys.version_info[:2] == (3, 9) else 1)' 2>/dev/null; then
+            echo "$candidate"
+            return 0
+        fi
+    done
+    return 1
+}
+if ! TTD_PYTHON39="$(find_python39)"; then
+    echo "run_checks: no Python 3.9 found (the stages run on the image's Python 3.9);" \
+         "install one or set TTD_PYTHON39=/path/to/python3.9" >&2
+    exit 2
+fi
+export TTD_PYTHON39
 
 sha256_of() {
     "$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())' \

@@ -4,8 +4,11 @@ from __future__ import annotations
 import configparser
 import json
 import os
+import re
 import subprocess
-from typing import Any, Dict, List, Set
+import zipfile
+from pathlib import Path
+from typing import Any, Dict, List, Set, Tuple
 
 import pytest
 
@@ -24,7 +27,7 @@ from tests.deployment_support import (
 AWS_KEYS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION"}
 TOX_ENVS = ("unit_and_functional_tests", "static_code_analysis", "deployment_config")
 
-checker = load_script("check_stage_requirements")
+locks = load_script("locks")
 
 
 @pytest.fixture(scope="module")
@@ -115,24 +118,38 @@ def test_executable_module_exists_and_runs_as_a_script(stages: Dict[str, Any], n
     assert 'if __name__ == "__main__":' in path.read_text(encoding="utf-8")
 
 
-def test_stage_requirements_are_exactly_pins_of_requirements_pipe(
-    stages: Dict[str, Any]
-) -> None:
-    pins = checker.read_pins(REQUIREMENTS_PIPE.read_text(encoding="utf-8"))
-    problems = checker.pin_problems(checker.stage_requirements({"stages": stages}), pins)
-    assert problems == []
+def _marked(name: str) -> List[str]:
+    pins = locks.read_pins(REQUIREMENTS_PIPE.read_text(encoding="utf-8"))
+    return locks.stage_inputs(pins)[name]
+
+
+def test_stage_requirements_are_exactly_the_stage_locks(stages: Dict[str, Any]) -> None:
+    for name in ("train_model", "serve_model"):
+        lock = locks.read_pins((REPO_ROOT / "constraints" / f"{name}_py39.txt").read_text())
+        listed = [str(r) for r in stages[name]["requirements"]]
+        assert listed == locks.locked_lines(lock), f"bodywork.yaml {name} is not its lock"
+        assert all(re.fullmatch(r"[a-z0-9-]+==[^=\s]+", line) for line in listed)
+
+
+def test_locks_agree_with_the_requirements_files_and_each_other() -> None:
+    assert locks.agreement_problems() == []
 
 
 @pytest.mark.parametrize("name", ["train_model", "serve_model"])
-def test_stage_requirements_cover_exactly_what_the_stage_imports(
+def test_stage_pins_cover_exactly_what_the_stage_imports(
     stages: Dict[str, Any], name: str
 ) -> None:
-    requirements = [str(r) for r in stages[name]["requirements"]]
-    required = {checker.parse_requirement(r).name for r in requirements}
+    marked = _marked(name)
+    required = {locks.parse_line(r).name for r in marked}  # type: ignore[union-attr]
     imported = distributions_of(third_party_imports(stage_file(stages[name])))
-    missing = imported - dependency_closure(requirements)
+    missing = imported - dependency_closure(marked)
     assert not missing, f"{name} imports {missing} without installing them"
     assert required <= imported, f"{name} installs {required - imported} and never imports them"
+
+
+def test_serve_stage_installs_no_training_library(stages: Dict[str, Any]) -> None:
+    listed = {locks.parse_line(str(r)).name for r in stages["serve_model"]["requirements"]}
+    assert not listed & {"scikit-learn", "pandas", "pandera", "scipy", "polars", "matplotlib"}
 
 
 def test_import_check_sees_a_dependency_left_out() -> None:
@@ -142,59 +159,114 @@ def test_import_check_sees_a_dependency_left_out() -> None:
     assert "uvloop" not in dependency_closure(["uvicorn==0.39.0"])
 
 
-def test_requirements_pipe_pins_every_line_exactly() -> None:
-    pins = checker.read_pins(REQUIREMENTS_PIPE.read_text(encoding="utf-8"))
-    assert pins and all("==" in pin.line for pin in pins.values())
+def test_requirements_pipe_pins_every_line_exactly_for_named_stages() -> None:
+    pins = locks.read_pins(REQUIREMENTS_PIPE.read_text(encoding="utf-8"))
+    assert pins and all(pin.version for pin in pins.values())
+    assert all(pin.stages and set(pin.stages) <= set(locks.STAGES) for pin in pins.values())
 
 
-# The pin checker itself ---------------------------------------------------------------------
+# The lock tool itself -----------------------------------------------------------------------
 
-def test_pin_checker_accepts_equal_pins_whatever_the_spelling() -> None:
-    pins = checker.read_pins("Prometheus_Client==0.26.0\nuvicorn[standard]==0.39.0  # web\n")
-    stages = {"s": ["prometheus-client==0.26.0", "uvicorn[standard] == 0.39.0"]}
-    assert checker.pin_problems(stages, pins) == []
-
-
-@pytest.mark.parametrize(
-    "requirement, problem",
-    [
-        ("numpy==2.0.1", "differs from the pin"),
-        ("numpy>=2.0.2", "not pinned to an exact version"),
-        ("pandas==2.2.3", "not in the pipeline's requirements file"),
-        ("uvicorn==0.39.0", "differs from the pin"),
-    ],
-)
-def test_pin_checker_reports_each_kind_of_mismatch(requirement: str, problem: str) -> None:
-    pins = checker.read_pins("numpy==2.0.2\nuvicorn[standard]==0.39.0\n")
-    (message,) = checker.pin_problems({"stage": [requirement]}, pins)
-    assert problem in message and "stage" in message
+def test_requirement_lines_parse_names_versions_extras_and_stage_markers() -> None:
+    pin = locks.parse_line("Uvicorn[standard] == 0.39.0   # stages: serve_model, train_model")
+    assert pin == locks.Pin("uvicorn", "0.39.0", "Uvicorn[standard]==0.39.0",
+                            ("serve_model", "train_model"))
+    assert locks.parse_line("click<8.1").version == ""  # type: ignore[union-attr]
+    assert locks.parse_line("# a comment") is None and locks.parse_line("-r x.txt") is None
+    marker = locks.parse_line("typing-extensions==4.16.0 ; python_full_version < '3.13'")
+    assert marker is not None and marker.version == "4.16.0"
 
 
-def test_resolution_targets_python_39_wheels_for_the_images_glibc() -> None:
-    command = checker.resolve_command("3.9")
-    assert command[command.index("--python-version") + 1] == "3.9"
-    assert command[command.index("--python-platform") + 1] == "x86_64-manylinux_2_31"
-    assert command[command.index("--only-binary") + 1] == ":all:"
+def test_stage_locks_target_the_images_python_and_wheels() -> None:
+    for lock in locks.STAGE_LOCKS + (locks.PIPELINE, locks.DEPLOY):
+        target = lock.target()
+        assert target[target.index("--python-version") + 1] == "3.9"
+        assert target[target.index("--python-platform") + 1] == "x86_64-manylinux_2_31"
+    assert locks.PIPELINE.target()[-2:] == ["--only-binary", ":all:"]
 
 
-def test_lock_check_reports_every_version_the_lock_does_not_hold() -> None:
-    lock = checker.read_pins("starlette==0.49.3\nurllib3==1.26.20\n")
-    resolved = checker.resolved_versions("Starlette==0.49.3\nurllib3==2.6.3\nsix==1.17.0\n")
-    assert resolved == {"starlette": "0.49.3", "urllib3": "2.6.3", "six": "1.17.0"}
-    problems = checker.lock_problems("serve_model", resolved, lock)
-    assert problems == [
-        "serve_model: resolves six==1.17.0 but the lock holds nothing",
-        "serve_model: resolves urllib3==2.6.3 but the lock holds urllib3==1.26.20",
+def test_lock_comparison_names_every_added_lacking_and_changed_package() -> None:
+    written = locks.read_pins("alpha==1.0\nbeta==1.0\ngamma==2.0\n")
+    resolved = locks.read_pins("Alpha==1.0\nbeta==1.1\ndelta==0.1\n")
+    assert locks.differences("x", written, resolved) == [
+        "x: has beta==1.1, expected ==1.0", "x: adds delta==0.1", "x: lacks gamma==2.0",
+    ]
+    assert locks.pins_held("y", locks.read_pins("beta==1.0\nzeta==3\n"), written) == [
+        "y: pins zeta==3 but the lock holds nothing",
     ]
 
 
-def test_the_lock_holds_every_stage_pin(stages: Dict[str, Any]) -> None:
-    lock = checker.read_pins((REPO_ROOT / "constraints" / "pipeline_py39.txt").read_text())
-    for name in ("train_model", "serve_model"):
-        for line in stages[name]["requirements"]:
-            requirement = checker.parse_requirement(line)
-            version = requirement.line.split("==")[1]
-            assert lock[requirement.name].line == f"{requirement.name}=={version}"
+def _wheel(folder: Path, name: str, version: str, requires: Tuple[str, ...] = ()) -> None:
+    """A minimal pure-Python wheel with only its metadata, for an offline index."""
+    info = f"{name}-{version}.dist-info"
+    metadata = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
+        f"Requires-Dist: {r}\n" for r in requires)
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as wheel:
+        wheel.writestr(f"{info}/METADATA", metadata)
+        wheel.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\n"
+                       "Root-Is-Purelib: true\nTag: py3-none-any\n")
+        wheel.writestr(f"{info}/RECORD", "")
+
+
+@pytest.fixture
+def index_with_a_newer_release(tmp_path: Path) -> List[str]:
+    """An offline index where alpha 1.0 needs beta, and beta 1.1 came out after the lock."""
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    _wheel(wheels, "alpha", "1.0", ("beta",))
+    _wheel(wheels, "beta", "1.0")
+    _wheel(wheels, "beta", "1.1")
+    return ["--no-index", "--find-links", str(wheels)]
+
+
+def _lock(folder: Path, text: str) -> "locks.Lock":
+    lock = locks.Lock("fake_py39", (), "3.9", locks.IMAGE_PLATFORM, directory=folder)
+    lock.path.write_text(text)
+    return lock
+
+
+def test_a_newer_transitive_release_changes_nothing_for_a_complete_lock(
+    tmp_path: Path, index_with_a_newer_release: List[str]
+) -> None:
+    lock = _lock(tmp_path, "alpha==1.0\nbeta==1.0\n")
+    assert locks.resolves_to_itself(lock, index_with_a_newer_release) == []
+    # What a fresh resolution (the old check) would have picked instead:
+    status, text, _ = locks.uv_compile(lock, "alpha==1.0\n", index_with_a_newer_release)
+    assert status == 0 and locks.read_pins(text)["beta"].version == "1.1"
+
+
+def test_an_incomplete_or_uninstallable_lock_is_reported(
+    tmp_path: Path, index_with_a_newer_release: List[str]
+) -> None:
+    incomplete = _lock(tmp_path, "alpha==1.0\n")
+    assert locks.resolves_to_itself(incomplete, index_with_a_newer_release) == [
+        "fake_py39 resolved as written: adds beta==1.1",
+    ]
+    missing = _lock(tmp_path, "alpha==1.0\nbeta==9.9\n")
+    (problem,) = locks.resolves_to_itself(missing, index_with_a_newer_release)
+    assert problem.startswith("fake_py39: does not install as written for CPython 3.9")
+    assert "beta" in problem
+
+
+def test_outdated_names_newer_releases_without_failing(
+    tmp_path: Path, index_with_a_newer_release: List[str]
+) -> None:
+    inputs = tmp_path / "requirements.in"
+    inputs.write_text("alpha==1.0\n")
+    lock = _lock(tmp_path, "alpha==1.0\nbeta==1.0\n")._replace(inputs=(inputs,))
+    assert locks.outdated(index_with_a_newer_release, [lock]) == ["fake_py39: beta 1.0 -> 1.1"]
+
+
+def test_newer_releases_are_reported_by_a_scheduled_job_outside_the_checks(
+    circleci: Dict[str, Any]
+) -> None:
+    assert "python scripts/locks.py outdated" in _job_commands(circleci, "report-newer-releases")
+    workflows = circleci["workflows"]
+    (name,) = [n for n, w in workflows.items()
+               if isinstance(w, dict) and "report-newer-releases" in json.dumps(w.get("jobs"))]
+    (trigger,) = workflows[name]["triggers"]
+    assert trigger["schedule"]["filters"]["branches"] == {"only": "master"}
+    assert "report-newer-releases" not in json.dumps(workflows["check"])
 
 
 # IAM ----------------------------------------------------------------------------------------
@@ -406,12 +478,12 @@ def test_ci_run_calls_the_check_script() -> None:
 
 
 def test_notebook_requirements_share_the_test_environments_pins() -> None:
-    notebook = checker.read_pins((REPO_ROOT / "notebooks" / "requirements_nb.txt").read_text())
-    tests = checker.read_pins((REPO_ROOT / "requirements_test.txt").read_text())
+    notebook = locks.read_pins((REPO_ROOT / "notebooks" / "requirements_nb.txt").read_text())
+    tests = locks.read_pins((REPO_ROOT / "requirements_test.txt").read_text())
     shared = set(notebook) & set(tests)
     assert {"matplotlib", "ipykernel"} <= shared
-    assert {name: notebook[name].line for name in shared} == {
-        name: tests[name].line for name in shared
+    assert {name: notebook[name].version for name in shared} == {
+        name: tests[name].version for name in shared
     }
     text = (REPO_ROOT / "notebooks" / "requirements_nb.txt").read_text()
     assert "-r ../requirements_pipe.txt" in text
