@@ -4,9 +4,10 @@
 #   bash scripts/run_local.sh            # serves on http://127.0.0.1:8000 until Ctrl-C
 #   PORT=8080 bash scripts/run_local.sh
 #
-# Needs only python3 (>= 3.9). First run: creates .venv from requirements_pipe.txt and seeds
-# ./local-store with simulated weekly tranches. Later runs reuse both (the venv is rebuilt only
-# when requirements_pipe.txt changes; tranches are simulated only into an empty store).
+# Needs only python3 (>= 3.9). First run: creates .venv from requirements_pipe.txt, at the locked
+# versions the stages run in the cluster (constraints/pipeline_py39.txt), and seeds ./local-store
+# with simulated weekly tranches. Later runs reuse both (the venv is refreshed only when the pins
+# or the lock change; tranches are simulated only into an empty store).
 # Settings (environment): STORE (./local-store), HOST (127.0.0.1), PORT (8000), ROWS (1000 per
 # tranche), WEEKS (8), SEED (0), TTD_API_KEY (unset: prediction endpoints are open), VENV (.venv),
 # PYTHON (python3, used to create the venv).
@@ -26,21 +27,19 @@ SEED="${SEED:-0}"
 say() { echo "run_local: $*"; }
 
 # 1. The environment: created once, refreshed when the pinned requirements change.
-sha256_of() {
-    "$PYTHON" -c 'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())' \
-        < "$1"
-}
-wanted="$(sha256_of requirements_pipe.txt)"
+wanted="$(cat requirements_pipe.txt constraints/pipeline_py39.txt | "$PYTHON" -c \
+    'import hashlib, sys; print(hashlib.sha256(sys.stdin.buffer.read()).hexdigest())')"
 if [ ! -x "$VENV/bin/python" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "$wanted" ]; then
     if [ ! -x "$VENV/bin/python" ]; then
         say "creating $VENV with $("$PYTHON" --version 2>&1)"
         "$PYTHON" -m venv "$VENV"
     fi
-    say "installing requirements_pipe.txt into $VENV"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -r requirements_pipe.txt
+    say "installing requirements_pipe.txt (as locked) into $VENV"
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check \
+        -c constraints/pipeline_py39.txt -r requirements_pipe.txt
     echo "$wanted" > "$STAMP"
 else
-    say "reusing $VENV (requirements_pipe.txt unchanged)"
+    say "reusing $VENV (pins and lock unchanged)"
 fi
 PY="$VENV/bin/python"
 

@@ -21,12 +21,14 @@ READY_TIMEOUT_SECONDS = 90.0
 
 
 def _ready_venv(path: Path) -> Path:
-    """A stand-in .venv whose python is this test's, stamped as up to date with the pins."""
+    """A stand-in .venv whose python is this test's, stamped as up to date with pins and lock."""
     (path / "bin").mkdir(parents=True)
     python = path / "bin" / "python"
     python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
     python.chmod(0o755)
-    digest = hashlib.sha256((REPO_ROOT / "requirements_pipe.txt").read_bytes()).hexdigest()
+    pinned = (REPO_ROOT / "requirements_pipe.txt").read_bytes()
+    locked = (REPO_ROOT / "constraints" / "pipeline_py39.txt").read_bytes()
+    digest = hashlib.sha256(pinned + locked).hexdigest()
     (path / ".requirements_pipe.sha256").write_text(digest + "\n")
     return path
 
