@@ -256,8 +256,8 @@ def bound_violation(estimate: Curve, bound: Curve) -> Optional[str]:
     slack = BOUND_TOLERANCE * np.maximum(1.0, np.abs(low))
     below = np.flatnonzero(~(high >= low - slack))
     if len(below):
-        at = float(points[below[0]])
-        return f"is below the estimate at orders_placed={at:g} ({high[below[0]]:g} < {low[below[0]]:g})"
+        i = below[0]
+        return f"is below the estimate at orders_placed={points[i]:g} ({high[i]:g} < {low[i]:g})"
     grows, needed = _end_slope(bound), _end_slope(estimate)
     if not grows >= needed - BOUND_TOLERANCE * max(1.0, abs(needed)):
         return f"grows slower than the estimate beyond its last knot ({grows:g} < {needed:g})"
@@ -290,19 +290,23 @@ def upper_bound_curve(
     grid = np.unique(np.concatenate(([0.0], estimate.knots, at)))
     grid = grid[grid >= 0.0]
     i = np.clip(np.searchsorted(at, grid, side="right") - 1, 0, len(at) - 2)
-    slope = (raw[i + 1] - raw[i]) / (at[i + 1] - at[i])
-    lifted = np.maximum(raw[i] + slope * (grid - at[i]), estimate.predict(grid))
+    with np.errstate(all="ignore"):
+        slope = (raw[i + 1] - raw[i]) / (at[i + 1] - at[i])
+        lifted = np.maximum(raw[i] + slope * (grid - at[i]), estimate.predict(grid))
     lifted = np.maximum.accumulate(np.maximum(lifted, 0.0))
     knots_out, values_out = list(map(float, grid)), list(map(float, lifted))
     if len(knots_out) == 1:
         knots_out.append(knots_out[0] + 1.0)
         values_out.append(values_out[0])
-    needed = max(_end_slope(estimate), 0.0)
-    span = max(knots_out[-1] - knots_out[0], 1.0)
-    last_slope = (values_out[-1] - values_out[-2]) / (knots_out[-1] - knots_out[-2])
+    with np.errstate(all="ignore"):
+        needed = max(_end_slope(estimate), 0.0)
+        span = max(knots_out[-1] - knots_out[0], 1.0)
+        last_slope = (values_out[-1] - values_out[-2]) / (knots_out[-1] - knots_out[-2])
     if last_slope < needed:
         knots_out.append(knots_out[-1] + span)
         values_out.append(values_out[-1] + needed * span)
+    if not all(map(math.isfinite, values_out)):
+        raise ValueError("the estimate is too steep for a finite bound")
     return Curve(tuple(knots_out), tuple(values_out))
 
 
