@@ -25,9 +25,14 @@ from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
 from fastapi.security import APIKeyHeader
-from fastapi.staticfiles import StaticFiles
 from hmac import compare_digest
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import Field
@@ -77,6 +82,12 @@ DOCS_PATH = "/docs"
 REDOC_PATH = "/redoc"
 DOCS_ASSETS_PATH = "/docs-assets"
 DOCS_ASSETS = files("fastapi_offline") / "static"
+DOCS_ASSET_TYPES = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "redoc.standalone.js": "text/javascript; charset=utf-8",
+    "favicon.png": "image/png",
+}
 TITLE = "time-to-dispatch"
 DESCRIPTION = (
     "Estimated hours to dispatch an order, from the product code and the orders placed. "
@@ -269,7 +280,9 @@ def _fastapi(state: ServiceState) -> FastAPI:
         _body: PredictionRequest,
         _request_id: Annotated[Optional[str], request_id] = None,
     ) -> Response:
-        """The estimated hours to dispatch for one product code and order count."""
+        """The estimated hours to dispatch for one product code and order count, the p90
+        bound (90% of such orders are dispatched within it) and whether the order count is
+        outside the code's trained range (extrapolated)."""
         return await _answer_via_fastapi(state, request, answer_single)
 
     @app.post(
@@ -285,7 +298,11 @@ def _fastapi(state: ServiceState) -> FastAPI:
         _rows: batch_body,
         _request_id: Annotated[Optional[str], request_id] = None,
     ) -> Response:
-        """Estimates for a JSON array of requests, in order, equal to the single endpoint's."""
+        """Estimates, p90 bounds and extrapolated flags for a JSON array of requests.
+
+        Parallel arrays in request order, row for row equal to the single endpoint's
+        answers. An empty array is valid and gets empty arrays.
+        """
         return await _answer_via_fastapi(state, request, answer_batch)
 
     @app.get(HEALTH_PATH, response_model=HealthResponse, tags=["operations"])
@@ -340,8 +357,22 @@ def _fastapi(state: ServiceState) -> FastAPI:
 
 
 def _docs(app: FastAPI) -> None:
-    """/docs (Swagger UI) and /redoc (ReDoc), their assets served by the app (no CDN, no fonts)."""
-    app.mount(DOCS_ASSETS_PATH, StaticFiles(directory=str(DOCS_ASSETS)), name="docs-assets")
+    """/docs (Swagger UI) and /redoc (ReDoc), their assets served by the app (no CDN, no fonts).
+
+    The assets are a route, not a mount: behind ``--root-path`` a mount misses the
+    paths a proxy has already stripped of the prefix.
+    """
+
+    @app.get(DOCS_ASSETS_PATH + "/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        """One of Swagger UI's or ReDoc's files, from the pinned fastapi-offline package."""
+        media_type = DOCS_ASSET_TYPES.get(name)
+        if media_type is None:
+            raise HTTPException(status_code=404)
+        return FileResponse(
+            str(DOCS_ASSETS / name), media_type=media_type,
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
 
     def root(request: Request) -> str:
         return str(request.scope.get("root_path", "")).rstrip("/")
