@@ -68,16 +68,20 @@ done
 
 url="http://$HOST:$PORT"
 key_header=""
+key_note=""
 if [ -n "${TTD_API_KEY:-}" ]; then
-    key_header=" -H 'X-API-Key: \$TTD_API_KEY'"
+    # Double quotes: the pasted command reads the key from the shell, never from this output.
+    key_header=' -H "X-API-Key: $TTD_API_KEY"'
+    key_note="  (the key is read from \$TTD_API_KEY: export it in the shell you paste into)
+"
 fi
 cat <<MSG
 
-  time-to-dispatch is serving at $url   (API docs: $url/docs, Ctrl-C stops it)
+  time-to-dispatch is serving at $url   (API docs: $url/docs and $url/redoc, Ctrl-C stops it)
 
   curl -s -X POST $url/api/v0.1/time_to_dispatch -H 'Content-Type: application/json'$key_header \\
        -d '{"product_code": "SKU001", "orders_placed": 112}'
-
+$key_note
 MSG
 
 status=0

@@ -8,7 +8,7 @@ import json
 from datetime import datetime, timedelta, timezone
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,7 +23,15 @@ from pipeline.artefacts import (
     read_pointer,
     sha256_hex,
 )
-from pipeline.model import fit_model
+from pipeline.model import (
+    FORMAT,
+    DispatchModel,
+    OrdersRange,
+    fit_model,
+    trained_ranges,
+    upper_bound_curve,
+    with_bounds,
+)
 from pipeline.simulate import DEFAULT_PRODUCT_CODES, simulate_tranche
 from pipeline.store import Store, open_store
 from tests.conftest import publish_unchecked
@@ -34,13 +42,47 @@ CODES: Tuple[str, ...] = DEFAULT_PRODUCT_CODES
 TRAINED_AT = datetime(2026, 11, 20, 23, 0, tzinfo=timezone.utc)
 
 
+def with_test_bounds(
+    model: DispatchModel, ranges: Optional[Mapping[str, OrdersRange]] = None
+) -> DispatchModel:
+    """The model as format version 2, built here rather than by training: a p90 bound per
+    code (1.25 x the estimate + 0.5 h) and trained ranges (given, or each curve's end knots)."""
+    bounds = {
+        code: upper_bound_curve(curve, curve.knots, [1.25 * v + 0.5 for v in curve.values])
+        for code, curve in model.curves.items()
+    }
+    known = ranges or {code: (c.knots[0], c.knots[-1]) for code, c in model.curves.items()}
+    return with_bounds(model, bounds, known)
+
+
+def v1_artefact(model: DispatchModel) -> bytes:
+    """The model's curves as a format version 1 artefact (no bounds, no ranges)."""
+    document = {
+        "format": FORMAT,
+        "format_version": 1,
+        "feature": "orders_placed",
+        "target": "hours_to_dispatch",
+        "curves": {
+            code: {"knots": list(curve.knots), "values": list(curve.values)}
+            for code, curve in sorted(model.curves.items())
+        },
+    }
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
 @lru_cache(maxsize=None)
-def model_bytes(seed: int = 1, codes: Tuple[str, ...] = CODES) -> bytes:
-    """A model fitted on a simulated 1,000-row tranche, as artefact bytes (cached)."""
+def model_bytes(seed: int = 1, codes: Tuple[str, ...] = CODES, version: int = 2) -> bytes:
+    """A model fitted on a simulated 1,000-row tranche, as artefact bytes (cached).
+
+    Version 2 (the default) adds test bounds and the tranche's ranges; 1 is the old format.
+    """
     tranche = simulate_tranche(1000, seed=seed, product_codes=codes)
     orders = tranche.orders_placed.astype(np.float64)
     fit = fit_model(tranche.product_code, orders, tranche.hours_to_dispatch, seed=seed)
-    return fit.model.to_json()
+    if version == 1:
+        return v1_artefact(fit.model)
+    ranges = trained_ranges(list(tranche.product_code), orders)
+    return with_test_bounds(fit.model, ranges).to_json()
 
 
 def publish_model(
@@ -49,9 +91,10 @@ def publish_model(
     codes: Tuple[str, ...] = CODES,
     trained_at: datetime = TRAINED_AT,
     extra: Optional[Dict[str, Any]] = None,
+    version: int = 2,
 ) -> str:
     """Publish a fitted model as train_model does (pointer last); its model_version."""
-    data = model_bytes(seed, codes)
+    data = model_bytes(seed, codes, version)
     version = make_model_version(trained_at, sha256_hex(data))
     metadata: Dict[str, Any] = {
         "model_version": version,
@@ -84,12 +127,14 @@ def publish_raw(
         publish_unchecked(store, version, artefact, metadata_sha)
 
 
-def new_store(tmp_path: Path, seed: int = 1, codes: Tuple[str, ...] = CODES) -> Store:
-    """A local store under tmp_path with one published model."""
+def new_store(
+    tmp_path: Path, seed: int = 1, codes: Tuple[str, ...] = CODES, version: int = 2
+) -> Store:
+    """A local store under tmp_path with one published model (artefact format ``version``)."""
     root = tmp_path / "store"
     root.mkdir(exist_ok=True)
     store = open_store(str(root))
-    publish_model(store, seed, codes)
+    publish_model(store, seed, codes, version=version)
     return store
 
 

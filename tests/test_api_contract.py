@@ -101,8 +101,12 @@ def test_single_prediction_matches_the_model(client: TestClient, store: Store) -
     body = strict_json(response.text)
     assert body == {
         "est_hours_to_dispatch": loaded.model.predict_one("SKU002", 112.0),
+        "p90_hours_to_dispatch": loaded.model.upper_one("SKU002", 112.0),
+        "extrapolated": loaded.model.extrapolated_one("SKU002", 112.0),
         "model_version": loaded.version,
     }
+    assert body["p90_hours_to_dispatch"] > body["est_hours_to_dispatch"]
+    assert body["extrapolated"] is False
 
 
 @pytest.mark.parametrize("orders", [0, -0.0, 0.5, 112, 112.25, 1e9, 5e-324])

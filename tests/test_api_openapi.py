@@ -62,7 +62,7 @@ def test_batch_schema_is_an_array_capped_at_max_batch_rows(store: Store) -> None
 def test_error_responses_are_documented(store: Store, path: str) -> None:
     document = openapi(store)
     responses = document["paths"][path]["post"]["responses"]
-    assert set(responses) == {"200", "413", "422"}
+    assert set(responses) == {"200", "413", "415", "422"}
     invalid = responses["422"]["content"]["application/json"]["schema"]
     assert invalid == {"$ref": "#/components/schemas/ValidationErrorResponse"}
     issue = document["components"]["schemas"]["ValidationIssue"]

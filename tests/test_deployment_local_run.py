@@ -6,6 +6,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -13,7 +14,9 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import List
+from typing import List, Optional
+
+import pytest
 
 from tests.conftest import REPO_ROOT, free_port
 
@@ -88,3 +91,48 @@ def test_run_local_seeds_trains_serves_and_prints_a_working_curl(tmp_path: Path)
             process.kill()
             process.wait()
     assert len(list((tmp_path / "store" / "datasets").iterdir())) == 2
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+@pytest.mark.parametrize("key", [None, "s3cr3t key with 'quotes' and $dollar"])
+def test_the_printed_curl_works_as_pasted_with_and_without_a_key(
+    tmp_path: Path, key: Optional[str]
+) -> None:
+    venv = _ready_venv(tmp_path / "venv")
+    port = free_port()
+    env = dict(os.environ, VENV=str(venv), STORE=str(tmp_path / "store"), PORT=str(port),
+               ROWS="300", WEEKS="1")
+    env.pop("TTD_API_KEY", None)
+    if key is not None:
+        env["TTD_API_KEY"] = key
+    process = subprocess.Popen(
+        ["bash", str(REPO_ROOT / "scripts" / "run_local.sh")], cwd=tmp_path, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        output = "".join(_lines_until(process, "-d '"))
+        printed = re.search(r"^\s*(curl -s -X POST .*\\\n\s*-d '[^']+')$", output, re.MULTILINE)
+        assert printed, output
+        command = printed.group(1)
+        assert (key is None) is ("X-API-Key" not in command)
+        assert key is None or key not in output
+        # Pasted into a shell that has the key exported, as the printed note asks.
+        shell_env = {"PATH": os.environ["PATH"], **({"TTD_API_KEY": key} if key else {})}
+        pasted = subprocess.run(["bash", "-c", command + " -w '\\n%{http_code}'"],
+                                env=shell_env, capture_output=True, text=True, timeout=20)
+        body, status = pasted.stdout.rsplit("\n", 1)
+        assert status == "200", pasted.stdout + pasted.stderr
+        answer = json.loads(body)
+        assert answer["est_hours_to_dispatch"] > 0
+        assert set(answer) >= {"p90_hours_to_dispatch", "extrapolated", "model_version"}
+        if key is not None:
+            without = subprocess.run(["bash", "-c", command + " -w '\\n%{http_code}'"],
+                                     env={"PATH": os.environ["PATH"]}, capture_output=True,
+                                     text=True, timeout=20)
+            assert without.stdout.rsplit("\n", 1)[1] == "401"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -166,7 +166,7 @@ def test_malformed_artefacts_are_refused(data: bytes, message: str) -> None:
 
 def test_other_format_versions_are_refused() -> None:
     doc = json.loads(_document())
-    doc["format_version"] = 2
+    doc["format_version"] = 3
     with pytest.raises(ModelFormatError, match="version"):
         DispatchModel.from_json(json.dumps(doc).encode())
 

@@ -30,6 +30,7 @@ from pipeline.api.schemas import ORDERS_PLACED_MAX, PRODUCT_CODE_MAX_LENGTH
 from pipeline.api.settings import ServeSettings
 from pipeline.artefacts import LoadedModel, load_latest
 from pipeline.store import open_store
+from tests.api_support import with_test_bounds
 from tests.reliability_support import publish_model, simple_model
 
 SINGLE = "/api/v0.1/time_to_dispatch"
@@ -53,7 +54,8 @@ CHECKS = [
 
 def _loaded(root: Path) -> LoadedModel:
     store = open_store(str(root))
-    publish_model(store, simple_model(1.0, codes=("SKU001", "SKU002", "SKU003")))
+    model = simple_model(1.0, codes=("SKU001", "SKU002", "SKU003"))
+    publish_model(store, with_test_bounds(model, {code: (10.0, 150.0) for code in model.curves}))
     return load_latest(store)
 
 
@@ -142,12 +144,17 @@ def test_any_valid_rows_get_finite_non_negative_estimates(
 ) -> None:
     batch = client.post(BATCH, content=json.dumps(rows))
     assert batch.status_code == 200, batch.text
-    estimates = _finite_json(batch.text)["est_hours_to_dispatch"]
-    assert len(estimates) == len(rows)
-    for row, estimate in zip(rows, estimates):
+    answers = _finite_json(batch.text)
+    estimates = answers["est_hours_to_dispatch"]
+    assert len(estimates) == len(answers["p90_hours_to_dispatch"]) == len(rows)
+    for row, estimate, upper, outside in zip(
+        rows, estimates, answers["p90_hours_to_dispatch"], answers["extrapolated"]
+    ):
         expected = model.model.predict_one(row["product_code"], row["orders_placed"])
         assert math.isfinite(estimate) and estimate >= 0.0
         assert estimate == pytest.approx(expected, rel=1e-9, abs=1e-9)
+        assert math.isfinite(upper) and upper >= estimate
+        assert outside is not (10.0 <= row["orders_placed"] <= 150.0)
     single = client.post(SINGLE, content=json.dumps(rows[0]))
     assert single.status_code == 200, single.text
     assert _finite_json(single.text)["est_hours_to_dispatch"] == pytest.approx(estimates[0])

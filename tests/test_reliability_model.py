@@ -103,9 +103,17 @@ def near_artefacts(draw: Any) -> Dict[str, Any]:
         "knots": draw(st.lists(numbers, max_size=5)),
         "values": draw(st.lists(numbers, max_size=5)),
     }
+    if draw(st.booleans()):
+        spec["p90"] = draw(st.one_of(
+            st.fixed_dictionaries({"knots": st.lists(numbers, max_size=5),
+                                   "values": st.lists(numbers, max_size=5)}),
+            st.just({"knots": [0.0, 1e3], "values": [0.0, 1e9]}),
+            json_values,
+        ))
+        spec["orders_placed_range"] = draw(st.one_of(st.lists(numbers, max_size=3), json_values))
     document: Dict[str, Any] = {
         "format": "time-to-dispatch/monotone-piecewise-linear",
-        "format_version": draw(st.sampled_from([1, 1, 1, 2, "1", None])),
+        "format_version": draw(st.sampled_from([1, 1, 1, 2, 2, 2, "1", None])),
         "curves": draw(st.sampled_from([{"SKU": spec}, {}, [spec], {"SKU": draw(json_values)}])),
     }
     return document
@@ -125,6 +133,9 @@ def _parse_or_refuse(data: bytes) -> None:
         for orders in (0.0, curve.knots[0], curve.knots[-1], MAX_ORDERS):
             value = model.predict_one(code, orders)
             assert math.isfinite(value) and value >= 0.0
+            upper = model.upper_one(code, orders)
+            assert upper is None or upper >= value
+            assert model.extrapolated_one(code, orders) in (None, True, False)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -252,6 +252,7 @@ def test_port_opens_only_once_the_model_is_loaded(
         conn.close()
         assert status == 200
         assert body == {"est_hours_to_dispatch": pytest.approx(model.predict_one("SKU002", 112)),
+                        "p90_hours_to_dispatch": None, "extrapolated": None,
                         "model_version": version}
         server.terminate()
         assert server.process.wait(timeout=STOP_DEADLINE_SECONDS) == 0, server.output()

@@ -3,7 +3,9 @@
 ``create_app(settings, store, initial)`` returns an ASGI app for uvicorn. FastAPI
 declares every route (so ``/openapi.json`` and ``/docs`` are accurate, the request
 schema listing the served model's product codes) and serves ``/health``,
-``/api/v0.1/model``, ``/metrics`` and the docs; the two prediction routes are
+``/api/v0.1/model``, ``/metrics`` and the docs (``/docs`` and ``/redoc``, their
+JavaScript and CSS served from the pinned ``fastapi-offline`` package, never a CDN);
+the two prediction routes are
 answered by :class:`~pipeline.api.fastpath.PredictionLayer` in front of it, with
 the same schemas and error shape. With ``model_refresh_seconds > 0`` the lifespan
 polls the store and swaps in newly published models off the request path.
@@ -12,19 +14,29 @@ polls the store and swaps in newly published models off the request path.
 import asyncio
 import gc
 import logging
+import math
 import time
 from contextlib import asynccontextmanager, suppress
-from typing import Any, AsyncIterator, Callable, Dict, List, Optional
+from importlib.resources import files
+from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional
 
 import orjson
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    JSONResponse,
+    PlainTextResponse,
+    Response,
+)
 from fastapi.security import APIKeyHeader
 from hmac import compare_digest
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from typing_extensions import Annotated
 
 from pipeline.api.errors import message_body, summary, validation_body
@@ -36,12 +48,16 @@ from pipeline.api.fastpath import (
     PredictionLayer,
     answer_batch,
     answer_single,
+    is_json_content_type,
+    unsupported_media_type,
 )
 from pipeline.api.schemas import (
     BatchPredictionResponse,
+    CoverageP90,
     ErrorMessage,
     HealthResponse,
     ModelInfo,
+    OrdersPlacedRange,
     PredictionRequest,
     PredictionResponse,
     ValidationErrorResponse,
@@ -62,12 +78,26 @@ API_VERSION = "0.1"
 MODEL_PATH = "/api/v0.1/model"
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
+DOCS_PATH = "/docs"
+REDOC_PATH = "/redoc"
+DOCS_ASSETS_PATH = "/docs-assets"
+DOCS_ASSETS = files("fastapi_offline") / "static"
+DOCS_ASSET_TYPES = {
+    "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
+    "swagger-ui.css": "text/css; charset=utf-8",
+    "redoc.standalone.js": "text/javascript; charset=utf-8",
+    "favicon.png": "image/png",
+}
 TITLE = "time-to-dispatch"
 DESCRIPTION = (
     "Estimated hours to dispatch an order, from the product code and the orders placed. "
     "The request schema's `product_code` enum lists the codes the served model knows "
-    "(it changes when a new model is swapped in). Send `X-Request-ID` to have it echoed "
-    "and logged; otherwise one is generated."
+    "(it changes when a new model is swapped in). Each estimate comes with "
+    "`p90_hours_to_dispatch`, the hours within which 90% of such orders are dispatched, "
+    "and `extrapolated`, true when `orders_placed` is outside the range the product code "
+    "was trained on (both null for a model of artefact format 1). Send bodies as JSON "
+    "(`Content-Type: application/json` or none; other types are a 415). Send "
+    "`X-Request-ID` to have it echoed and logged; otherwise one is generated."
 )
 TRAINING_KEYS = ("tranche", "tranche_key", "tranche_sha256", "tranche_rows")
 
@@ -152,6 +182,13 @@ def _api_key_dependency(settings: ServeSettings) -> List[Any]:
     return [Depends(require_key)]
 
 
+def require_json_body(request: Request) -> None:
+    """415 unless the body is declared JSON (``application/json``, ``*/*+json``) or undeclared."""
+    value = request.headers.get("content-type")
+    if value is not None and not is_json_content_type(value.encode("latin-1")):
+        raise HTTPException(status_code=415, detail=unsupported_media_type(value))
+
+
 def _prediction_responses(settings: ServeSettings) -> Dict[Any, Any]:
     request_id = {
         "X-Request-ID": {"description": "The request id (the client's or a new one).",
@@ -160,9 +197,15 @@ def _prediction_responses(settings: ServeSettings) -> Dict[Any, Any]:
     responses: Dict[Any, Any] = {
         200: {"headers": request_id},
         413: {"model": ErrorMessage, "description": "The body exceeds the size limit."},
+        415: {
+            "model": ErrorMessage,
+            "description": "The body's Content-Type is not JSON: send `Content-Type: "
+            "application/json` (an `application/*+json` type or no Content-Type also work).",
+        },
         422: {
             "model": ValidationErrorResponse,
-            "description": "Invalid input; each issue names its field in `loc`.",
+            "description": "Invalid input; each issue names its field in `loc`. At most 100 "
+            "issues are listed; `more_errors` says how many more there were.",
         },
     }
     if settings.api_key is not None:
@@ -193,9 +236,12 @@ def _fastapi(state: ServiceState) -> FastAPI:
         lifespan=_lifespan(state),
         default_response_class=StrictJSONResponse,
         root_path=settings.root_path,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
     )
     app.state.service = state
-    protected = _api_key_dependency(settings)
+    protected = _api_key_dependency(settings) + [Depends(require_json_body)]
     responses = _prediction_responses(settings)
     request_id = Header(alias="X-Request-ID", description="Echoed and logged.")
     batch_body = Annotated[
@@ -210,6 +256,17 @@ def _fastapi(state: ServiceState) -> FastAPI:
         request.scope.setdefault(LOG_SCOPE_KEY, {})["errors"] = summary(errors, prefix=())
         return Response(validation_body(errors, prefix=()), 422, media_type="application/json")
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """Every HTTP error as JSON; a 404 for a trailing slash names the route meant."""
+        detail = str(exc.detail)
+        if exc.status_code == 404:
+            detail = _not_found(request, known_paths(app))
+        return Response(
+            message_body(detail), exc.status_code, headers=exc.headers,
+            media_type="application/json",
+        )
+
     @app.post(
         SINGLE_PATH,
         response_model=PredictionResponse,
@@ -223,7 +280,9 @@ def _fastapi(state: ServiceState) -> FastAPI:
         _body: PredictionRequest,
         _request_id: Annotated[Optional[str], request_id] = None,
     ) -> Response:
-        """The estimated hours to dispatch for one product code and order count."""
+        """The estimated hours to dispatch for one product code and order count, the p90
+        bound (90% of such orders are dispatched within it) and whether the order count is
+        outside the code's trained range (extrapolated)."""
         return await _answer_via_fastapi(state, request, answer_single)
 
     @app.post(
@@ -239,7 +298,11 @@ def _fastapi(state: ServiceState) -> FastAPI:
         _rows: batch_body,
         _request_id: Annotated[Optional[str], request_id] = None,
     ) -> Response:
-        """Estimates for a JSON array of requests, in order, equal to the single endpoint's."""
+        """Estimates, p90 bounds and extrapolated flags for a JSON array of requests.
+
+        Parallel arrays in request order, row for row equal to the single endpoint's
+        answers. An empty array is valid and gets empty arrays.
+        """
         return await _answer_via_fastapi(state, request, answer_batch)
 
     @app.get(HEALTH_PATH, response_model=HealthResponse, tags=["operations"])
@@ -267,6 +330,7 @@ def _fastapi(state: ServiceState) -> FastAPI:
         tranche = metadata.get("tranche")
         if tranche is None:
             tranche = {key: metadata[key] for key in TRAINING_KEYS if key in metadata} or None
+        ranges = serving.ranges
         return ModelInfo(
             model_version=serving.version,
             trained_at=serving.trained_at.isoformat() if serving.trained_at else None,
@@ -275,6 +339,11 @@ def _fastapi(state: ServiceState) -> FastAPI:
             metrics=metadata.get("metrics"),
             product_codes=list(serving.product_codes),
             metadata=metadata,
+            orders_placed_range={
+                code: OrdersPlacedRange(min=low, max=high)
+                for code, (low, high) in sorted(ranges.items())
+            } if ranges else None,
+            coverage_p90=coverage_p90(metadata, serving.product_codes),
         )
 
     @app.get(METRICS_PATH, response_class=PlainTextResponse, tags=["operations"])
@@ -282,8 +351,101 @@ def _fastapi(state: ServiceState) -> FastAPI:
         """Prometheus metrics: requests, latency, predictions, the model and its age."""
         return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
+    _docs(app)
     app.openapi = _openapi_for_model(app, state)  # type: ignore[method-assign]
     return app
+
+
+def _docs(app: FastAPI) -> None:
+    """/docs (Swagger UI) and /redoc (ReDoc), their assets served by the app (no CDN, no fonts).
+
+    The assets are a route, not a mount: behind ``--root-path`` a mount misses the
+    paths a proxy has already stripped of the prefix.
+    """
+
+    @app.get(DOCS_ASSETS_PATH + "/{name}", include_in_schema=False)
+    async def docs_asset(name: str) -> Response:
+        """One of Swagger UI's or ReDoc's files, from the pinned fastapi-offline package."""
+        media_type = DOCS_ASSET_TYPES.get(name)
+        if media_type is None:
+            raise HTTPException(status_code=404)
+        return FileResponse(
+            str(DOCS_ASSETS / name), media_type=media_type,
+            headers={"Cache-Control": "public, max-age=86400"},
+        )
+
+    def root(request: Request) -> str:
+        return str(request.scope.get("root_path", "")).rstrip("/")
+
+    @app.get(DOCS_PATH, include_in_schema=False)
+    async def swagger_ui(request: Request) -> HTMLResponse:
+        """Swagger UI on the app's schema."""
+        prefix = root(request)
+        return get_swagger_ui_html(
+            openapi_url=f"{prefix}{app.openapi_url}",
+            title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{prefix}{DOCS_ASSETS_PATH}/swagger-ui-bundle.js",
+            swagger_css_url=f"{prefix}{DOCS_ASSETS_PATH}/swagger-ui.css",
+            swagger_favicon_url=f"{prefix}{DOCS_ASSETS_PATH}/favicon.png",
+        )
+
+    @app.get(REDOC_PATH, include_in_schema=False)
+    async def redoc(request: Request) -> HTMLResponse:
+        """ReDoc on the app's schema, with the browser's own fonts."""
+        prefix = root(request)
+        return get_redoc_html(
+            openapi_url=f"{prefix}{app.openapi_url}",
+            title=f"{app.title} - ReDoc",
+            redoc_js_url=f"{prefix}{DOCS_ASSETS_PATH}/redoc.standalone.js",
+            redoc_favicon_url=f"{prefix}{DOCS_ASSETS_PATH}/favicon.png",
+            with_google_fonts=False,
+        )
+
+
+def known_paths(app: FastAPI) -> List[str]:
+    """The paths of the app's routes (mounts included)."""
+    return [path for path in (getattr(route, "path", "") for route in app.routes) if path]
+
+
+def _not_found(request: Request, known: List[str]) -> str:
+    path: str = request.scope["path"]
+    prefix = str(request.scope.get("root_path", "")).rstrip("/")
+    if prefix and path.startswith(prefix + "/"):
+        path = path[len(prefix):]
+    meant = path.rstrip("/")
+    if path != meant and meant in known:
+        return f"Not Found: {prefix}{path} ends in a slash; the route is {prefix}{meant}"
+    return "Not Found"
+
+
+def _number(value: Any) -> Optional[float]:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _mapping(value: Any, key: str) -> Mapping[str, Any]:
+    found = value.get(key) if isinstance(value, Mapping) else None
+    return found if isinstance(found, Mapping) else {}
+
+
+def coverage_p90(metadata: Mapping[str, Any], product_codes: Any) -> CoverageP90:
+    """Held-out p90 coverage from the metadata (``metrics.held_out``), null where absent.
+
+    Overall: ``metrics.held_out.overall.coverage_p90`` (or ``metrics.held_out.coverage_p90``);
+    per code: ``metrics.held_out.per_product_code.<code>.coverage_p90``.
+    """
+    held_out = _mapping(_mapping(metadata, "metrics"), "held_out")
+    overall = _number(_mapping(held_out, "overall").get("coverage_p90"))
+    if overall is None:
+        overall = _number(held_out.get("coverage_p90"))
+    per_code = _mapping(held_out, "per_product_code")
+    return CoverageP90(
+        overall=overall,
+        per_product_code={
+            code: _number(_mapping(per_code, code).get("coverage_p90")) for code in product_codes
+        },
+    )
 
 
 def _openapi_for_model(app: FastAPI, state: ServiceState) -> Callable[[], Dict[str, Any]]:

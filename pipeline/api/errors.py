@@ -1,7 +1,7 @@
 """Error bodies in FastAPI's shape, safe to serialise whatever the client sent."""
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Mapping, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Sequence, Tuple, Union
 
 import orjson
 
@@ -9,6 +9,7 @@ MAX_ECHO_CHARS = 100
 MAX_ECHO_ITEMS = 16
 MAX_ECHO_DEPTH = 2
 MAX_LOGGED_ERRORS = 3
+MAX_LISTED_ERRORS = 100
 INT64_LIMIT = 2**63
 
 Loc = Tuple[Union[str, int], ...]
@@ -59,16 +60,19 @@ def issue(error: Mapping[str, Any], prefix: Loc = ("body",)) -> Dict[str, Any]:
     return item
 
 
-def validation_body(errors: Iterable[Mapping[str, Any]], prefix: Loc = ("body",)) -> bytes:
-    """The 422 body ``{"detail": [...]}`` for some pydantic errors."""
-    detail = [issue(error, prefix) for error in errors]
+def validation_body(errors: Sequence[Mapping[str, Any]], prefix: Loc = ("body",)) -> bytes:
+    """The 422 body ``{"detail": [...]}``: the first 100 errors, and ``more_errors`` if any."""
+    detail = [issue(error, prefix) for error in errors[:MAX_LISTED_ERRORS]]
+    body: Dict[str, Any] = {"detail": detail}
+    if len(errors) > MAX_LISTED_ERRORS:
+        body["more_errors"] = len(errors) - MAX_LISTED_ERRORS
     try:
-        return orjson.dumps({"detail": detail})
+        return orjson.dumps(body)
     except (TypeError, orjson.JSONEncodeError):
         for item in detail:
             item["input"] = None
             item.pop("ctx", None)
-        return orjson.dumps({"detail": detail})
+        return orjson.dumps(body)
 
 
 def message_body(message: str) -> bytes:

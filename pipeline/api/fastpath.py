@@ -4,9 +4,9 @@
 FastAPI's routing, dependency and middleware machinery, validating with the same
 pydantic schemas (pydantic-core, from the raw body) and answering errors in the
 same shape. Every other request falls through to FastAPI, which also declares the
-prediction routes so ``/openapi.json`` describes them. Every request, whichever way
-it goes, gets a request id echoed in ``X-Request-ID``, one JSON log line and its
-metrics.
+prediction routes so ``/openapi.json`` describes them; a ``HEAD`` request is answered
+as its ``GET`` without the body. Every request, whichever way it goes, gets a request
+id echoed in ``X-Request-ID``, one JSON log line and its metrics.
 """
 from __future__ import annotations
 
@@ -30,6 +30,7 @@ from pipeline.api.state import ServiceState
 SINGLE_PATH = "/api/v0.1/time_to_dispatch"
 BATCH_PATH = "/api/v0.1/time_to_dispatch/batch"
 REQUEST_ID_HEADER = b"x-request-id"
+CONTENT_TYPE_HEADER = b"content-type"
 MAX_REQUEST_ID_LENGTH = 128
 LOG_SCOPE_KEY = "ttd.log"
 OTHER_ENDPOINT = "other"
@@ -53,6 +54,28 @@ class _ClientGone(Exception):
     pass
 
 
+def is_json_content_type(value: bytes) -> bool:
+    """Whether a Content-Type header declares JSON: application/json or application/*+json.
+
+    An empty value counts as no Content-Type, which is accepted too.
+    """
+    media = value.split(b";", 1)[0].strip().lower()
+    return (
+        not media
+        or media == b"application/json"
+        or (media.startswith(b"application/") and media.endswith(b"+json"))
+    )
+
+
+def unsupported_media_type(value: str) -> str:
+    """The 415 message for a body declared with a non-JSON Content-Type."""
+    shown = value if len(value) <= 100 else value[:100] + "..."
+    return (
+        f"unsupported Content-Type {shown!r}: send the body as JSON with "
+        "Content-Type: application/json"
+    )
+
+
 def _not_finite(loc: List[Any], value: float) -> bytes:
     issue = {"type": "value_error", "loc": loc, "msg": NOT_FINITE_MSG, "input": value}
     return orjson.dumps({"detail": [issue]})
@@ -66,13 +89,21 @@ def answer_single(serving: ServingModel, body: bytes) -> Outcome:
         errors = exc.errors(include_url=False)
         return 422, validation_body(errors), {"errors": summary(errors)}, 0
     estimate = serving.predictors[code](orders)
+    upper = serving.uppers.get(code)
+    p90 = None if upper is None else max(upper(orders), estimate)
+    known = serving.ranges.get(code)
     fields: Dict[str, Any] = {"input": {"product_code": code, "orders_placed": orders}}
-    if not math.isfinite(estimate):
+    if not math.isfinite(estimate) or (p90 is not None and not math.isfinite(p90)):
         loc: List[Any] = ["body", "orders_placed"]
         fields["errors"] = [{"type": "value_error", "loc": loc}]
         return 422, _not_finite(loc, orders), fields, 0
     fields["prediction"] = estimate
-    payload = orjson.dumps({"est_hours_to_dispatch": estimate, "model_version": serving.version})
+    payload = orjson.dumps({
+        "est_hours_to_dispatch": estimate,
+        "p90_hours_to_dispatch": p90,
+        "extrapolated": None if known is None else not known[0] <= orders <= known[1],
+        "model_version": serving.version,
+    })
     return 200, payload, fields, 1
 
 
@@ -83,10 +114,12 @@ def answer_batch(serving: ServingModel, body: bytes) -> Outcome:
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
         return 422, validation_body(errors), {"errors": summary(errors)}, 0
-    estimates = serving.predict_batch(rows)
+    estimates, uppers, outside = serving.predict_batch_bounded(rows)
     n = len(estimates)
     fields: Dict[str, Any] = {"input": {"rows": n, "product_codes": len(set(rows.product_codes))}}
     finite = np.isfinite(estimates)
+    if uppers is not None:
+        finite &= np.isfinite(uppers)
     if not finite.all():
         bad = int(np.flatnonzero(~finite)[0])
         loc: List[Any] = ["body", bad, "orders_placed"]
@@ -98,8 +131,14 @@ def answer_batch(serving: ServingModel, body: bytes) -> Outcome:
             "mean": float(estimates.mean()),
             "max": float(estimates.max()),
         }
+    unknown = [None] * n if uppers is None or outside is None else None
     payload = orjson.dumps(
-        {"est_hours_to_dispatch": estimates, "model_version": serving.version},
+        {
+            "est_hours_to_dispatch": estimates,
+            "p90_hours_to_dispatch": unknown if uppers is None else uppers,
+            "extrapolated": unknown if outside is None else outside,
+            "model_version": serving.version,
+        },
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
     return 200, payload, fields, n
@@ -154,7 +193,7 @@ class PredictionLayer:
         compute: Callable[[ServingModel, bytes], Outcome],
     ) -> None:
         start = time.perf_counter()
-        raw_id = key = None
+        raw_id = key = content_type = None
         length = 0
         for name, value in scope["headers"]:
             if name == REQUEST_ID_HEADER:
@@ -163,12 +202,18 @@ class PredictionLayer:
                 key = value
             elif name == b"content-length" and value.isdigit():
                 length = int(value)
+            elif name == CONTENT_TYPE_HEADER:
+                content_type = value
         request_id = self.request_id(raw_id)
         serving = self.state.serving
         headers = [JSON_TYPE, (REQUEST_ID_HEADER, request_id.encode())]
         outcome: Outcome
         if self._key is not None and (key is None or not compare_digest(key, self._key)):
             outcome = (401, UNAUTHORIZED, {}, 0)
+        elif content_type is not None and not is_json_content_type(content_type):
+            detail = unsupported_media_type(content_type.decode("latin-1"))
+            outcome = (415, message_body(detail), {}, 0)
+            headers.append(CLOSE)  # the body is left unread
         else:
             try:
                 if length > self._limit:
@@ -225,7 +270,9 @@ class PredictionLayer:
         request_id = self.request_id(raw_id)
         serving = self.state.serving
         fields: Dict[str, Any] = {}
-        scope[LOG_SCOPE_KEY] = fields
+        head = scope["method"] == "HEAD"
+        inner = dict(scope, method="GET") if head else scope
+        inner[LOG_SCOPE_KEY] = fields
         status = [500]
 
         async def send_with_id(message: Message) -> None:
@@ -234,10 +281,12 @@ class PredictionLayer:
                 headers = list(message.get("headers", []))
                 headers.append((REQUEST_ID_HEADER, request_id.encode()))
                 message = dict(message, headers=headers)
+            elif head and message["type"] == "http.response.body":
+                message = dict(message, body=b"")
             await send(message)
 
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(inner, receive, send_with_id)
         finally:
             rows = int(fields.pop("rows", 0))
             self._record(scope, request_id, status[0], start, serving, fields, rows)

@@ -55,34 +55,69 @@ class PredictionRequest(BaseModel):
     orders_placed: OrdersPlaced
 
 
+P90_DESCRIPTION = (
+    "Hours within which 90% of this product's orders placed with this many orders waiting "
+    "are dispatched (a calibrated upper bound, never below the estimate, never decreasing "
+    "as orders_placed grows); null when the served model has no bound (format version 1)."
+)
+EXTRAPOLATED_DESCRIPTION = (
+    "True when orders_placed lies outside the range this product code was trained on "
+    "(GET /api/v0.1/model lists the ranges): the model is guessing. Null when the served "
+    "model does not record its ranges (format version 1)."
+)
+
+
 class PredictionResponse(BaseModel):
-    """The estimate for one request and the model that made it."""
-
-    model_config = ConfigDict(
-        protected_namespaces=(),
-        json_schema_extra={
-            "examples": [{"est_hours_to_dispatch": 3.4, "model_version": EXAMPLE_VERSION}]
-        },
-    )
-
-    est_hours_to_dispatch: float = Field(ge=0, description="Estimated hours to dispatch.")
-    model_version: str = Field(description="The version of the model that answered.")
-
-
-class BatchPredictionResponse(BaseModel):
-    """Estimates for a batch, in request order, and the model that made them."""
+    """The estimate for one request, its p90 upper bound, and the model that made them."""
 
     model_config = ConfigDict(
         protected_namespaces=(),
         json_schema_extra={
             "examples": [
-                {"est_hours_to_dispatch": [3.4, 5.1], "model_version": EXAMPLE_VERSION}
+                {
+                    "est_hours_to_dispatch": 3.4,
+                    "p90_hours_to_dispatch": 4.7,
+                    "extrapolated": False,
+                    "model_version": EXAMPLE_VERSION,
+                }
+            ]
+        },
+    )
+
+    est_hours_to_dispatch: float = Field(ge=0, description="Estimated hours to dispatch.")
+    p90_hours_to_dispatch: Optional[float] = Field(ge=0, description=P90_DESCRIPTION)
+    extrapolated: Optional[bool] = Field(description=EXTRAPOLATED_DESCRIPTION)
+    model_version: str = Field(description="The version of the model that answered.")
+
+
+class BatchPredictionResponse(BaseModel):
+    """Estimates for a batch in request order (parallel arrays), and the model that made them.
+
+    An empty batch (``[]``) is valid and gets empty arrays.
+    """
+
+    model_config = ConfigDict(
+        protected_namespaces=(),
+        json_schema_extra={
+            "examples": [
+                {
+                    "est_hours_to_dispatch": [3.4, 5.1],
+                    "p90_hours_to_dispatch": [4.7, 7.0],
+                    "extrapolated": [False, True],
+                    "model_version": EXAMPLE_VERSION,
+                }
             ]
         },
     )
 
     est_hours_to_dispatch: List[Annotated[float, Field(ge=0)]] = Field(
         description="One estimate per request row, in order."
+    )
+    p90_hours_to_dispatch: List[Optional[Annotated[float, Field(ge=0)]]] = Field(
+        description="One p90 bound per request row, in order. " + P90_DESCRIPTION
+    )
+    extrapolated: List[Optional[bool]] = Field(
+        description="One flag per request row, in order. " + EXTRAPOLATED_DESCRIPTION
     )
     model_version: str = Field(description="The version of the model that answered.")
 
@@ -98,7 +133,7 @@ class ValidationIssue(BaseModel):
 
 
 class ValidationErrorResponse(BaseModel):
-    """422: every problem found in the request."""
+    """422: the problems found in the request (the first 100; ``more_errors`` counts the rest)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -119,10 +154,16 @@ class ValidationErrorResponse(BaseModel):
     )
 
     detail: List[ValidationIssue]
+    more_errors: Optional[int] = Field(
+        default=None,
+        ge=1,
+        description="Present only when more problems were found than are listed in detail: "
+        "how many more.",
+    )
 
 
 class ErrorMessage(BaseModel):
-    """A single error message (401, 413, 404, 405)."""
+    """A single error message (401, 404, 405, 413, 415)."""
 
     detail: str
 
@@ -153,6 +194,24 @@ class HealthResponse(BaseModel):
     refresh: RefreshStatus
 
 
+class OrdersPlacedRange(BaseModel):
+    """The smallest and largest orders_placed a product code was trained on."""
+
+    min: float
+    max: float
+
+
+class CoverageP90(BaseModel):
+    """Held-out coverage of the p90 bound: the share of held-out orders dispatched within it."""
+
+    overall: Optional[float] = Field(
+        default=None, description="Over all held-out rows; null when training did not record it."
+    )
+    per_product_code: Dict[str, Optional[float]] = Field(
+        default_factory=dict, description="Per served product code; null where not recorded."
+    )
+
+
 class ModelInfo(BaseModel):
     """The loaded model's metadata, with the fields an operator looks for first."""
 
@@ -165,6 +224,15 @@ class ModelInfo(BaseModel):
     metrics: Any = Field(description="Held-out metrics, as recorded by training.")
     product_codes: List[str]
     metadata: Dict[str, Any] = Field(description="The full metadata document.")
+    orders_placed_range: Optional[Dict[str, OrdersPlacedRange]] = Field(
+        default=None,
+        description="Per product code, the orders_placed range it was trained on (beyond it "
+        "answers say extrapolated: true); null for a model that does not record it.",
+    )
+    coverage_p90: CoverageP90 = Field(
+        default_factory=CoverageP90,
+        description="Held-out coverage of the p90 bound, as recorded by training.",
+    )
 
 
 class RequestValidators:

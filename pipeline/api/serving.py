@@ -25,6 +25,7 @@ from pipeline.store import Store, StoreError
 log = logging.getLogger("pipeline.api")
 
 FloatArray = npt.NDArray[np.float64]
+BoolArray = npt.NDArray[np.bool_]
 TRAINED_AT_KEYS = ("created_at", "trained_at")
 
 
@@ -69,6 +70,8 @@ class ServingModel:
     product_codes: Tuple[str, ...]
     validators: RequestValidators
     predictors: Dict[str, Callable[[float], float]]
+    uppers: Dict[str, Callable[[float], float]]
+    ranges: Dict[str, Tuple[float, float]]
     validate_single: Callable[[bytes], Dict[str, Any]]
     max_batch_rows: int
     trained_at: Optional[datetime]
@@ -150,6 +153,13 @@ class ServingModel:
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are checked
             return self.loaded.model.predict(rows.product_codes, rows.orders_placed)
 
+    def predict_batch_bounded(
+        self, rows: BatchRows
+    ) -> Tuple[FloatArray, Optional[FloatArray], Optional[BoolArray]]:
+        """Estimates, p90 bounds and extrapolated flags for validated rows (None: not known)."""
+        with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are checked
+            return self.loaded.model.predict_bounded(rows.product_codes, rows.orders_placed)
+
 
 def _too_long(data: List[Any], cap: int) -> InitErrorDetails:
     ctx = {"field_type": "List", "max_length": cap, "actual_length": len(data)}
@@ -171,6 +181,8 @@ def build_serving_model(loaded: LoadedModel, max_batch_rows: int) -> ServingMode
         product_codes=codes,
         validators=validators,
         predictors={code: loaded.model.curves[code].predict_one for code in codes},
+        uppers={code: bound.predict_one for code, bound in loaded.model.bounds.items()},
+        ranges=dict(loaded.model.ranges),
         validate_single=validators.single.validator.validate_json,
         max_batch_rows=max_batch_rows,
         trained_at=trained,
