@@ -15,6 +15,7 @@ from pipeline.store import Store, StoreError, open_store
 from pipeline.tranches import choose_tranches, parse_timestamp
 
 SHAPES = ("linear", "saturating")
+NOISES = ("constant", "queue")
 DEFAULT_PRODUCT_CODES: Tuple[str, ...] = ("SKU001", "SKU002", "SKU003", "SKU004", "SKU005")
 CSV_HEADER = "hours_to_dispatch,orders_placed,product_code"
 
@@ -69,8 +70,15 @@ def simulate_tranche(
     product_codes: Tuple[str, ...] = DEFAULT_PRODUCT_CODES,
     noise_sd: float = 0.5,
     week: int = 0,
+    noise: str = "constant",
 ) -> SimulatedTranche:
-    """A tranche of ``rows`` orders; ``week`` drifts order volumes a little, as trade grows."""
+    """A tranche of ``rows`` orders; ``week`` drifts order volumes a little, as trade grows.
+
+    ``noise="queue"`` makes busy days less predictable: the spread of dispatch times grows
+    with the queue, from 0.2 x ``noise_sd`` with no orders waiting to 2.7 x at 250.
+    """
+    if noise not in NOISES:
+        raise ValueError(f"noise must be one of {NOISES}, not {noise!r}")
     rng = np.random.default_rng(seed)
     index = rng.integers(0, len(product_codes), size=rows)
     level = 100.0 * (1.0 + 0.02 * week)
@@ -80,7 +88,8 @@ def simulate_tranche(
     for i in range(len(product_codes)):
         mask = index == i
         expected[mask] = expected_hours(i, orders[mask].astype(np.float64), shape)
-    hours = np.maximum(expected + rng.normal(0.0, noise_sd, size=rows), 0.0)
+    spread = noise_sd * (0.2 + orders / 100.0) if noise == "queue" else noise_sd
+    hours = np.maximum(expected + rng.normal(0.0, 1.0, size=rows) * spread, 0.0)
     codes = np.asarray(product_codes)[index]
     return SimulatedTranche(hours, orders, codes, expected)
 
@@ -122,12 +131,14 @@ def week_seed(seed: int, week: int) -> int:
 
 
 def write_tranches(
-    store: Store, rows: int, weeks: int, seed: int, shape: str, until: datetime
+    store: Store, rows: int, weeks: int, seed: int, shape: str, until: datetime,
+    noise: str = "constant",
 ) -> List[str]:
     """Write ``weeks`` weekly tranches, oldest first, and return their keys."""
     keys = []
     for week, moment in enumerate(delivery_times(weeks, until)):
-        tranche = simulate_tranche(rows, seed=week_seed(seed, week), shape=shape, week=week)
+        tranche = simulate_tranche(rows, seed=week_seed(seed, week), shape=shape, week=week,
+                                   noise=noise)
         key = tranche_key(moment.strftime("%Y-%m-%dT%H:%M:%S"))
         store.write_bytes(key, tranche.to_csv())
         keys.append(key)
@@ -146,6 +157,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed: same seed, same data")
     parser.add_argument("--shape", choices=SHAPES, default="linear",
                         help="how dispatch time grows with orders")
+    parser.add_argument("--noise", choices=NOISES, default="constant",
+                        help="constant spread, or a spread that grows with the queue")
     parser.add_argument("--until", default=None,
                         help="ISO timestamp; the newest tranche is the last Friday 23:00 UTC at "
                              "or before it (default: now)")
@@ -166,7 +179,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if latest is not None:
                 log.info("%s already holds tranche %s; nothing written", store.url, latest.key)
                 return 0
-        keys = write_tranches(store, args.rows, args.weeks, args.seed, args.shape, until)
+        keys = write_tranches(store, args.rows, args.weeks, args.seed, args.shape, until,
+                              args.noise)
     except StoreError as exc:
         log.error("nothing more written: %s", exc)
         return EXIT_STORE

@@ -83,3 +83,21 @@ def test_bad_arguments_are_refused(local_url: str) -> None:
         with pytest.raises(SystemExit) as exited:
             main([local_url, *bad])
         assert exited.value.code == 2
+
+
+def test_queue_noise_spreads_busy_days_wider_than_quiet_ones() -> None:
+    import numpy as np
+
+    from pipeline.simulate import simulate_tranche
+
+    tranche = simulate_tranche(20_000, seed=3, noise="queue")
+    residuals = tranche.hours_to_dispatch - tranche.expected_hours
+    quiet = residuals[tranche.orders_placed < 60]
+    busy = residuals[tranche.orders_placed > 180]
+    assert np.std(busy) > 3 * np.std(quiet)
+    constant = simulate_tranche(20_000, seed=3)
+    residuals = constant.hours_to_dispatch - constant.expected_hours
+    quiet, busy = residuals[constant.orders_placed < 60], residuals[constant.orders_placed > 180]
+    assert 0.8 < np.std(busy) / np.std(quiet) < 1.25
+    with pytest.raises(ValueError, match="noise must be one of"):
+        simulate_tranche(10, noise="loud")
