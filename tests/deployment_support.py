@@ -45,10 +45,16 @@ def canonical(name: str) -> str:
 
 
 def _imports_of(path: Path) -> Set[str]:
-    """Every absolute module name imported anywhere in a file (function-level imports too)."""
+    """Every absolute module name a file imports (function-level imports too) or reads data
+    from with ``importlib.resources.files("package")``."""
     names: Set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
+        if (isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute))
+                and (getattr(node.func, "id", None) or getattr(node.func, "attr", None)) == "files"
+                and node.args and isinstance(node.args[0], ast.Constant)
+                and isinstance(node.args[0].value, str)):
+            names.add(node.args[0].value)
+        elif isinstance(node, ast.Import):
             names.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             names.add(node.module)
