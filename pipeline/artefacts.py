@@ -7,19 +7,22 @@ Layout under the store root::
     models/<model_version>/metadata.json           its metadata, with the artefact's sha256
     models/latest.json                             the pointer: version, keys and both sha256s
 
-The immutable objects are written first and the pointer last, with a conditional
-write, so a reader following the pointer never meets a half-published model.
+The immutable objects are created first, only if absent (a version is unique per
+publish and an object once written is never rewritten), and the pointer last, with a
+conditional write, so a reader following the pointer never meets a half-published or
+altered model.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import secrets
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Dict, Optional, Tuple
 
 from pipeline.model import DispatchModel, ModelFormatError
-from pipeline.store import ConcurrentUpdate, ObjectNotFound, Store, StoreError
+from pipeline.store import ConcurrentUpdate, ObjectExists, ObjectNotFound, Store, StoreError
 
 DATASETS_PREFIX = "datasets/"
 MODELS_PREFIX = "models/"
@@ -35,9 +38,19 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def make_model_version(created_at: datetime, model_sha256: str) -> str:
-    """A short version unique per model: UTC creation time and the artefact's hash."""
-    return f"{created_at:%Y%m%d-%H%M%S}-{model_sha256[:8]}"
+VERSION_NONCE_HEX = 4
+
+
+def make_model_version(
+    created_at: datetime, model_sha256: str, nonce: Optional[str] = None
+) -> str:
+    """A short version unique per publish: UTC time, the artefact's hash and a random suffix.
+
+    Two publishes of the same artefact in the same second differ by the suffix; should
+    they ever draw the same one, the create-only writes refuse the second.
+    """
+    suffix = secrets.token_hex(VERSION_NONCE_HEX // 2) if nonce is None else nonce
+    return f"{created_at:%Y%m%d-%H%M%S}-{model_sha256[:8]}-{suffix}"
 
 
 def model_key(version: str) -> str:
@@ -150,18 +163,20 @@ def publish(
     published_at: datetime,
     expected_token: Optional[str],
 ) -> Pointer:
-    """Write artefact and metadata, then swing the pointer if nobody else moved it meanwhile.
+    """Create artefact and metadata, then swing the pointer if nobody else moved it meanwhile.
 
     ``metadata`` must carry ``model_version`` and ``model_sha256`` (the artefact's).
-    Raises ConcurrentUpdate (a StoreError) when the pointer changed since it was
-    read as ``expected_token``; the immutable objects written stay, unreferenced.
+    Raises ObjectExists when the version's objects already exist with other content
+    (they are left as they were), and ConcurrentUpdate (both StoreErrors) when the
+    pointer changed since it was read as ``expected_token``; the objects created
+    then stay, complete and unreferenced.
     """
     version = str(metadata["model_version"])
     if metadata.get("model_sha256") != sha256_hex(model_bytes):
         raise ValueError("metadata's model_sha256 does not match the artefact")
     metadata_bytes = json.dumps(metadata, indent=2, sort_keys=True).encode()
-    store.write_bytes(model_key(version), model_bytes)
-    store.write_bytes(metadata_key(version), metadata_bytes)
+    create_once(store, model_key(version), model_bytes)
+    create_once(store, metadata_key(version), metadata_bytes)
     pointer = Pointer(
         model_version=version,
         model_key=model_key(version),
@@ -170,20 +185,34 @@ def publish(
         metadata_sha256=sha256_hex(metadata_bytes),
         published_at=published_at.isoformat(),
     )
+    content = pointer.to_json()
     try:
-        store.write_if_unchanged(POINTER_KEY, pointer.to_json(), expected_token)
+        store.write_if_unchanged(POINTER_KEY, content, expected_token)
     except ConcurrentUpdate:
         # A retried conditional write whose first attempt landed (its response lost) fails
-        # its own precondition: that is our publication, not a rival's.
-        if not _points_to(store, pointer):
+        # its own precondition: the pointer then holds exactly our bytes, naming our unique
+        # version. Anything else is a rival's publication.
+        if not _holds(store, POINTER_KEY, content):
             raise
     return pointer
 
 
-def _points_to(store: Store, pointer: Pointer) -> bool:
-    """Whether the store's pointer is exactly this one."""
+def create_once(store: Store, key: str, data: bytes) -> None:
+    """Create an immutable object; ObjectExists unless the key already holds exactly ``data``.
+
+    A retried create whose first attempt landed (its response lost) finds the key
+    present: the object is ours only if its content is byte for byte what we wrote.
+    """
     try:
-        current = read_pointer(store)
-    except ModelUnavailable:
+        store.create_bytes(key, data)
+    except ObjectExists:
+        if not _holds(store, key, data):
+            raise
+
+
+def _holds(store: Store, key: str, data: bytes) -> bool:
+    """Whether a key's content is exactly ``data``."""
+    try:
+        return store.read_bytes(key) == data
+    except StoreError:
         return False
-    return current is not None and current[0] == pointer

@@ -12,7 +12,7 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, List, Optional, Protocol, Tuple
+from typing import Any, Callable, List, Optional, Protocol, Tuple
 
 DEFAULT_MAX_ATTEMPTS = 5
 DEFAULT_TIMEOUT_SECONDS = 10.0
@@ -30,8 +30,12 @@ class ConcurrentUpdate(StoreError):
     """A conditional write lost a race: the object changed since it was read."""
 
 
+class ObjectExists(ConcurrentUpdate):
+    """A create-only write found the key already present; the object was left as it was."""
+
+
 class Store(Protocol):
-    """What the stages need from a store: keyed bytes, listing and one conditional write."""
+    """What the stages need from a store: keyed bytes, listing, create-only and conditional writes."""
 
     url: str
 
@@ -49,6 +53,10 @@ class Store(Protocol):
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write a key atomically: a reader sees the old content or the new, never a part."""
+        ...
+
+    def create_bytes(self, key: str, data: bytes) -> None:
+        """Create a key atomically only if it is absent; ObjectExists (nothing written) if not."""
         ...
 
     def read_versioned(self, key: str) -> Optional[Tuple[bytes, str]]:
@@ -122,6 +130,13 @@ class LocalStore:
 
     def write_bytes(self, key: str, data: bytes) -> None:
         """Write through a temporary file and an atomic rename."""
+        self._write(key, data, os.replace)
+
+    def create_bytes(self, key: str, data: bytes) -> None:
+        """Write a temporary file, then hard-link it to the key: link never replaces a file."""
+        self._write(key, data, os.link)
+
+    def _write(self, key: str, data: bytes, place: Callable[[str, Path], None]) -> None:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,10 +146,12 @@ class LocalStore:
                     handle.write(data)
                     handle.flush()
                     os.fsync(handle.fileno())
-                os.replace(tmp, path)
+                place(tmp, path)
             finally:
                 if os.path.exists(tmp):
                     os.unlink(tmp)
+        except FileExistsError as exc:
+            raise ObjectExists(f"{path} already exists; it was left as it was") from exc
         except OSError as exc:
             raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
@@ -201,7 +218,7 @@ class S3Store:
         """The s3:// URL of a key."""
         return f"s3://{self.bucket}/{self._key(key)}"
 
-    def _error(self, action: str, key: str, exc: Exception) -> StoreError:
+    def _error(self, action: str, key: str, exc: Exception, creating: bool = False) -> StoreError:
         from botocore.exceptions import ClientError
 
         where = self.location(key)
@@ -210,6 +227,8 @@ class S3Store:
             message = exc.response.get("Error", {}).get("Message", "")
             if code in ("NoSuchKey", "404", "NotFound"):
                 return ObjectNotFound(f"{where} does not exist")
+            if creating and code in ("PreconditionFailed", "412"):
+                return ObjectExists(f"{where} already exists; it was left as it was")
             if code in ("PreconditionFailed", "412", "ConditionalRequestConflict", "409"):
                 return ConcurrentUpdate(f"{where} changed since it was read")
             if code == "NoSuchBucket":
@@ -247,6 +266,17 @@ class S3Store:
             self.client.put_object(Bucket=self.bucket, Key=self._key(key), Body=data)
         except (BotoCoreError, ClientError) as exc:
             raise self._error("write", key, exc) from exc
+
+    def create_bytes(self, key: str, data: bytes) -> None:
+        """A PutObject with If-None-Match: * : S3 refuses it (412) when the key exists."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.put_object(
+                Bucket=self.bucket, Key=self._key(key), Body=data, IfNoneMatch="*"
+            )
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error("create", key, exc, creating=True) from exc
 
     def read_versioned(self, key: str) -> Optional[Tuple[bytes, str]]:
         """The bytes of an object with its ETag, or None when it is absent."""

@@ -35,7 +35,8 @@ from pipeline.gates import (
 from pipeline.model import DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE, DispatchModel, FitResult
 from pipeline.model import fit_encoded
 from pipeline.store import (
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, ConcurrentUpdate, Store, StoreError, open_store,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, ConcurrentUpdate, ObjectExists, Store,
+    StoreError, open_store,
 )
 from pipeline.tranches import Tranche, find_tranches
 from pipeline.validation import (
@@ -364,10 +365,30 @@ def run(store_url: str, options: TrainOptions) -> int:
         store, delivered.key, artefacts.sha256_hex(delivered.data), tranche, split, trained,
         final, decisions, drift, options, seconds, created_at, artefacts.sha256_hex(model_bytes),
     )
-    pointer = artefacts.publish(store, model_bytes, metadata, created_at, champion.token)
+    pointer = publish_or_explain(store, model_bytes, metadata, created_at, champion.token)
     log.info("published model %s (%s) for product codes %s", pointer.model_version,
              store.location(pointer.model_key), ", ".join(final.model.product_codes))
     return EXIT_OK
+
+
+def publish_or_explain(
+    store: Store, model_bytes: bytes, metadata: Dict[str, Any], created_at: datetime,
+    token: Optional[str],
+) -> artefacts.Pointer:
+    """Publish; a lost race becomes a StageFailure (exit 7) saying what happened."""
+    version = metadata["model_version"]
+    try:
+        return artefacts.publish(store, model_bytes, metadata, created_at, token)
+    except ObjectExists as exc:
+        raise StageFailure(EXIT_CONCURRENT, (
+            f"another run created model {version}'s objects meanwhile ({exc}); "
+            f"the latest-model pointer was not moved"
+        )) from None
+    except ConcurrentUpdate as exc:
+        raise StageFailure(EXIT_CONCURRENT, (
+            f"another run moved the latest-model pointer meanwhile ({exc}); model {version} "
+            f"was written complete but is not published"
+        )) from None
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions, str]:

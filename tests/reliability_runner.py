@@ -41,8 +41,13 @@ def _exit_on_write(pattern: str) -> None:
 
     for cls in (store.LocalStore, store.S3Store):
         write_bytes, write_if_unchanged = cls.write_bytes, cls.write_if_unchanged
+        create_bytes = cls.create_bytes
 
         def wb(self: Any, k: str, data: bytes, _orig: Any = write_bytes) -> None:
+            crash_if(k)
+            _orig(self, k, data)
+
+        def cb(self: Any, k: str, data: bytes, _orig: Any = create_bytes) -> None:
             crash_if(k)
             _orig(self, k, data)
 
@@ -52,6 +57,7 @@ def _exit_on_write(pattern: str) -> None:
             _orig(self, k, data, token)
 
         cls.write_bytes = wb  # type: ignore[method-assign]
+        cls.create_bytes = cb  # type: ignore[method-assign]
         cls.write_if_unchanged = wiu  # type: ignore[method-assign]
 
 

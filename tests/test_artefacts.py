@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from datetime import datetime, timezone
 from typing import Any, Dict
 
@@ -19,7 +20,7 @@ from pipeline.artefacts import (
     sha256_hex,
 )
 from pipeline.model import Curve, DispatchModel
-from pipeline.store import ConcurrentUpdate, Store, open_store
+from pipeline.store import ConcurrentUpdate, ObjectExists, Store, open_store
 
 WHEN = datetime(2026, 11, 20, 23, 30, tzinfo=timezone.utc)
 
@@ -48,8 +49,40 @@ def test_published_model_loads_back_verified(store_url: str) -> None:
     )
 
 
-def test_version_is_short_and_names_time_and_hash() -> None:
-    assert make_model_version(WHEN, "abcdef0123456789") == "20261120-233000-abcdef01"
+def test_version_is_short_and_names_time_hash_and_a_random_suffix() -> None:
+    assert make_model_version(WHEN, "abcdef0123456789", "9f3c") == "20261120-233000-abcdef01-9f3c"
+    drawn = {make_model_version(WHEN, "abcdef0123456789") for _ in range(50)}
+    assert len(drawn) > 1
+    assert all(re.fullmatch(r"20261120-233000-abcdef01-[0-9a-f]{4}", v) for v in drawn)
+
+
+def test_the_same_model_published_twice_in_one_second_keeps_both_intact(store_url: str) -> None:
+    store = open_store(store_url)
+    first = _publish(store)
+    found = read_pointer(store)
+    assert found is not None
+    second = _publish(store, token=found[1])
+    assert second != first
+    for version in (first, second):
+        metadata = json.loads(store.read_bytes(metadata_key(version)))
+        assert metadata["model_version"] == version
+        assert sha256_hex(store.read_bytes(model_key(version))) == metadata["model_sha256"]
+    assert load_latest(store).version == second
+
+
+def test_a_version_whose_objects_exist_is_refused_and_left_as_it_was(store_url: str) -> None:
+    store = open_store(store_url)
+    data = _model().to_json()
+    version = make_model_version(WHEN, sha256_hex(data), "0000")
+    publish(store, data, {"model_version": version, "model_sha256": sha256_hex(data)}, WHEN, None)
+    before = {key: store.read_bytes(key) for key in store.list_keys("")}
+    found = read_pointer(store)
+    assert found is not None
+    rival = {"model_version": version, "model_sha256": sha256_hex(data), "note": "rival"}
+    with pytest.raises(ObjectExists, match=f"{version}/metadata.json already exists"):
+        publish(store, data, rival, WHEN, found[1])
+    assert {key: store.read_bytes(key) for key in store.list_keys("")} == before
+    assert load_latest(store).version == version
 
 
 def test_nothing_published_is_a_clear_refusal(store_url: str) -> None:

@@ -149,6 +149,29 @@ def test_a_lost_pointer_response_leaves_a_consistent_pointer(
     assert found[0].model_version == loaded.version
 
 
+@pytest.mark.parametrize("lost", ["artefact", "metadata"])
+def test_a_lost_create_response_is_recognised_only_by_its_exact_content(
+    s3_url: str, proxy: FaultProxy, backoffs: List[int], lost: str
+) -> None:
+    """A create-only PUT is applied but its response never arrives; the retry gets 412.
+
+    The object then holds exactly the bytes this publish wrote, so it is ours and the
+    publish goes on; the pointer names a model whose checksums match.
+    """
+    store = open_store(s3_url, max_attempts=3, timeout_seconds=SHORT_TIMEOUT)
+    publish_model(store, simple_model(1.0))
+    proxy.plan.reset(
+        pass_first=["artefact", "metadata"].index(lost), delay_first=1,
+        delay_seconds=3 * SHORT_TIMEOUT, delay_after_forward=True, only_methods=("PUT",),
+    )
+    pointer = publish_model(store, simple_model(2.0))
+    assert proxy.plan.count("PUT") == 4
+    proxy.plan.reset(pass_first=0, delay_first=0, only_methods=())
+    loaded = load_latest(store)
+    assert loaded.pointer == pointer
+    assert loaded.model.to_json() == simple_model(2.0).to_json()
+
+
 # --- the stages under store faults (subprocesses through the proxy) ------------------------------
 
 NO_BACKOFF = ("--no-backoff",)

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.store import ConcurrentUpdate, ObjectNotFound, StoreError, open_store
+from pipeline.store import ConcurrentUpdate, ObjectExists, ObjectNotFound, StoreError, open_store
 
 
 def test_write_read_list_round_trip(store_url: str) -> None:
@@ -41,6 +41,18 @@ def test_conditional_write_detects_a_lost_race(store_url: str) -> None:
     with pytest.raises(ConcurrentUpdate):
         store.write_if_unchanged("models/latest.json", b"three", found[1])
     assert store.read_bytes("models/latest.json") == b"two"
+
+
+def test_create_only_never_rewrites_an_object(store_url: str) -> None:
+    store = open_store(store_url)
+    store.create_bytes("models/v1/model.json", b"first")
+    with pytest.raises(ObjectExists, match="models/v1/model.json already exists"):
+        store.create_bytes("models/v1/model.json", b"second")
+    with pytest.raises(ObjectExists):
+        store.create_bytes("models/v1/model.json", b"first")
+    assert store.read_bytes("models/v1/model.json") == b"first"
+    assert store.list_keys("models/") == ["models/v1/model.json"]
+    assert issubclass(ObjectExists, ConcurrentUpdate)
 
 
 def test_missing_bucket_is_a_clear_store_error(aws_env: dict) -> None:
