@@ -113,7 +113,9 @@ class RunRecord:
 def _figure(width: float, height: float) -> "Figure":
     from matplotlib.figure import Figure
 
-    return Figure(figsize=(width, height), dpi=80, layout="constrained")
+    figure = Figure(figsize=(width, height), dpi=80)
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.9, wspace=0.25, hspace=0.45)
+    return figure
 
 
 def _png(figure: "Figure") -> str:
@@ -212,8 +214,9 @@ def drift_figure(record: RunRecord) -> Optional[str]:
                            (axes[1], "hours_to_dispatch", before.hours, now.hours)):
         both = np.concatenate([a, b])
         edges = np.linspace(float(both.min()), float(both.max()) or 1.0, DRIFT_BINS + 1)
-        ax.hist(a, bins=edges, density=True, alpha=0.5, label="previous tranche")
-        ax.hist(b, bins=edges, density=True, alpha=0.5, label="this tranche")
+        for sample, label in ((a, "previous tranche"), (b, "this tranche")):
+            density, _ = np.histogram(sample, bins=edges, density=True)
+            ax.stairs(density, edges, fill=True, alpha=0.45, label=label)
         ax.set_title(f"{name} (PSI {psi.get(name, float('nan')):.3f})", fontsize=10)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
