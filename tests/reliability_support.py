@@ -161,7 +161,7 @@ class FaultProxy:
 
 def is_run_record(key: str) -> bool:
     """Whether a key is a record a run leaves whatever its outcome (report, realised accuracy)."""
-    return key.startswith("reports/") or "/realised/" in key
+    return key.startswith("reports/") or "/reports/" in key or "/realised/" in key
 
 
 def snapshot(store: Store) -> Dict[str, str]:
