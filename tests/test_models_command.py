@@ -9,6 +9,7 @@ import json
 import logging
 import subprocess
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Dict, List
 
 import pytest
@@ -317,3 +318,47 @@ def test_every_model_version_is_a_safe_key() -> None:
         assert not history.valid_version(bad)
     key = history.realised_key("v1", "datasets/time_to_dispatch_2026-11-20T23:00:00.csv", "ab" * 32)
     assert key == "models/v1/realised/time_to_dispatch_2026-11-20T23:00:00-abababab.json"
+
+
+def test_the_api_exposes_held_out_and_predecessor_realised_mae(
+    local_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+    from starlette.testclient import TestClient
+
+    from tests.api_support import make_app
+
+    assert week(local_url, 0) == 0
+    assert week(local_url, 1) == 0
+    newest, first = listed(local_url, capsys)
+    store = open_store(local_url)
+    meta = json.loads(store.read_bytes(artefacts.metadata_key(newest["model_version"])))
+    with TestClient(make_app(store)) as client:
+        info = client.get("/api/v0.1/model").json()
+        text = client.get("/metrics").text
+    assert info["model_version"] == newest["model_version"]
+    assert info["heldout_mae"] == newest["heldout_mae"] == meta["metrics"]["held_out"][
+        "overall"]["mae"]
+    assert info["previous_model_version"] == first["model_version"]
+    assert info["previous_realised_mae"] == first["realised_mae"] is not None
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples[("ttd_model_heldout_mae_hours",
+                    (("model_version", newest["model_version"]),))] == newest["heldout_mae"]
+    assert samples[("ttd_model_previous_realised_mae_hours",
+                    (("model_version", newest["model_version"]),
+                     ("previous_model_version", first["model_version"])))] == \
+        first["realised_mae"]
+
+
+def test_the_api_leaves_accuracy_unknown_for_a_model_without_it(tmp_path: Path) -> None:
+    from starlette.testclient import TestClient
+
+    from tests.api_support import make_app, new_store
+
+    with TestClient(make_app(new_store(tmp_path))) as client:
+        info = client.get("/api/v0.1/model").json()
+        text = client.get("/metrics").text
+    assert info["heldout_mae"] is None and info["previous_realised_mae"] is None
+    assert "ttd_model_heldout_mae_hours" not in text
+    assert "ttd_model_previous_realised_mae_hours" not in text
