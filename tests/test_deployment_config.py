@@ -228,8 +228,12 @@ def test_iam_policies_cover_only_the_pipelines_bucket_and_prefix(stages: Dict[st
         f"arn:aws:s3:::{bucket}",
         f"arn:aws:s3:::{bucket}/{prefix}/datasets/*",
         f"arn:aws:s3:::{bucket}/{prefix}/models/*",
+        f"arn:aws:s3:::{bucket}/{prefix}/reports/*",
+        f"arn:aws:s3:::{bucket}/{prefix}/audit/*",
+        f"arn:aws:s3:::{bucket}/{prefix}/models/latest.json",
+        f"arn:aws:s3:::{bucket}/{prefix}/audit/rollbacks/*",
     }
-    for name in ("train", "serve"):
+    for name in ("train", "serve", "operator"):
         statements = _policy(name)
         assert set(_resources(statements)) <= allowed
         for statement in statements:
@@ -249,7 +253,16 @@ def test_train_policy_writes_models_but_never_tranches_or_deletes() -> None:
     statements = _policy("train")
     assert set(_actions(statements)) == {"s3:GetObject", "s3:ListBucket", "s3:PutObject"}
     writes = [s for s in statements if "s3:PutObject" in _actions([s])]
-    assert all("/models/" in r for r in _resources(writes))
+    assert all("/models/" in r or "/reports/" in r for r in _resources(writes))
+    assert any(r.endswith("/reports/*") for r in _resources(writes))
+
+
+def test_operator_policy_moves_only_the_pointer_and_writes_only_rollback_records() -> None:
+    statements = _policy("operator")
+    assert set(_actions(statements)) == {"s3:GetObject", "s3:ListBucket", "s3:PutObject"}
+    writes = [s for s in statements if "s3:PutObject" in _actions([s])]
+    assert sorted(r.split("/", 1)[1] for r in _resources(writes)) == [
+        "pipeline/audit/rollbacks/*", "pipeline/models/latest.json"]
 
 
 # The weekly cronjob -------------------------------------------------------------------------
