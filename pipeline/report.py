@@ -179,7 +179,7 @@ def accuracy_figure(record: RunRecord) -> Optional[str]:
     if not series:
         return None
     codes = sorted({c for _, values in series for c in values if c != "overall"}) + ["overall"]
-    figure = _figure(max(6.0, 1.1 * len(codes) + 2), 3.4)
+    figure = _figure(max(8.0, 1.1 * len(codes) + 2), 3.6)
     ax = figure.subplots()
     width = 0.8 / len(series)
     x = np.arange(len(codes))
@@ -189,7 +189,8 @@ def accuracy_figure(record: RunRecord) -> Optional[str]:
     ax.set_xticks(x, codes, fontsize=8)
     ax.set_ylabel("MAE (hours)", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(series))
+    figure.subplots_adjust(bottom=0.25)
     ax.set_title("Mean absolute error per product code", fontsize=10)
     return _png(figure)
 
@@ -357,7 +358,8 @@ def render_html(data: Dict[str, Any], images: Dict[str, str]) -> str:
         "<h2>Tranche</h2>",
         _table(["key", "sha256", "rows", "rows per product code"], [[
             tranche["key"], (tranche["sha256"] or "")[:16] + "...", tranche["rows"],
-            json.dumps(tranche["per_product_code"]) if tranche["per_product_code"] else "-",
+            ", ".join(f"{code} {n}" for code, n in tranche["per_product_code"].items())
+            if tranche["per_product_code"] else "-",
         ]]),
     ]
     contract = data["contract"]

@@ -46,6 +46,7 @@ def render(url: str, screenshot: Optional[Path] = None, budget_ms: int = 5000) -
         done = subprocess.run(base + ["--dump-dom", url], capture_output=True, text=True,
                               timeout=timeout, check=True)
         if screenshot is not None:
-            subprocess.run(base + [f"--screenshot={screenshot}", "--window-size=1200,1600", url],
+            subprocess.run(base + [f"--screenshot={screenshot}", "--window-size=1200,1600",
+                                   "--run-all-compositor-stages-before-draw", url],
                            capture_output=True, timeout=timeout, check=True)
     return done.stdout
