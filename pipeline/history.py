@@ -246,6 +246,13 @@ def read_history(store: Store) -> History:
     return History(models, pointer, rollbacks, unreadable)
 
 
+def _version_in(pointer_bytes: bytes) -> str:
+    try:
+        return artefacts.Pointer.from_json(pointer_bytes, "").model_version
+    except artefacts.ModelUnavailable:
+        return "a malformed pointer"
+
+
 def _pointer_dict(pointer: artefacts.Pointer) -> Dict[str, str]:
     return json.loads(pointer.to_json())  # type: ignore[no-any-return]
 
@@ -342,9 +349,10 @@ def rollback(store: Store, version: str, reason: str, by: str) -> RollbackDone:
     except ConcurrentUpdate:
         current = store.read_versioned(artefacts.POINTER_KEY)
         if current is None or current[0] != target.to_json():
+            now = "nothing" if current is None else _version_in(current[0])
             raise PointerMoved(
-                f"{store.location(artefacts.POINTER_KEY)} changed while rolling back; "
-                "nothing was changed: look at `list` and try again"
+                f"{store.location(artefacts.POINTER_KEY)} changed while rolling back (it now "
+                f"names {now}); this rollback changed nothing: look at `list` and try again"
             ) from None
     moment = utc_now()
     record = {

@@ -102,8 +102,8 @@ def show_text(store: Store, entry: history.ModelEntry) -> str:
     drift = meta.get("drift", {})
     if drift:
         psi = ", ".join(f"{k} {v}" for k, v in drift.get("psi", {}).items())
-        lines.append(f"  drift (PSI)      {psi or drift.get('note')} "
-                     f"against {drift.get('previous_tranche')}")
+        against = f" against {drift['previous_tranche']}" if drift.get("previous_tranche") else ""
+        lines.append(f"  drift (PSI)      {psi or drift.get('note')}{against}")
     for record in entry.rollbacks:
         lines.append(f"  rolled back to   at {record.get('at')} by {record.get('by')} from "
                      f"{(record.get('from') or {}).get('model_version')}: {record.get('reason')}")
