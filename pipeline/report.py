@@ -432,6 +432,11 @@ def _accuracy_tables(data: Dict[str, Any]) -> str:
 def build_report(record: RunRecord) -> Tuple[str, Dict[str, Any]]:
     """The page and its JSON twin for a run record."""
     images: Dict[str, str] = {}
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        log.warning("report drawn without figures: %s", exc)
+        return render_html(report_data(record, []), images), report_data(record, [])
     for name, _, draw in FIGURES:
         try:
             image = draw(record)
