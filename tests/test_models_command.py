@@ -136,6 +136,8 @@ def test_show_prints_the_metadata_and_where_the_report_is(
     assert models.main([store_url, "show", version, "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["metadata"]["model_version"] == version and shown["live"] is True
+    assert models.main([store_url, "show", "20990101-000000-00000000"]) == models.EXIT_UNKNOWN
+    assert models.main([store_url, "show", "../../etc"]) == models.EXIT_UNKNOWN
 
 
 def test_rollback_moves_the_pointer_records_an_audit_and_the_next_run_builds_on_it(
