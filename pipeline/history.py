@@ -119,12 +119,15 @@ class ModelEntry:
     @property
     def realised_mae(self) -> Optional[float]:
         """Its MAE on the first tranche after its own, once that arrived."""
-        own_key, _ = trained_on(self.metadata)
+        own_key, own_sha = trained_on(self.metadata)
         own = tranche_timestamp(own_key) if own_key else None
         later = []
         for r in self.realised:
-            moment = tranche_timestamp(str(r.get("tranche", {}).get("key", "")))
-            if moment is not None and (own is None or moment > own):
+            tranche = r.get("tranche", {})
+            moment = tranche_timestamp(str(tranche.get("key", "")))
+            if moment is None or tranche.get("sha256") == own_sha:
+                continue
+            if own is None or moment >= own:  # the same key re-delivered with new rows counts
                 later.append((moment, r))
         if not later:
             return None

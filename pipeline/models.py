@@ -36,7 +36,8 @@ def _how(entry: history.ModelEntry) -> str:
     if entry.live:
         parts.append(f"live ({entry.live_by})")
     for record in entry.rollbacks:
-        parts.append(f"rolled back to {str(record.get('at', ''))[:16]} by {record.get('by')}")
+        parts.append(f"rolled back to {str(record.get('at', ''))[:16].replace('T', ' ')} "
+                     f"by {record.get('by')}")
     return "; ".join(parts) or "-"
 
 
