@@ -152,7 +152,7 @@ def curves_figure(record: RunRecord) -> Optional[str]:
             if model is not None and code in model.curves:
                 ax.plot(grid, model.predict([code] * len(grid), grid), style, linewidth=2,
                         label=name)
-        ax.set_title(f"{code} ({len(orders)} rows)", fontsize=10)
+        ax.set_title(f"{code} ({len(orders)} rows)", fontsize=10, y=1.0)
         ax.set_xlabel("orders_placed", fontsize=8)
         ax.set_ylabel("hours_to_dispatch", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -191,7 +191,7 @@ def accuracy_figure(record: RunRecord) -> Optional[str]:
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(series))
     figure.subplots_adjust(bottom=0.25)
-    ax.set_title("Mean absolute error per product code", fontsize=10)
+    ax.set_title("Mean absolute error per product code", fontsize=10, y=1.0)
     return _png(figure)
 
 
@@ -218,7 +218,7 @@ def drift_figure(record: RunRecord) -> Optional[str]:
         for sample, label in ((a, "previous tranche"), (b, "this tranche")):
             density, _ = np.histogram(sample, bins=edges, density=True)
             ax.stairs(density, edges, fill=True, alpha=0.45, label=label)
-        ax.set_title(f"{name} (PSI {psi.get(name, float('nan')):.3f})", fontsize=10)
+        ax.set_title(f"{name} (PSI {psi.get(name, float('nan')):.3f})", fontsize=10, y=1.0)
         ax.tick_params(labelsize=7)
         ax.legend(fontsize=7)
     shares_a, shares_b = before.code_counts(), now.code_counts()
@@ -231,7 +231,7 @@ def drift_figure(record: RunRecord) -> Optional[str]:
                 label="this tranche")
     axes[2].set_xticks(x, codes, fontsize=7)
     axes[2].set_title(f"product_code share (PSI {psi.get('product_code', float('nan')):.3f})",
-                      fontsize=10)
+                      fontsize=10, y=1.0)
     axes[2].tick_params(labelsize=7)
     axes[2].legend(fontsize=7)
     return _png(figure)
@@ -250,7 +250,7 @@ def violations_figure(record: RunRecord) -> Optional[str]:
     ax.invert_yaxis()
     ax.set_xlabel("rows breaking the rule", fontsize=8)
     ax.tick_params(labelsize=7)
-    ax.set_title("Broken rules of the data contract", fontsize=10)
+    ax.set_title("Broken rules of the data contract", fontsize=10, y=1.0)
     return _png(figure)
 
 
