@@ -124,6 +124,11 @@ def _png(figure: "Figure") -> str:
     return base64.b64encode(buffer.getvalue()).decode("ascii")
 
 
+def _label(text: str) -> str:
+    """Text shown literally by matplotlib (a '$' would start mathtext)."""
+    return text.replace("$", r"\$")
+
+
 def _sample(orders: FloatArray, hours: FloatArray, limit: int) -> Tuple[FloatArray, FloatArray]:
     if len(orders) <= limit:
         return orders, hours
@@ -152,7 +157,7 @@ def curves_figure(record: RunRecord) -> Optional[str]:
             if model is not None and code in model.curves:
                 ax.plot(grid, model.predict([code] * len(grid), grid), style, linewidth=2,
                         label=name)
-        ax.set_title(f"{code} ({len(orders)} rows)", fontsize=10, y=1.0)
+        ax.set_title(_label(f"{code} ({len(orders)} rows)"), fontsize=10, y=1.0)
         ax.set_xlabel("orders_placed", fontsize=8)
         ax.set_ylabel("hours_to_dispatch", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -186,7 +191,7 @@ def accuracy_figure(record: RunRecord) -> Optional[str]:
     for i, (name, values) in enumerate(series):
         heights = [values.get(c, np.nan) for c in codes]
         ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
-    ax.set_xticks(x, codes, fontsize=8)
+    ax.set_xticks(x, [_label(c) for c in codes], fontsize=8)
     ax.set_ylabel("MAE (hours)", fontsize=8)
     ax.tick_params(labelsize=7)
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(series))
@@ -229,7 +234,7 @@ def drift_figure(record: RunRecord) -> Optional[str]:
                 label="previous tranche")
     axes[2].bar(x + 0.2, [shares_b.get(c, 0) / total_b for c in codes], 0.4, alpha=0.7,
                 label="this tranche")
-    axes[2].set_xticks(x, codes, fontsize=7)
+    axes[2].set_xticks(x, [_label(c) for c in codes], fontsize=7)
     axes[2].set_title(f"product_code share (PSI {psi.get('product_code', float('nan')):.3f})",
                       fontsize=10, y=1.0)
     axes[2].tick_params(labelsize=7)
@@ -246,7 +251,7 @@ def violations_figure(record: RunRecord) -> Optional[str]:
     ax = figure.subplots()
     names = [str(v["rule"]) for v in counted]
     ax.barh(np.arange(len(counted)), [int(v["rows"]) for v in counted], color="#c0392b")
-    ax.set_yticks(np.arange(len(counted)), names, fontsize=8)
+    ax.set_yticks(np.arange(len(counted)), [_label(n) for n in names], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("rows breaking the rule", fontsize=8)
     ax.tick_params(labelsize=7)

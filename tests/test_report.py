@@ -198,3 +198,16 @@ def test_the_page_renders_in_a_headless_browser(local_url: str, tmp_path: Path) 
     assert not_white > 0.03, f"the screenshot is (nearly) blank: {not_white:.3%} non-white pixels"
     colours = len(np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0))
     assert colours > 50, "figures drawn in colour"
+
+
+def test_hostile_product_codes_are_shown_as_text(local_url: str) -> None:
+    evil = "<script>alert(1)</script>$\\frac{$"  # a '$' pair would be (broken) mathtext
+    data = simulate_tranche(400, seed=5).to_csv().replace(b"SKU001", evil.encode())
+    open_store(local_url).write_bytes(tranche_key(WEEK.isoformat()), data)
+    assert train_model.main([local_url]) == 0
+    [(page, twin, raw)] = reports(local_url)
+    assert page.find("script") == []
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;$\\frac{$" in raw
+    assert page.figures == ["curves", "accuracy"], "a '$' in a code does not lose a figure"
+    assert evil in twin["tranche"]["per_product_code"]
+    assert_self_contained(page, raw)
