@@ -254,6 +254,10 @@ def violations_figure(record: RunRecord) -> Optional[str]:
     ax.set_yticks(np.arange(len(counted)), [_label(n) for n in names], fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("rows breaking the rule", fontsize=8)
+    figure.subplots_adjust(left=0.32)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.tick_params(labelsize=7)
     ax.set_title("Broken rules of the data contract", fontsize=10, y=1.0)
     return _png(figure)

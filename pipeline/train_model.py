@@ -602,6 +602,10 @@ def run_and_record(store_url: str, options: TrainOptions, record: RunRecord) -> 
         log.error("nothing published: %s", failure)
         record.outcome = REJECTED if status in (EXIT_BAD_DATA, EXIT_GATES) else FAILED
         record.summary = f"nothing published: {failure}"
+        if record.violations:
+            count = len(record.violations)
+            record.summary = (f"nothing published: {record.tranche_location} breaks the data "
+                              f"contract: {count} rule{'s' if count != 1 else ''} broken (below)")
     record.exit_status = status
     return status
 
