@@ -6,6 +6,9 @@ repo root. Steps: find the newest tranche, check the data contract, measure drif
 against the previous tranche, split (seeded, stratified by product code), fit on
 the training rows, gate (held-out metrics, logic checks, champion vs challenger),
 refit on all rows and re-check its logic, then publish artefact, metadata and pointer.
+Before training, the live model is scored on the new tranche (its realised accuracy),
+and a run on the very tranche the live model was trained on publishes nothing. Every
+run that read a tranche writes a report (pipeline/report.py) under reports/.
 """
 from __future__ import annotations
 
@@ -24,7 +27,7 @@ from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import numpy.typing as npt
 
-from pipeline import artefacts
+from pipeline import artefacts, history
 from pipeline.drift import DEFAULT_DRIFT_THRESHOLD, DriftSummary, tranche_drift
 from pipeline.gates import (
     DEFAULT_CHAMPION_TOLERANCE, DEFAULT_GRID_EXTEND, DEFAULT_LABEL_FACTOR, DEFAULT_MAE_MAX,
@@ -34,6 +37,8 @@ from pipeline.gates import (
 )
 from pipeline.model import DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE, DispatchModel, FitResult
 from pipeline.model import fit_encoded
+from pipeline.report import FAILED, KEPT, PUBLISHED, REJECTED, UNCHANGED, Points, RunRecord
+from pipeline.report import write_report
 from pipeline.store import (
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, ConcurrentUpdate, ObjectExists, Store,
     StoreError, open_store,
@@ -80,6 +85,8 @@ class TrainOptions:
     refit: bool = True
     store_attempts: int = DEFAULT_MAX_ATTEMPTS
     store_timeout: float = DEFAULT_TIMEOUT_SECONDS
+    force: bool = False
+    report: bool = True
 
 
 class Split(NamedTuple):
@@ -95,6 +102,8 @@ class Champion(NamedTuple):
     model: Optional[DispatchModel]
     version: Optional[str]
     token: Optional[str]
+    metadata: Optional[Dict[str, Any]] = None
+    pointer: Optional[artefacts.Pointer] = None
 
 
 class Trained(NamedTuple):
@@ -162,11 +171,12 @@ def read_champion(store: Store) -> Champion:
     except artefacts.ModelUnavailable as exc:
         log.warning("the published model cannot be read, so the challenger wins: %s", exc)
         return Champion(None, None, token)
-    return Champion(loaded.model, loaded.version, token)
+    return Champion(loaded.model, loaded.version, token, loaded.metadata, pointer)
 
 
 def measure_drift(
-    store: Store, previous: Optional[Tranche], current: ValidTranche, threshold: float
+    store: Store, previous: Optional[Tranche], current: ValidTranche, threshold: float,
+    record: Optional[RunRecord] = None,
 ) -> DriftSummary:
     """Drift against the previous tranche; any problem with it only skips the measure."""
     if previous is None:
@@ -179,6 +189,8 @@ def measure_drift(
     if rows is None or rows.rows == 0:
         log.warning("drift not measured: previous tranche %s has no usable rows", previous.key)
         return DriftSummary(previous.key, threshold, note="previous tranche has no usable rows")
+    if record is not None:
+        record.previous_key, record.previous_points = previous.key, points(rows)
     summary = tranche_drift(rows, current, previous.key, threshold)
     psi = ", ".join(f"{f.feature} {f.psi:.3f}" for f in summary.features)
     if summary.drifted:
@@ -275,8 +287,16 @@ class Delivered(NamedTuple):
     previous: Optional[Tranche]
 
 
-def read_newest_tranche(store: Store, contract: ContractOptions) -> Delivered:
+def points(rows: ValidTranche) -> Points:
+    """A tranche's rows as the report draws them."""
+    return Points(rows.codes(), rows.orders_placed, rows.hours_to_dispatch)
+
+
+def read_newest_tranche(
+    store: Store, contract: ContractOptions, record: Optional[RunRecord] = None
+) -> Delivered:
     """Find the newest tranche and hold it to the data contract."""
+    record = record if record is not None else RunRecord(store.url)
     choice = find_tranches(store)
     if choice.latest is None:
         raise StageFailure(EXIT_NO_TRANCHE, (
@@ -285,10 +305,13 @@ def read_newest_tranche(store: Store, contract: ContractOptions) -> Delivered:
         ))
     key = choice.latest.key
     log.info("newest tranche: %s", store.location(key))
+    record.tranche_key, record.tranche_location = key, store.location(key)
     data = store.read_bytes(key)
+    record.tranche_sha256 = artefacts.sha256_hex(data)
     try:
         rows = validate_tranche(data, contract)
     except DataContractError as exc:
+        record.violations = [dict(v.to_dict(), describe=v.describe()) for v in exc.violations]
         raise StageFailure(
             EXIT_BAD_DATA, f"tranche {store.location(key)} breaks the data contract: {exc}"
         ) from None
@@ -296,6 +319,7 @@ def read_newest_tranche(store: Store, contract: ContractOptions) -> Delivered:
              rows.rows, rows.rows_by_code())
     if rows.ignored_columns:
         log.warning("ignoring extra columns %s", ", ".join(rows.ignored_columns))
+    record.points = points(rows)
     return Delivered(key, data, rows, choice.previous)
 
 
@@ -329,22 +353,104 @@ def refit_and_check(tranche: ValidTranche, options: TrainOptions) -> Refit:
     return Refit(final, checks, seconds)
 
 
-def run(store_url: str, options: TrainOptions) -> int:
-    """The stage: returns EXIT_OK when published or deliberately kept, else raises."""
+def trained_on_this(champion: Champion, tranche_sha256: str) -> bool:
+    """Whether the live model was trained on exactly these tranche bytes."""
+    return champion.metadata is not None and (
+        history.trained_on(champion.metadata)[1] == tranche_sha256)
+
+
+def measure_realised(
+    store: Store, champion: Champion, key: str, tranche_sha256: str, tranche: ValidTranche,
+    run_id: str,
+) -> Optional[Dict[str, Any]]:
+    """The live model's error on all rows of a tranche it never saw, recorded once in the store."""
+    model, version = champion.model, champion.version
+    if model is None or version is None:
+        return None
+    if not set(model.product_codes) & set(tranche.rows_by_code()):
+        log.info("realised accuracy not measured: the live model %s knows none of the tranche's "
+                 "product codes", version)
+        return None
+    scored = evaluate(model, tranche)
+    promised = history.heldout_mae(champion.metadata or {})
+    record: Dict[str, Any] = {
+        "model_version": version,
+        "tranche": {"key": key, "sha256": tranche_sha256},
+        "rows_scored": scored.overall.rows,
+        "unscored_rows": scored.unscored_rows,
+        "mae": round(scored.overall.mae, 6),
+        "r2": round(scored.overall.r2, 6),
+        "per_product_code": scored.to_dict()["per_product_code"],
+        "heldout_mae": promised,
+        "recorded_at": datetime.now(timezone.utc).isoformat(),
+        "run_id": run_id,
+    }
+    try:
+        where, record = history.record_realised(store, record)
+        log.info("realised accuracy of the live model %s on this tranche: MAE %.4f h on %d rows "
+                 "(it promised %s h); recorded in %s", version, record["mae"],
+                 record["rows_scored"], "?" if promised is None else f"{promised:.4f}",
+                 store.location(where))
+    except StoreError as exc:
+        log.warning("realised accuracy of %s not recorded: %s", version, exc)
+    return record
+
+
+def previous_model(
+    champion: Champion, realised: Optional[Dict[str, Any]]
+) -> Optional[Dict[str, Any]]:
+    """What the new model's metadata says about the model it replaces."""
+    if champion.pointer is None:
+        return None
+    return {
+        "model_version": champion.pointer.model_version,
+        "model_sha256": champion.pointer.model_sha256,
+        "metadata_sha256": champion.pointer.metadata_sha256,
+        "heldout_mae": history.heldout_mae(champion.metadata or {}),
+        "realised_mae": None if realised is None else realised["mae"],
+        "realised": realised,
+    }
+
+
+def run(store_url: str, options: TrainOptions, record: Optional[RunRecord] = None) -> int:
+    """The stage: returns EXIT_OK when published, kept or unchanged, else raises."""
+    record = record if record is not None else RunRecord(store_url)
     store = open_store(store_url, options.store_attempts, options.store_timeout)
-    delivered = read_newest_tranche(store, options.contract)
+    delivered = read_newest_tranche(store, options.contract, record)
     tranche = delivered.rows
-    drift = measure_drift(store, delivered.previous, tranche, options.drift_threshold)
+    tranche_sha256 = artefacts.sha256_hex(delivered.data)
+
+    champion = read_champion(store)
+    record.live_version, record.live_model = champion.version, champion.model
+    record.live_metadata = champion.metadata
+    same = trained_on_this(champion, tranche_sha256)
+    if same and not options.force:
+        record.outcome = UNCHANGED
+        record.summary = (f"the live model {champion.version} was trained on this very tranche "
+                          f"(sha256 {tranche_sha256[:12]}...); --force trains anyway")
+        log.info("nothing published: %s", record.summary)
+        return EXIT_OK
+    realised = None if same else measure_realised(
+        store, champion, delivered.key, tranche_sha256, tranche, record.run_id)
+    record.realised = realised
+    drift = measure_drift(store, delivered.previous, tranche, options.drift_threshold, record)
+    record.drift = drift.to_dict()
 
     split = split_rows(tranche.code_index, options.test_fraction, options.seed)
     trained = train_and_gate(tranche, split, options)
+    record.held_out = trained.held_out.to_dict()
+    record.decisions = [d.to_dict() for d in trained.decisions]
+    record.new_model = trained.fit.model
     require_passed(trained.decisions, "the model")
 
-    champion = read_champion(store)
     verdict = champion_gate(trained.fit.model, champion.model, champion.version,
                             tranche.subset(split.test), options.champion_tolerance)
     log_decisions([verdict])
+    record.decisions.append(verdict.to_dict())
     if verdict.outcome == KEEP:
+        record.outcome = KEPT
+        record.summary = (f"the live model {champion.version} was deliberately kept: "
+                          f"{verdict.detail}")
         log.info("nothing published: the current model %s was deliberately kept", champion.version)
         return EXIT_OK
     decisions = list(trained.decisions) + [verdict]
@@ -354,7 +460,9 @@ def run(store_url: str, options: TrainOptions) -> int:
         refit = refit_and_check(tranche, options)
         final = refit.fit
         decisions += refit.decisions
+        record.decisions += [d.to_dict() for d in refit.decisions]
         seconds += refit.seconds
+    record.new_model = final.model
     if final.skipped:
         log.warning("product codes with fewer than %d rows are not learned (the API will reject "
                     "them as unknown): %s", options.min_rows_per_code, final.skipped)
@@ -362,10 +470,16 @@ def run(store_url: str, options: TrainOptions) -> int:
     model_bytes = final.model.to_json()
     created_at = datetime.now(timezone.utc)
     metadata = build_metadata(
-        store, delivered.key, artefacts.sha256_hex(delivered.data), tranche, split, trained,
+        store, delivered.key, tranche_sha256, tranche, split, trained,
         final, decisions, drift, options, seconds, created_at, artefacts.sha256_hex(model_bytes),
     )
+    metadata["previous_model"] = previous_model(champion, realised)
+    html_key, json_key = record.report_keys()
+    metadata["report"] = {"html": html_key, "json": json_key}
     pointer = publish_or_explain(store, model_bytes, metadata, created_at, champion.token)
+    record.outcome, record.model_version = PUBLISHED, pointer.model_version
+    record.summary = f"model {pointer.model_version} published" + (
+        f", replacing {champion.version}" if champion.version else "")
     log.info("published model %s (%s) for product codes %s", pointer.model_version,
              store.location(pointer.model_key), ", ".join(final.model.product_codes))
     return EXIT_OK
@@ -435,6 +549,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
         help="attempts per S3 request before the store counts as unavailable")
     add("--store-timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
         help="seconds to connect to or read from S3 before retrying")
+    add("--force", action="store_true",
+        help="train even when the live model was trained on this very tranche")
+    add("--no-report", dest="report", action="store_false",
+        help="write no run report under reports/")
     add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     args = parser.parse_args(argv)
     problems = [
@@ -468,6 +586,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
         refit=args.refit,
         store_attempts=args.store_attempts,
         store_timeout=args.store_timeout,
+        force=args.force,
+        report=args.report,
     )
     return args.store, options, args.log_level
 
@@ -483,26 +603,47 @@ def configure_logging(level: str) -> None:
     if not root.handlers:
         root.addHandler(handler)
     root.setLevel(level)
-    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer", "matplotlib"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def run_and_record(store_url: str, options: TrainOptions, record: RunRecord) -> int:
+    """Run, turn every expected failure into one ERROR line, and note the outcome in the record."""
+    failure: Optional[str] = None
+    try:
+        status = run(store_url, options, record)
+    except StageFailure as exc:
+        failure, status = str(exc), exc.exit_code
+    except ConcurrentUpdate as exc:
+        failure = f"another run moved the latest-model pointer meanwhile ({exc})"
+        status = EXIT_CONCURRENT
+    except StoreError as exc:
+        failure, status = f"the store is unavailable: {exc}", EXIT_STORE
+    if failure is not None:
+        log.error("nothing published: %s", failure)
+        record.outcome = REJECTED if status in (EXIT_BAD_DATA, EXIT_GATES) else FAILED
+        record.summary = f"nothing published: {failure}"
+        if record.violations:
+            count = len(record.violations)
+            record.summary = (f"nothing published: {record.tranche_location} breaks the data "
+                              f"contract: {count} rule{'s' if count != 1 else ''} broken (below)")
+    record.exit_status = status
+    return status
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Parse, run, and turn every expected failure into one ERROR line and an exit status."""
+    """Parse, run, report, and turn every expected failure into one ERROR line and a status."""
     store_url, options, level = parse_args(argv)
     configure_logging(level)
-    try:
-        return run(store_url, options)
-    except StageFailure as exc:
-        log.error("nothing published: %s", exc)
-        return exc.exit_code
-    except ConcurrentUpdate as exc:
-        log.error("nothing published: another run moved the latest-model pointer meanwhile (%s)",
-                  exc)
-        return EXIT_CONCURRENT
-    except StoreError as exc:
-        log.error("nothing published: the store is unavailable: %s", exc)
-        return EXIT_STORE
+    record = RunRecord(store_url)
+    status = run_and_record(store_url, options, record)
+    if options.report and record.tranche_key is not None:
+        try:
+            write_report(open_store(store_url, options.store_attempts, options.store_timeout),
+                         record)
+        except StoreError as exc:
+            log.warning("run report not written: %s", exc)
+    return status
 
 
 if __name__ == "__main__":

@@ -61,7 +61,9 @@ def render(url: str, screenshot: Optional[Path] = None, budget_ms: int = 5000) -
     """The page's DOM after its scripts ran for ``budget_ms`` (virtual time); a PNG if asked."""
     dom = _run(url, ["--dump-dom"], budget_ms)
     if screenshot is not None:
-        _run(url, [f"--screenshot={screenshot}"], budget_ms)
+        # Without the compositor flag the bottom of a tall page can come out half-drawn.
+        _run(url, [f"--screenshot={screenshot}", "--run-all-compositor-stages-before-draw"],
+             budget_ms)
         if not screenshot.exists():
             raise RuntimeError(f"chromium wrote no screenshot to {screenshot}")
     return dom

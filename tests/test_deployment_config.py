@@ -300,8 +300,12 @@ def test_iam_policies_cover_only_the_pipelines_bucket_and_prefix(stages: Dict[st
         f"arn:aws:s3:::{bucket}",
         f"arn:aws:s3:::{bucket}/{prefix}/datasets/*",
         f"arn:aws:s3:::{bucket}/{prefix}/models/*",
+        f"arn:aws:s3:::{bucket}/{prefix}/reports/*",
+        f"arn:aws:s3:::{bucket}/{prefix}/audit/*",
+        f"arn:aws:s3:::{bucket}/{prefix}/models/latest.json",
+        f"arn:aws:s3:::{bucket}/{prefix}/audit/rollbacks/*",
     }
-    for name in ("train", "serve"):
+    for name in ("train", "serve", "operator"):
         statements = _policy(name)
         assert set(_resources(statements)) <= allowed
         for statement in statements:
@@ -321,7 +325,16 @@ def test_train_policy_writes_models_but_never_tranches_or_deletes() -> None:
     statements = _policy("train")
     assert set(_actions(statements)) == {"s3:GetObject", "s3:ListBucket", "s3:PutObject"}
     writes = [s for s in statements if "s3:PutObject" in _actions([s])]
-    assert all("/models/" in r for r in _resources(writes))
+    assert all("/models/" in r or "/reports/" in r for r in _resources(writes))
+    assert any(r.endswith("/reports/*") for r in _resources(writes))
+
+
+def test_operator_policy_moves_only_the_pointer_and_writes_only_rollback_records() -> None:
+    statements = _policy("operator")
+    assert set(_actions(statements)) == {"s3:GetObject", "s3:ListBucket", "s3:PutObject"}
+    writes = [s for s in statements if "s3:PutObject" in _actions([s])]
+    assert sorted(r.split("/", 1)[1] for r in _resources(writes)) == [
+        "pipeline/audit/rollbacks/*", "pipeline/models/latest.json"]
 
 
 # The weekly cronjob -------------------------------------------------------------------------
@@ -481,7 +494,10 @@ def test_notebook_requirements_share_the_test_environments_pins() -> None:
     notebook = locks.read_pins((REPO_ROOT / "notebooks" / "requirements_nb.txt").read_text())
     tests = locks.read_pins((REPO_ROOT / "requirements_test.txt").read_text())
     shared = set(notebook) & set(tests)
-    assert {"matplotlib", "ipykernel"} <= shared
+    assert {"ipykernel"} <= shared
+    # matplotlib is a pipeline pin (train_model draws its run reports): one pin for all three.
+    pipeline = locks.read_pins((REPO_ROOT / "requirements_pipe.txt").read_text())
+    assert "matplotlib" in pipeline and "matplotlib" not in notebook and "matplotlib" not in tests
     assert {name: notebook[name].version for name in shared} == {
         name: tests[name].version for name in shared
     }

@@ -70,7 +70,7 @@ from pipeline.api.serving import (
     refresh_step,
 )
 from pipeline.api.settings import ServeSettings
-from pipeline.api.state import ServiceState, iso_utc
+from pipeline.api.state import ServiceState, accuracy_facts, iso_utc
 from pipeline.artefacts import LoadedModel
 from pipeline.store import Store
 
@@ -331,6 +331,7 @@ def _fastapi(state: ServiceState) -> FastAPI:
         if tranche is None:
             tranche = {key: metadata[key] for key in TRAINING_KEYS if key in metadata} or None
         ranges = serving.ranges
+        held_mae, previous_version, previous_mae = accuracy_facts(metadata)
         return ModelInfo(
             model_version=serving.version,
             trained_at=serving.trained_at.isoformat() if serving.trained_at else None,
@@ -338,6 +339,9 @@ def _fastapi(state: ServiceState) -> FastAPI:
             tranche=tranche,
             metrics=metadata.get("metrics"),
             product_codes=list(serving.product_codes),
+            heldout_mae=held_mae,
+            previous_model_version=previous_version,
+            previous_realised_mae=previous_mae,
             metadata=metadata,
             orders_placed_range={
                 code: OrdersPlacedRange(min=low, max=high)

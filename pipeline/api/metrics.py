@@ -51,10 +51,17 @@ class Series:
 class ModelFacts:
     """What the collector reports about the served model, read at scrape time."""
 
-    def __init__(self, version: str, trained_at: Optional[float], loaded_at: float) -> None:
+    def __init__(
+        self, version: str, trained_at: Optional[float], loaded_at: float,
+        heldout_mae: Optional[float] = None, previous_version: Optional[str] = None,
+        previous_realised_mae: Optional[float] = None,
+    ) -> None:
         self.version = version
         self.trained_at = trained_at
         self.loaded_at = loaded_at
+        self.heldout_mae = heldout_mae
+        self.previous_version = previous_version
+        self.previous_realised_mae = previous_realised_mae
 
 
 class ApiMetrics(Collector):
@@ -132,3 +139,22 @@ class ApiMetrics(Collector):
         )
         loaded.add_metric([], facts.loaded_at)
         yield from (requests, latency, predictions, refreshes, info, age, loaded)
+        yield from accuracy_gauges(facts)
+
+
+def accuracy_gauges(facts: ModelFacts) -> Iterator[Metric]:
+    """The served model's held-out MAE and its predecessor's realised MAE, when known."""
+    if facts.heldout_mae is not None:
+        held = GaugeMetricFamily("ttd_model_heldout_mae_hours",
+                                 "Held-out MAE of the served model, recorded by training",
+                                 labels=["model_version"])
+        held.add_metric([facts.version], facts.heldout_mae)
+        yield held
+    if facts.previous_realised_mae is not None:
+        realised = GaugeMetricFamily(
+            "ttd_model_previous_realised_mae_hours",
+            "MAE of the model the served one replaced, on the served model's training tranche",
+            labels=["model_version", "previous_model_version"])
+        realised.add_metric([facts.version, facts.previous_version or ""],
+                            facts.previous_realised_mae)
+        yield realised

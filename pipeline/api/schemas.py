@@ -223,6 +223,13 @@ class ModelInfo(BaseModel):
     tranche: Any = Field(description="The training tranche (key, checksum, rows).")
     metrics: Any = Field(description="Held-out metrics, as recorded by training.")
     product_codes: List[str]
+    heldout_mae: Optional[float] = Field(
+        None, description="Overall held-out MAE (hours) recorded by training, if any.")
+    previous_model_version: Optional[str] = Field(
+        None, description="The model this one replaced, if the metadata records it.")
+    previous_realised_mae: Optional[float] = Field(
+        None, description="That model's MAE (hours) on this model's training tranche, which it "
+                          "never saw: its realised accuracy (null when unknown).")
     metadata: Dict[str, Any] = Field(description="The full metadata document.")
     orders_placed_range: Optional[Dict[str, OrdersPlacedRange]] = Field(
         default=None,

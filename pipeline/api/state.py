@@ -11,6 +11,7 @@ from pipeline.api.schemas import RefreshStatus
 from pipeline.api.serving import RefreshOutcome, ServingModel
 from pipeline.api.settings import ServeSettings
 from pipeline.artefacts import Pointer
+from pipeline.history import heldout_mae
 from pipeline.store import Store
 
 
@@ -42,7 +43,8 @@ class ServiceState:
         serving = self.serving
         born = serving.trained_at or serving.published_at
         return ModelFacts(
-            serving.version, born.timestamp() if born else None, serving.loaded_at
+            serving.version, born.timestamp() if born else None, serving.loaded_at,
+            *accuracy_facts(serving.metadata),
         )
 
     def apply(self, result: RefreshOutcome) -> None:
@@ -59,3 +61,19 @@ class ServiceState:
             if result.outcome in ("rejected", "failed")
             else (self.refresh.last_error if result.rejected is not None else None),
         )
+
+
+def accuracy_facts(
+    metadata: Dict[str, Any]
+) -> Tuple[Optional[float], Optional[str], Optional[float]]:
+    """Held-out MAE, the replaced model's version and its realised MAE, as the metadata says."""
+    previous = metadata.get("previous_model")
+    if not isinstance(previous, dict):
+        previous = {}
+    realised = previous.get("realised_mae")
+    version = previous.get("model_version")
+    return (
+        heldout_mae(metadata),
+        None if version is None else str(version),
+        float(realised) if isinstance(realised, (int, float)) else None,
+    )

@@ -1,0 +1,223 @@
+"""The operator's command: list published models, show one, roll back to one.
+
+Run as ``python -m pipeline.models STORE list|show|rollback ...``. ``STORE`` and the
+AWS handling are the stages' (a path, ``file://`` URL or ``s3://bucket[/prefix]``).
+Every failure is one plain ERROR line on stderr and an exit status listed in ``--help``.
+"""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import logging
+import sys
+from typing import Any, Dict, List, Optional, Sequence
+
+from pipeline import artefacts, history
+from pipeline.store import (
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, ObjectNotFound, Store, StoreError, open_store,
+)
+
+EXIT_OK = 0
+EXIT_STORE = 3
+EXIT_UNKNOWN = 4
+EXIT_CORRUPT = 5
+EXIT_MOVED = 7
+
+log = logging.getLogger("models")
+
+
+def _number(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _how(entry: history.ModelEntry) -> str:
+    parts = []
+    if entry.live:
+        parts.append(f"live ({entry.live_by})")
+    for record in entry.rollbacks:
+        parts.append(f"rolled back to {str(record.get('at', ''))[:16].replace('T', ' ')} "
+                     f"by {record.get('by')}")
+    return "; ".join(parts) or "-"
+
+
+def list_text(found: history.History) -> str:
+    """The list as an aligned table, newest first, the live model marked with '*'."""
+    header = ["", "VERSION", "CREATED (UTC)", "TRANCHE", "ROWS", "HELD-OUT MAE", "REALISED MAE",
+              "LIVE / ROLLBACKS"]
+    rows = [header]
+    for entry in found.models:
+        data = entry.to_dict()
+        rows.append([
+            "*" if entry.live else "", entry.version, entry.created_at[:19].replace("T", " "),
+            history.tranche_stem(data["tranche_key"] or "-"), str(data["rows"] or "-"),
+            _number(data["heldout_mae"]), _number(data["realised_mae"]), _how(entry),
+        ])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    if not found.models:
+        lines.append("(no published model)")
+    if found.unreadable:
+        lines.append(f"unreadable metadata (not listed): {', '.join(found.unreadable)}")
+    return "\n".join(lines)
+
+
+def _exists(store: Store, key: str) -> bool:
+    try:
+        store.read_bytes(key)
+    except ObjectNotFound:
+        return False
+    return True
+
+
+def show_text(store: Store, entry: history.ModelEntry) -> str:
+    """One model's metadata in plain lines, with its realised accuracy, rollbacks and report."""
+    meta = entry.metadata
+    data = entry.to_dict()
+    held = meta.get("metrics", {}).get("held_out", {})
+    lines = [
+        f"model {entry.version}{'  (live, ' + str(entry.live_by) + ')' if entry.live else ''}",
+        f"  created at       {entry.created_at}",
+        f"  trained on       {data['tranche_key']} "
+        f"(sha256 {meta.get('tranche', {}).get('sha256')})",
+        f"  rows             {json.dumps(meta.get('rows', {}).get('per_product_code', {}))} "
+        f"total {data['rows']}",
+        f"  held-out MAE     {_number(data['heldout_mae'])} h, "
+        f"R² {_number(held.get('overall', {}).get('r2'))}",
+    ]
+    for code, values in sorted(held.get("per_product_code", {}).items()):
+        lines.append(f"    {code:<14} MAE {_number(values.get('mae'))}  "
+                     f"R² {_number(values.get('r2'))}  rows {values.get('rows')}")
+    lines.append(f"  realised MAE     {_number(data['realised_mae'])}"
+                 + ("" if data["realised_mae"] is not None else " (no later tranche yet)"))
+    for r in data["realised"]:
+        lines.append(f"    on {r['tranche_key']}: MAE {_number(r['mae'])} "
+                     f"({r['rows_scored']} rows)")
+    previous = meta.get("previous_model")
+    if isinstance(previous, dict):
+        lines.append(f"  replaced         {previous.get('model_version')} (held-out MAE "
+                     f"{_number(previous.get('heldout_mae'))}, realised MAE on this tranche "
+                     f"{_number(previous.get('realised_mae'))})")
+    for gate in meta.get("gates", []):
+        lines.append(f"  gate {gate.get('gate')}: {gate.get('outcome')}: {gate.get('detail')}")
+    drift = meta.get("drift", {})
+    if drift:
+        psi = ", ".join(f"{k} {v}" for k, v in drift.get("psi", {}).items())
+        against = f" against {drift['previous_tranche']}" if drift.get("previous_tranche") else ""
+        lines.append(f"  drift (PSI)      {psi or drift.get('note')}{against}")
+    for record in entry.rollbacks:
+        lines.append(f"  rolled back to   at {record.get('at')} by {record.get('by')} from "
+                     f"{(record.get('from') or {}).get('model_version')}: {record.get('reason')}")
+    lines.append(f"  metadata         {store.location(artefacts.metadata_key(entry.version))}")
+    report = meta.get("report")
+    if isinstance(report, dict) and report.get("html"):
+        where = store.location(str(report["html"]))
+        missing = "" if _exists(store, str(report["html"])) else " (missing: it was not written)"
+        lines.append(f"  report           {where}{missing}")
+    else:
+        lines.append("  report           none recorded")
+    return "\n".join(lines)
+
+
+def operator_name() -> str:
+    """The user running the command, or 'unknown' when the system cannot say."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(
+        prog="models",
+        description="List the published models of STORE, show one, or roll back to one.",
+        epilog=f"exit status: {EXIT_OK} done, 2 bad usage, {EXIT_STORE} store unavailable, "
+               f"{EXIT_UNKNOWN} unknown version, {EXIT_CORRUPT} version fails verification "
+               f"(checksum or format), {EXIT_MOVED} the pointer moved during a rollback",
+    )
+    parser.add_argument("store", metavar="STORE",
+                        help="local directory, file:// URL or s3://bucket[/prefix]")
+    parser.add_argument("--store-attempts", type=int, default=DEFAULT_MAX_ATTEMPTS,
+                        help="attempts per S3 request")
+    parser.add_argument("--store-timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
+                        help="seconds to connect to or read from S3 before retrying")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    listing = commands.add_parser("list", help="every published model, newest first")
+    listing.add_argument("--json", action="store_true", help="a JSON array for scripts")
+    show = commands.add_parser("show", help="one model's metadata and where its report is")
+    show.add_argument("version", metavar="VERSION")
+    show.add_argument("--json", action="store_true", help="the metadata and history as JSON")
+    back = commands.add_parser(
+        "rollback", help="verify VERSION and make it the live model; recorded in audit/rollbacks/")
+    back.add_argument("version", metavar="VERSION")
+    back.add_argument("--reason", default="", help="why (recorded)")
+    back.add_argument("--by", default=None, help="who (recorded; default: the user name)")
+    args = parser.parse_args(argv)
+    if args.store_attempts < 1 or not args.store_timeout > 0:
+        parser.error("--store-attempts must be at least 1 and --store-timeout positive")
+    return args
+
+
+def run(args: argparse.Namespace) -> int:
+    """Do the command; raises the history module's errors or StoreError on refusal."""
+    store = open_store(args.store, args.store_attempts, args.store_timeout)
+    if args.command == "list":
+        found = history.read_history(store)
+        if args.json:
+            print(json.dumps([m.to_dict() for m in found.models], indent=2))
+        else:
+            print(list_text(found))
+        return EXIT_OK
+    if args.command == "show":
+        found = history.read_history(store)
+        entry = found.find(args.version) if history.valid_version(args.version) else None
+        if entry is None:
+            raise history.UnknownVersion(
+                f"no published model {args.version} in "
+                f"{store.location(artefacts.MODELS_PREFIX)}")
+        if args.json:
+            shown: Dict[str, Any] = dict(entry.to_dict(), metadata=entry.metadata)
+            print(json.dumps(shown, indent=2))
+        else:
+            print(show_text(store, entry))
+        return EXIT_OK
+    done = history.rollback(store, args.version, args.reason, args.by or operator_name())
+    if done.audit_key is None:
+        log.info("model %s is already live; nothing changed", args.version)
+        return EXIT_OK
+    was = done.previous.model_version if done.previous else "none"
+    log.info("rolled back from %s to %s; recorded in %s; services refreshing their model pick it "
+             "up at their next poll", was, args.version, store.location(done.audit_key))
+    return EXIT_OK
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse, run, and turn every refusal into one ERROR line and an exit status."""
+    args = parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    for noisy in ("botocore", "boto3", "urllib3", "s3transfer"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    failures: List[Any] = [
+        (history.UnknownVersion, EXIT_UNKNOWN, "unknown model version"),
+        (history.CorruptVersion, EXIT_CORRUPT, "refused: the model fails verification"),
+        (history.PointerMoved, EXIT_MOVED, "refused: the pointer moved meanwhile"),
+        (StoreError, EXIT_STORE, "the store is unavailable"),
+    ]
+    try:
+        return run(args)
+    except tuple(kind for kind, _, _ in failures) as exc:
+        for kind, status, words in failures:
+            if isinstance(exc, kind):
+                log.error("%s: %s", words, exc)
+                return int(status)
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,473 @@
+"""The report of a train_model run: one self-contained HTML page and its JSON twin.
+
+train_model fills a :class:`RunRecord` as it goes; whatever the outcome, once a
+tranche was read, :func:`write_report` renders the record to
+``reports/<tranche stem>/<run id>.html`` and ``.json`` in the store. Figures are
+drawn with matplotlib (Agg, no pyplot state) and embedded as base64 PNG, and the
+page has no script, font, stylesheet or image from elsewhere, so it opens offline.
+Writing the report never changes the run's outcome: any failure is one warning.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+from pipeline.artefacts import create_once
+from pipeline.model import DispatchModel
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from pipeline.store import Store
+
+REPORTS_PREFIX = "reports/"
+PUBLISHED = "published"
+KEPT = "kept"
+REJECTED = "rejected"
+UNCHANGED = "unchanged"
+FAILED = "failed"
+MAX_POINTS_PER_CODE = 1500
+DRIFT_BINS = 30
+FloatArray = npt.NDArray[np.float64]
+
+log = logging.getLogger("train_model.report")
+
+
+@dataclass(frozen=True)
+class Points:
+    """Rows of a tranche as plain arrays: each row's product code, orders placed and hours."""
+
+    codes: npt.NDArray[np.str_]
+    orders: FloatArray
+    hours: FloatArray
+
+    def of_code(self, code: str) -> Tuple[FloatArray, FloatArray]:
+        """The orders and hours of one product code's rows."""
+        mask = self.codes == code
+        return self.orders[mask], self.hours[mask]
+
+    def code_counts(self) -> Dict[str, int]:
+        """Rows per product code."""
+        names, counts = np.unique(self.codes, return_counts=True)
+        return {str(n): int(c) for n, c in zip(names, counts)}
+
+
+def new_run_id(started_at: datetime) -> str:
+    """A run id: UTC start time and a random suffix, unique per run."""
+    return f"{started_at.astimezone(timezone.utc):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+
+
+@dataclass
+class RunRecord:
+    """What a train_model run learned, filled in as it goes; the report is drawn from it."""
+
+    store_url: str
+    started_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    run_id: str = ""
+    tranche_key: Optional[str] = None
+    tranche_location: Optional[str] = None
+    tranche_sha256: Optional[str] = None
+    points: Optional[Points] = None
+    previous_key: Optional[str] = None
+    previous_points: Optional[Points] = None
+    violations: List[Dict[str, Any]] = field(default_factory=list)
+    drift: Optional[Dict[str, Any]] = None
+    held_out: Optional[Dict[str, Any]] = None
+    decisions: List[Dict[str, Any]] = field(default_factory=list)
+    live_version: Optional[str] = None
+    live_model: Optional[DispatchModel] = None
+    live_metadata: Optional[Dict[str, Any]] = None
+    new_model: Optional[DispatchModel] = None
+    realised: Optional[Dict[str, Any]] = None
+    outcome: str = FAILED
+    summary: str = ""
+    exit_status: Optional[int] = None
+    model_version: Optional[str] = None
+
+    def __post_init__(self) -> None:
+        if not self.run_id:
+            self.run_id = new_run_id(self.started_at)
+
+    def report_keys(self) -> Tuple[str, str]:
+        """The HTML and JSON keys of this run's report (None-safe before a tranche is read)."""
+        stem = (self.tranche_key or "no-tranche").rsplit("/", 1)[-1]
+        if stem.endswith(".csv"):
+            stem = stem[:-4]
+        base = f"{REPORTS_PREFIX}{stem}/{self.run_id}"
+        return f"{base}.html", f"{base}.json"
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures
+
+
+def _figure(width: float, height: float) -> "Figure":
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height), dpi=80)
+    figure.subplots_adjust(left=0.07, right=0.98, bottom=0.12, top=0.9, wspace=0.25, hspace=0.45)
+    return figure
+
+
+def _png(figure: "Figure") -> str:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=80)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _label(text: str) -> str:
+    """Text shown literally by matplotlib (a '$' would start mathtext)."""
+    return text.replace("$", r"\$")
+
+
+def _sample(orders: FloatArray, hours: FloatArray, limit: int) -> Tuple[FloatArray, FloatArray]:
+    if len(orders) <= limit:
+        return orders, hours
+    keep = np.sort(np.random.default_rng(0).choice(len(orders), limit, replace=False))
+    return orders[keep], hours[keep]
+
+
+def curves_figure(record: RunRecord) -> Optional[str]:
+    """Per product code: the tranche's points, the new curve and the live model's curve."""
+    points = record.points
+    if points is None or len(points.codes) == 0:
+        return None
+    codes = sorted(set(points.code_counts()))
+    columns = min(3, len(codes))
+    rows = (len(codes) + columns - 1) // columns
+    figure = _figure(4.0 * columns, 3.0 * rows)
+    axes = figure.subplots(rows, columns, squeeze=False)
+    for position, code in enumerate(codes):
+        ax = axes[position // columns][position % columns]
+        orders, hours = points.of_code(code)
+        shown_x, shown_y = _sample(orders, hours, MAX_POINTS_PER_CODE)
+        ax.scatter(shown_x, shown_y, s=4, alpha=0.35, color="#7a7a7a", label="tranche rows")
+        grid = np.linspace(0.0, float(orders.max()) * 1.05 if len(orders) else 1.0, 200)
+        for model, name, style in ((record.new_model, "new model", "-"),
+                                   (record.live_model, f"live {record.live_version}", "--")):
+            if model is not None and code in model.curves:
+                ax.plot(grid, model.predict([code] * len(grid), grid), style, linewidth=2,
+                        label=name)
+        ax.set_title(_label(f"{code} ({len(orders)} rows)"), fontsize=10, y=1.0)
+        ax.set_xlabel("orders_placed", fontsize=8)
+        ax.set_ylabel("hours_to_dispatch", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7, loc="upper left")
+    for position in range(len(codes), rows * columns):
+        axes[position // columns][position % columns].set_visible(False)
+    return _png(figure)
+
+
+def accuracy_figure(record: RunRecord) -> Optional[str]:
+    """Per product code: new model's held-out MAE, live model's promised and realised MAE."""
+    series: List[Tuple[str, Dict[str, float]]] = []
+    if record.held_out:
+        series.append(("new model, held-out", _maes(record.held_out)))
+    if record.live_metadata is not None:
+        promised = record.live_metadata.get("metrics", {}).get("held_out", {})
+        if isinstance(promised, dict) and promised:
+            series.append((f"live {record.live_version}, promised (held-out)", _maes(promised)))
+    if record.realised:
+        series.append((f"live {record.live_version}, realised on this tranche",
+                       {str(k): float(v["mae"]) for k, v in
+                        record.realised.get("per_product_code", {}).items()}
+                       | {"overall": float(record.realised["mae"])}))
+    if not series:
+        return None
+    codes = sorted({c for _, values in series for c in values if c != "overall"}) + ["overall"]
+    figure = _figure(max(8.0, 1.1 * len(codes) + 2), 3.6)
+    ax = figure.subplots()
+    width = 0.8 / len(series)
+    x = np.arange(len(codes))
+    for i, (name, values) in enumerate(series):
+        heights = [values.get(c, np.nan) for c in codes]
+        ax.bar(x + (i - (len(series) - 1) / 2) * width, heights, width, label=name)
+    ax.set_xticks(x, [_label(c) for c in codes], fontsize=8)
+    ax.set_ylabel("MAE (hours)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.1), ncol=len(series))
+    figure.subplots_adjust(bottom=0.25)
+    ax.set_title("Mean absolute error per product code", fontsize=10, y=1.0)
+    return _png(figure)
+
+
+def _maes(evaluation: Dict[str, Any]) -> Dict[str, float]:
+    values = {str(k): float(v["mae"]) for k, v in evaluation.get("per_product_code", {}).items()}
+    overall = evaluation.get("overall")
+    if isinstance(overall, dict) and overall.get("mae") is not None:
+        values["overall"] = float(overall["mae"])
+    return values
+
+
+def drift_figure(record: RunRecord) -> Optional[str]:
+    """Each feature's distribution in the previous tranche and this one, overlaid."""
+    now, before = record.points, record.previous_points
+    if now is None or before is None or len(before.codes) == 0:
+        return None
+    psi = (record.drift or {}).get("psi", {})
+    figure = _figure(12.0, 3.2)
+    axes = figure.subplots(1, 3)
+    for ax, name, a, b in ((axes[0], "orders_placed", before.orders, now.orders),
+                           (axes[1], "hours_to_dispatch", before.hours, now.hours)):
+        both = np.concatenate([a, b])
+        edges = np.linspace(float(both.min()), float(both.max()) or 1.0, DRIFT_BINS + 1)
+        for sample, label in ((a, "previous tranche"), (b, "this tranche")):
+            density, _ = np.histogram(sample, bins=edges, density=True)
+            ax.stairs(density, edges, fill=True, alpha=0.45, label=label)
+        ax.set_title(f"{name} (PSI {psi.get(name, float('nan')):.3f})", fontsize=10, y=1.0)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=7)
+    shares_a, shares_b = before.code_counts(), now.code_counts()
+    codes = sorted(set(shares_a) | set(shares_b))
+    x = np.arange(len(codes))
+    total_a, total_b = max(sum(shares_a.values()), 1), max(sum(shares_b.values()), 1)
+    axes[2].bar(x - 0.2, [shares_a.get(c, 0) / total_a for c in codes], 0.4, alpha=0.7,
+                label="previous tranche")
+    axes[2].bar(x + 0.2, [shares_b.get(c, 0) / total_b for c in codes], 0.4, alpha=0.7,
+                label="this tranche")
+    axes[2].set_xticks(x, [_label(c) for c in codes], fontsize=7)
+    axes[2].set_title(f"product_code share (PSI {psi.get('product_code', float('nan')):.3f})",
+                      fontsize=10, y=1.0)
+    axes[2].tick_params(labelsize=7)
+    axes[2].legend(fontsize=7)
+    return _png(figure)
+
+
+def violations_figure(record: RunRecord) -> Optional[str]:
+    """Rows breaking each rule of the data contract."""
+    counted = [v for v in record.violations if v.get("rows")]
+    if not counted:
+        return None
+    figure = _figure(8.0, 0.5 * len(counted) + 1.2)
+    ax = figure.subplots()
+    names = [str(v["rule"]) for v in counted]
+    ax.barh(np.arange(len(counted)), [int(v["rows"]) for v in counted], color="#c0392b")
+    ax.set_yticks(np.arange(len(counted)), [_label(n) for n in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlabel("rows breaking the rule", fontsize=8)
+    figure.subplots_adjust(left=0.32)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.tick_params(labelsize=7)
+    ax.set_title("Broken rules of the data contract", fontsize=10, y=1.0)
+    return _png(figure)
+
+
+FIGURES = (
+    ("violations", "Rows breaking each rule", violations_figure),
+    ("curves", "The tranche and the curves per product code", curves_figure),
+    ("accuracy", "Held-out and realised accuracy", accuracy_figure),
+    ("drift", "Drift against the previous tranche", drift_figure),
+)
+
+
+# ---------------------------------------------------------------------------------------------
+# The JSON twin and the page
+
+
+def report_data(record: RunRecord, figures: Sequence[str]) -> Dict[str, Any]:
+    """The JSON twin: everything the page shows, as data."""
+    live_promised = None
+    if record.live_metadata is not None:
+        try:
+            live_promised = float(record.live_metadata["metrics"]["held_out"]["overall"]["mae"])
+        except (KeyError, TypeError, ValueError):
+            live_promised = None
+    points = record.points
+    return {
+        "run_id": record.run_id,
+        "started_at": record.started_at.isoformat(),
+        "finished_at": datetime.now(timezone.utc).isoformat(),
+        "store": record.store_url,
+        "outcome": record.outcome,
+        "summary": record.summary,
+        "exit_status": record.exit_status,
+        "model_version": record.model_version,
+        "tranche": {
+            "key": record.tranche_key, "location": record.tranche_location,
+            "sha256": record.tranche_sha256,
+            "rows": None if points is None else int(len(points.codes)),
+            "per_product_code": None if points is None else points.code_counts(),
+        },
+        "contract": {"passed": not record.violations and points is not None,
+                     "violations": record.violations},
+        "held_out": record.held_out,
+        "gates": record.decisions,
+        "drift": record.drift,
+        "live_model": None if record.live_version is None else {
+            "model_version": record.live_version,
+            "heldout_mae": live_promised,
+            "realised": record.realised,
+        },
+        "figures": list(figures),
+    }
+
+
+_STYLE = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.5rem auto;
+max-width:1100px;color:#222;padding:0 1rem}
+h1{font-size:1.4rem;margin-bottom:.2rem}h2{font-size:1.1rem;margin-top:1.6rem;
+border-bottom:1px solid #ddd}
+.outcome{padding:.7rem 1rem;border-radius:6px;font-size:1.05rem;margin:1rem 0}
+.published{background:#e3f4e8;border-left:6px solid #2e8b57}
+.kept{background:#eef2fa;border-left:6px solid #4169e1}
+.unchanged{background:#f3f3f3;border-left:6px solid #888}
+.rejected,.failed{background:#fbe9e7;border-left:6px solid #c0392b}
+table{border-collapse:collapse;font-size:.9rem;margin:.5rem 0}
+td,th{border:1px solid #ddd;padding:.25rem .6rem;text-align:left;vertical-align:top}
+th{background:#f6f6f6}.meta{color:#666;font-size:.85rem}img{max-width:100%}
+.PASS,.pass{color:#2e8b57}.WARN,.warn{color:#b8860b}.FAIL,.fail{color:#c0392b;font-weight:bold}
+code{font-size:.85rem}
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape("" if value is None else str(value))
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return _e(value)
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], raw: bool = False) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{c if raw else _fmt(c)}</td>" for c in row) + "</tr>"
+        for row in rows
+    )
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+def render_html(data: Dict[str, Any], images: Dict[str, str]) -> str:
+    """The page: outcome first, then what the data team and the ML engineers look for."""
+    tranche = data["tranche"]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>train_model {_e(data['outcome'])}: {_e(tranche['key'])}</title>",
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>train_model run {_e(data['run_id'])}</h1>",
+        f"<p class='meta'>store {_e(data['store'])} &middot; started {_e(data['started_at'])}"
+        f" &middot; exit status {_e(data['exit_status'])}</p>",
+        f"<div class='outcome {_e(data['outcome'])}' id='outcome'><strong>"
+        f"{_e(data['outcome'].upper())}</strong>: {_e(data['summary'])}</div>",
+        "<h2>Tranche</h2>",
+        _table(["key", "sha256", "rows", "rows per product code"], [[
+            tranche["key"], (tranche["sha256"] or "")[:16] + "...", tranche["rows"],
+            ", ".join(f"{code} {n}" for code, n in tranche["per_product_code"].items())
+            if tranche["per_product_code"] else "-",
+        ]]),
+    ]
+    contract = data["contract"]
+    if contract["violations"]:
+        parts.append("<h2 id='contract'>Data contract: broken rules</h2>")
+        parts.append("<p>Every rule the tranche breaks, with the number of rows and example "
+                     "lines (line numbers as in the file, the header being line 1).</p>")
+        rows = []
+        for v in contract["violations"]:
+            examples = "<br>".join(
+                f"line {_e(x['line'])}: "
+                + _e(", ".join(f"{k}={val!r}" for k, val in x["values"].items()))
+                for x in v.get("examples", [])
+            )
+            rows.append([f"<code>{_e(v['rule'])}</code>", _e(v["description"]),
+                         _e(v.get("rows") or "-"), examples or "-"])
+        parts.append(_table(["rule", "what it demands", "rows", "examples"], rows, raw=True))
+    for name, title, _ in FIGURES:
+        if name in images:
+            parts.append(f"<h2>{_e(title)}</h2><img data-figure='{name}' alt='{_e(title)}' "
+                         f"src='data:image/png;base64,{images[name]}'>")
+            if name == "accuracy":
+                parts.append(_accuracy_tables(data))
+            if name == "drift" and data.get("drift"):
+                drift = data["drift"]
+                parts.append(_table(["feature", "PSI", "drifted (> threshold)"], [
+                    [k, v, k in drift.get("drifted", [])] for k, v in drift["psi"].items()
+                ]))
+    if "accuracy" not in images and (data["held_out"] or data["live_model"]):
+        parts.append("<h2>Accuracy</h2>" + _accuracy_tables(data))
+    if data.get("drift") and "drift" not in images:
+        parts.append(f"<h2>Drift</h2><p>{_e(data['drift'].get('note') or 'not measured')}</p>")
+    if data["gates"]:
+        parts.append("<h2 id='gates'>Gate decisions (champion vs challenger included)</h2>")
+        parts.append(_table(["gate", "outcome", "detail"], [
+            [f"<code>{_e(d['gate'])}</code>", f"<span class='{_e(d['outcome'])}'>"
+             f"{_e(d['outcome'])}</span>", _e(d["detail"])] for d in data["gates"]
+        ], raw=True))
+    parts.append("<p class='meta'>The JSON twin of this page sits beside it "
+                 "(same key, <code>.json</code>).</p></body></html>")
+    return "\n".join(parts)
+
+
+def _accuracy_tables(data: Dict[str, Any]) -> str:
+    parts = []
+    held = data.get("held_out")
+    if held:
+        rows = [[code, m["rows"], m["mae"], m["r2"]]
+                for code, m in held.get("per_product_code", {}).items()]
+        rows.append(["overall", held["overall"]["rows"], held["overall"]["mae"],
+                     held["overall"]["r2"]])
+        parts.append("<p>New model on the held-out rows:</p>"
+                     + _table(["product code", "rows", "MAE (h)", "R²"], rows))
+    live = data.get("live_model")
+    if live:
+        realised = live.get("realised")
+        if realised:
+            words = (f"Live model {_e(live['model_version'])} on all {_e(realised['rows_scored'])}"
+                     f" rows of this tranche (it never saw them): realised MAE "
+                     f"<strong>{_fmt(realised['mae'])} h</strong>, against the "
+                     f"{_fmt(live['heldout_mae'])} h it promised when it was trained.")
+        else:
+            words = (f"Live model {_e(live['model_version'])} (promised MAE "
+                     f"{_fmt(live['heldout_mae'])} h): realised accuracy not measured on this "
+                     f"tranche.")
+        parts.append(f"<p id='realised'>{words}</p>")
+    return "".join(parts)
+
+
+def build_report(record: RunRecord) -> Tuple[str, Dict[str, Any]]:
+    """The page and its JSON twin for a run record."""
+    images: Dict[str, str] = {}
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        log.warning("report drawn without figures: %s", exc)
+        return render_html(report_data(record, []), images), report_data(record, [])
+    for name, _, draw in FIGURES:
+        try:
+            image = draw(record)
+        except Exception as exc:  # a figure that cannot be drawn must not lose the report
+            log.warning("report figure %s not drawn: %s", name, exc)
+            continue
+        if image is not None:
+            images[name] = image
+    data = report_data(record, list(images))
+    return render_html(data, images), data
+
+
+def write_report(store: "Store", record: RunRecord) -> Optional[str]:
+    """Render and write the run's report; a failure is a warning, never an error."""
+    html_key, json_key = record.report_keys()
+    try:
+        page, data = build_report(record)
+        create_once(store, json_key, json.dumps(data, indent=2, sort_keys=True).encode())
+        create_once(store, html_key, page.encode("utf-8"))
+    except Exception as exc:  # the report must never change the run's outcome
+        log.warning("run report not written (%s): %s", store.location(html_key), exc)
+        return None
+    log.info("run report: %s", store.location(html_key))
+    return html_key

@@ -1,0 +1,213 @@
+"""The report of every train_model run: published, kept and rejected; self-contained; rendered.
+
+The page is parsed (outcome, figures, tables, no external reference) and, when Chromium is
+installed, rendered headless: the DOM after load and a screenshot that is not blank.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from datetime import datetime, timedelta, timezone
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+import pytest
+
+from pipeline import train_model
+from pipeline.report import REPORTS_PREFIX, Points, RunRecord, build_report
+from pipeline.simulate import simulate_tranche, tranche_key
+from pipeline.store import open_store
+from tests import browser_support
+
+WEEK = datetime(2026, 11, 6, 23, tzinfo=timezone.utc)
+
+
+class Page(HTMLParser):
+    """The parts of a report page the tests look at."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.tags: List[Tuple[str, Dict[str, str]]] = []
+        self.text: List[str] = []
+        self.feed(text)
+
+    def handle_starttag(self, tag: str, attrs: List[Tuple[str, Any]]) -> None:
+        self.tags.append((tag, {k: v or "" for k, v in attrs}))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+    def find(self, tag: str) -> List[Dict[str, str]]:
+        return [attrs for name, attrs in self.tags if name == tag]
+
+    @property
+    def figures(self) -> List[str]:
+        return [a.get("data-figure", "") for a in self.find("img")]
+
+    @property
+    def outcome(self) -> str:
+        return next(a["class"].split()[1] for a in self.find("div") if a.get("id") == "outcome")
+
+
+def deliver(url: str, index: int, rows: int = 400, **kwargs: Any) -> str:
+    when = (WEEK + timedelta(weeks=index)).isoformat()
+    key = tranche_key(when)
+    open_store(url).write_bytes(key, simulate_tranche(rows, seed=70 + index, week=index,
+                                                      **kwargs).to_csv())
+    return key
+
+
+def reports(url: str) -> List[Tuple[Page, Dict[str, Any], str]]:
+    """Every report in the store (oldest run first): the parsed page, its JSON twin, raw HTML."""
+    store = open_store(url)
+    found = []
+    for key in sorted(store.list_keys(REPORTS_PREFIX)):
+        if key.endswith(".html"):
+            raw = store.read_bytes(key).decode()
+            twin = json.loads(store.read_bytes(key[:-len(".html")] + ".json"))
+            found.append((Page(raw), twin, raw))
+    return sorted(found, key=lambda r: r[1]["started_at"])
+
+
+def assert_self_contained(page: Page, raw: str) -> None:
+    assert page.find("script") == [] and page.find("link") == [] and page.find("iframe") == []
+    for attrs in page.tags:
+        for name, value in attrs[1].items():
+            if name in ("src", "href", "srcset", "action", "poster"):
+                assert value.startswith("data:image/png;base64,"), (name, value[:60])
+    assert "http://" not in raw and "https://" not in raw and "url(" not in raw
+    assert "@import" not in raw and "@font-face" not in raw
+
+
+def test_published_and_kept_runs_report_curves_accuracy_drift_and_gates(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    first = deliver(store_url, 0)
+    with caplog.at_level(logging.INFO):
+        assert train_model.main([store_url]) == 0
+    assert any(r.getMessage().startswith("run report: ") for r in caplog.records)
+    deliver(store_url, 1)
+    # Keep the champion: no tolerance and a challenger fitted on a tenth of the rows.
+    assert train_model.main([store_url, "--champion-tolerance", "0", "--test-fraction", "0.9",
+                             "--min-rows-per-code", "5"]) == 0
+    (published, twin1, raw1), (kept, twin2, raw2) = reports(store_url)
+
+    assert published.outcome == "published" and twin1["outcome"] == "published"
+    assert twin1["model_version"] and twin1["model_version"] in raw1
+    assert twin1["tranche"]["key"] == first and twin1["tranche"]["rows"] == 400
+    assert published.figures == ["curves", "accuracy"], "no previous tranche: no drift figure"
+    assert twin1["live_model"] is None
+    assert {g["gate"] for g in twin1["gates"]} >= {"r2", "mae", "champion", "refit_monotone"}
+
+    assert kept.outcome == "kept" and "deliberately kept" in twin2["summary"]
+    assert kept.figures == ["curves", "accuracy", "drift"]
+    assert twin2["figures"] == kept.figures
+    realised = twin2["live_model"]["realised"]
+    assert twin2["live_model"]["model_version"] == twin1["model_version"]
+    assert realised["rows_scored"] == 400 and realised["mae"] > 0
+    assert twin2["live_model"]["heldout_mae"] == twin1["held_out"]["overall"]["mae"]
+    assert "realised MAE" in raw2 and f"{realised['mae']:.4f}" in raw2
+    assert set(twin2["drift"]["psi"]) == {"orders_placed", "hours_to_dispatch", "product_code"}
+    champion = [g for g in twin2["gates"] if g["gate"] == "champion"]
+    assert champion[0]["outcome"] == "keep"
+    for page, raw in ((published, raw1), (kept, raw2)):
+        assert_self_contained(page, raw)
+
+
+def test_a_rejected_tranche_reports_every_broken_rule_with_examples(store_url: str) -> None:
+    key = tranche_key(WEEK.isoformat())
+    good = simulate_tranche(300, seed=1).to_csv().decode().splitlines()
+    lines = good[:10] + ["ten,5,SKU001", "-1,5,SKU002", "3.5,-2,SKU003", "2,,SKU004"] + good[10:]
+    open_store(store_url).write_bytes(key, ("\n".join(lines) + "\n").encode())
+    assert train_model.main([store_url]) == train_model.EXIT_BAD_DATA
+    [(page, twin, raw)] = reports(store_url)
+    assert page.outcome == "rejected" and twin["exit_status"] == train_model.EXIT_BAD_DATA
+    assert "breaks the data contract" in twin["summary"]
+    rules = {v["rule"]: v for v in twin["contract"]["violations"]}
+    assert set(rules) == {"hours_to_dispatch_not_a_number", "hours_to_dispatch_negative",
+                          "orders_placed_negative", "orders_placed_missing"}
+    assert all(v["rows"] == 1 for v in rules.values())
+    assert rules["hours_to_dispatch_not_a_number"]["examples"][0]["line"] == 11
+    for rule in rules:
+        assert rule in raw
+    assert "line 11: hours_to_dispatch=&#x27;ten&#x27;" in raw
+    assert page.figures == ["violations"]
+    assert twin["held_out"] is None and twin["gates"] == []
+    assert_self_contained(page, raw)
+
+
+def test_a_model_rejected_by_the_gates_is_reported_with_its_decisions(store_url: str) -> None:
+    deliver(store_url, 0)
+    assert train_model.main([store_url, "--mae-max", "0.001", "--mae-warn", "0.001"]) == \
+        train_model.EXIT_GATES
+    [(page, twin, raw)] = reports(store_url)
+    assert page.outcome == "rejected" and "rejected by the gates" in twin["summary"]
+    assert {g["gate"]: g["outcome"] for g in twin["gates"]}["mae"] == "fail"
+    assert page.figures == ["curves", "accuracy"]
+
+
+def test_no_report_without_a_tranche_and_a_failed_report_changes_nothing(
+    local_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert train_model.main([local_url]) == train_model.EXIT_NO_TRANCHE
+    assert open_store(local_url).list_keys(REPORTS_PREFIX) == []
+    deliver(local_url, 0)
+    (Path(local_url) / "reports").write_bytes(b"a file where the reports folder should be")
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert train_model.main([local_url]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(m.startswith("run report not written") for m in warnings), warnings
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_report_of_a_record_with_a_big_tranche_samples_its_points() -> None:
+    rng = np.random.default_rng(0)
+    codes = np.array(["A", "B"])[rng.integers(0, 2, 200_000)]
+    orders = rng.uniform(0, 100, 200_000)
+    record = RunRecord("memory://", tranche_key="datasets/time_to_dispatch_2026-11-20.csv",
+                       points=Points(codes, orders, orders / 10), outcome="rejected",
+                       summary="nothing published: a test")
+    page, data = build_report(record)
+    assert data["figures"] == ["curves"]
+    assert len(page) < 400_000
+
+
+@pytest.mark.skipif(browser_support.chromium() is None,
+                    reason="Chromium is not installed (apt-get install chromium); CI installs it")
+def test_the_page_renders_in_a_headless_browser(local_url: str, tmp_path: Path) -> None:
+    deliver(local_url, 0)
+    assert train_model.main([local_url]) == 0
+    deliver(local_url, 1)
+    assert train_model.main([local_url, "--champion-tolerance", "100"]) == 0
+    store = open_store(local_url)
+    newest = sorted(k for k in store.list_keys(REPORTS_PREFIX) if k.endswith(".html"))[-1]
+    shot = tmp_path / "report.png"
+    dom = browser_support.render(Path(store.location(newest)).as_uri(), screenshot=shot)
+    page = Page(dom)
+    assert page.outcome == "published"
+    assert page.figures == ["curves", "accuracy", "drift"]
+    assert "PUBLISHED" in "".join(page.text)
+    from matplotlib.image import imread
+
+    pixels = imread(str(shot))
+    assert pixels.shape[0] > 500 and pixels.shape[1] > 500
+    not_white = (pixels[..., :3] < 0.9).any(axis=2).mean()
+    assert not_white > 0.03, f"the screenshot is (nearly) blank: {not_white:.3%} non-white pixels"
+    colours = len(np.unique((pixels[..., :3] * 255).astype(np.uint8).reshape(-1, 3), axis=0))
+    assert colours > 50, "figures drawn in colour"
+
+
+def test_hostile_product_codes_are_shown_as_text(local_url: str) -> None:
+    evil = "<script>alert(1)</script>$\\frac{$"  # a '$' pair would be (broken) mathtext
+    data = simulate_tranche(400, seed=5).to_csv().replace(b"SKU001", evil.encode())
+    open_store(local_url).write_bytes(tranche_key(WEEK.isoformat()), data)
+    assert train_model.main([local_url]) == 0
+    [(page, twin, raw)] = reports(local_url)
+    assert page.find("script") == []
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;$\\frac{$" in raw
+    assert page.figures == ["curves", "accuracy"], "a '$' in a code does not lose a figure"
+    assert evil in twin["tranche"]["per_product_code"]
+    assert_self_contained(page, raw)
