@@ -10,7 +10,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from pipeline.artefacts import make_model_version, publish, sha256_hex  # noqa: E402
-from pipeline.model import fit_model  # noqa: E402
+from pipeline.estimator import fit_model  # noqa: E402
 from pipeline.simulate import simulate_tranche  # noqa: E402
 from pipeline.store import open_store  # noqa: E402
 

@@ -23,7 +23,7 @@ from pipeline.artefacts import (
     read_pointer,
     sha256_hex,
 )
-from pipeline.model import fit_model
+from pipeline.estimator import fit_model
 from pipeline.simulate import DEFAULT_PRODUCT_CODES, simulate_tranche
 from pipeline.store import Store, open_store
 from tests.conftest import publish_unchecked
@@ -39,7 +39,7 @@ def model_bytes(seed: int = 1, codes: Tuple[str, ...] = CODES) -> bytes:
     """A model fitted on a simulated 1,000-row tranche, as artefact bytes (cached)."""
     tranche = simulate_tranche(1000, seed=seed, product_codes=codes)
     orders = tranche.orders_placed.astype(np.float64)
-    fit = fit_model(tranche.product_code, orders, tranche.hours_to_dispatch, seed=seed)
+    fit = fit_model(tranche.product_code, orders, tranche.hours_to_dispatch, random_state=seed)
     return fit.model.to_json()
 
 
