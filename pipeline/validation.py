@@ -122,12 +122,17 @@ class RowRule:
 
 
 def _parse(text: pd.Series) -> pd.Series:
-    """Numbers from stripped text: NaN where not a number; the literal 'nan' becomes inf."""
-    numbers = pd.to_numeric(text, errors="coerce")
-    literal_nan = text.str.lower().str.lstrip("+-").eq("nan").fillna(False)
-    # A spelled-out NaN is a number that is not finite, never "not a number"; inf keeps it
-    # out of the null values that the other rules skip.
-    return numbers.mask(literal_nan.astype(bool), np.inf).astype(np.float64)
+    """Numbers from text (surrounding blanks allowed): NaN where missing or not a number.
+
+    A spelled-out NaN is a number that is not finite, never "not a number": it becomes inf,
+    which keeps it out of the missing values the other rules skip.
+    """
+    numbers = pd.to_numeric(text, errors="coerce").astype(np.float64)
+    failed = numbers.isna() & text.notna()
+    if failed.any():
+        spelled = text[failed].astype(str).str.strip().str.lower().str.lstrip("+-").eq("nan")
+        numbers[spelled[spelled].index] = np.inf
+    return numbers
 
 
 def _is_number(text: pd.Series) -> pd.Series:
@@ -294,7 +299,9 @@ def _read(data: bytes) -> _Read:
             "unreadable_csv", f"the file cannot be parsed as CSV: {message}"
         )]) from None
     raw.index = pd.RangeIndex(2, 2 + len(raw), name=_LINE)
-    raw = raw[raw.ne("").any(axis=1)]
+    maybe_blank = raw[raw.iloc[:, 0].eq("")]
+    if len(maybe_blank):
+        raw = raw.drop(maybe_blank.index[maybe_blank.eq("").all(axis=1)])
     frame = pd.DataFrame(
         {_raw(c): raw[f"__c{names.index(c)}"] for c in REQUIRED_COLUMNS}, index=raw.index
     )
@@ -315,13 +322,20 @@ def _most_fields(body: bytes) -> int:
 
 
 def _prepare(frame: pd.DataFrame) -> pd.DataFrame:
-    """Stripped text (empty -> missing) and parsed numbers beside the raw columns."""
+    """Beside the raw columns: text (blank -> missing), numbers, and product codes stripped."""
     prepared = frame.copy()
-    for column in REQUIRED_COLUMNS:
-        text = frame[_raw(column)].str.strip()
-        prepared[column] = text.where(text.ne(""), None)
     for column in (ORDERS, HOURS):
-        prepared[_number(column)] = _parse(prepared[column])
+        raw = frame[_raw(column)]
+        numbers = _parse(raw)
+        unparsed = raw[numbers.isna()]
+        blank = unparsed.index[unparsed.str.strip().eq("")]
+        prepared[column] = raw.mask(raw.index.isin(blank), None)
+        prepared[_number(column)] = numbers
+    # Strip each distinct code once, not every row's copy of it.
+    index, unique = pd.factorize(frame[_raw(CODE)])
+    stripped = pd.Index(unique).str.strip()
+    lookup = np.append(stripped.where(stripped != "", None).to_numpy(dtype=object), None)
+    prepared[CODE] = lookup[index]  # position -1 (a missing value) is the appended None
     return prepared
 
 
