@@ -30,7 +30,7 @@ from sklearn import config_context
 from sklearn.base import BaseEstimator, RegressorMixin, clone
 from sklearn.model_selection import GridSearchCV, KFold
 from sklearn.utils import resample
-from sklearn.utils.validation import check_array, check_is_fitted, check_X_y
+from sklearn.utils.validation import check_array, check_is_fitted
 
 from pipeline.model import Curve, DispatchModel, rows_by_code
 
@@ -216,18 +216,26 @@ class MonotoneCurveRegressor(RegressorMixin, BaseEstimator):  # type: ignore[mis
 
     def fit(self, X: Any, y: Any) -> "MonotoneCurveRegressor":
         """Fit the family by least squares with non-negative coefficients."""
-        orders, hours = check_X_y(X, y, dtype=np.float64, y_numeric=True)
-        if orders.shape[1] != 1:
-            raise ValueError(f"expected one feature (orders placed), got {orders.shape[1]}")
-        self.curve_, self.parameter_ = fit_curve(orders[:, 0], hours, self.family)
+        orders, hours = _one_feature(X), np.asarray(y, dtype=np.float64)
+        if hours.shape != orders.shape or not np.isfinite(hours).all():
+            raise ValueError("y must be finite numbers, one per row of X")
+        self.curve_, self.parameter_ = fit_curve(orders, hours, self.family)
         self.n_features_in_ = 1
         return self
 
     def predict(self, X: Any) -> FloatArray:
         """Estimated hours for each row's order count."""
         check_is_fitted(self)
-        orders = check_array(X, dtype=np.float64)
-        return self.curve_.predict(orders[:, 0])
+        return self.curve_.predict(_one_feature(X))
+
+
+def _one_feature(X: Any) -> FloatArray:
+    """The order counts of a one-column X; a light check, as it runs for every CV fold."""
+    orders = np.asarray(X, dtype=np.float64)
+    if orders.ndim != 2 or orders.shape[1] != 1 or not np.isfinite(orders).all():
+        raise ValueError(f"X must be one column of finite order counts, not {orders.shape}")
+    column: FloatArray = orders[:, 0]
+    return column
 
 
 def simplest_within_tolerance(
