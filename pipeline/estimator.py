@@ -3,32 +3,32 @@
 Training only (the service loads the exported JSON knots with ``pipeline.model``
 and needs neither scikit-learn nor pandas).
 
-Per product code, ``GridSearchCV`` over the candidate families (k-fold, MAE) picks
-one of: a straight line, four one-parameter curved shapes (saturating exponential,
-log, power, and a line capped at a level) and piecewise-linear ramps with 2, 4 or 8
-pieces. Every family is least squares with all coefficients >= 0
-(``LinearRegression(positive=True)``, or a closed form for the curved shapes, whose
-parameter is profiled on a grid inside ``fit``), so no curve falls as orders grow
-and none starts below 0. The simplest family whose CV MAE is within 1% of the
-lowest, or within floating-point noise of it (1e-9 of the labels' scale), wins:
-rounding never makes the choice. Codes with more rows than ``cv_max_rows`` choose
-on a seeded sample of that many rows and fit the chosen family on all of them.
-Codes are fitted in parallel through joblib (``n_jobs``).
+Per product code, ``cross_validate`` (``KFold``, MAE from ``sklearn.metrics``) scores
+every candidate family at once through ``CurveFamilies`` and picks one of: a straight
+line, four one-parameter curved shapes (saturating exponential, log, power, and a line
+capped at a level) and piecewise-linear ramps with 2, 4 or 8 pieces. Every family is
+least squares with all coefficients >= 0 (bounded-variable least squares, or a closed
+form for the curved shapes, whose parameter is profiled on a grid inside ``fit``), so
+no curve falls as orders grow and none starts below 0. The simplest family whose CV
+MAE is within 1% of the lowest, or within floating-point noise of it (1e-9 of the
+labels' scale), wins: rounding never makes the choice. Codes with more rows than
+``cv_max_rows`` choose on a seeded sample of that many rows and fit the chosen family
+on all of them. Codes are fitted in parallel through joblib (``n_jobs``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from joblib import Parallel, delayed, effective_n_jobs
-from scipy.optimize import nnls
+from scipy.optimize import lsq_linear
 from sklearn import config_context
-from sklearn.base import BaseEstimator, RegressorMixin, clone
-from sklearn.model_selection import GridSearchCV, KFold
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.metrics import make_scorer, mean_absolute_error
+from sklearn.model_selection import KFold, cross_validate
 from sklearn.utils import resample
 from sklearn.utils.validation import check_array, check_is_fitted
 
@@ -181,17 +181,31 @@ def _fit_pieces(
         (orders[:, None] - knots[None, :-1]) / np.diff(knots)[None, :], 0.0, 1.0
     )
     root = np.sqrt(weights)
-    coefficients, _ = nnls(design * root[:, None], hours * root)
-    values = np.cumsum(np.maximum(coefficients, 0.0))
+    # Bounded-variable least squares: scipy 1.13's nnls (the newest for Python 3.9) fails on
+    # collinear ramps ("Matrix is singular", "Maximum number of iterations reached").
+    solved = lsq_linear(design * root[:, None], hours * root, bounds=(0.0, np.inf), method="bvls")
+    values = np.cumsum(np.maximum(solved.x, 0.0))
     return Curve(tuple(float(k) for k in knots), tuple(float(v) for v in values))
+
+
+Aggregated = Tuple[FloatArray, FloatArray, FloatArray]
+
+
+def _aggregate(orders: FloatArray, hours: FloatArray) -> Aggregated:
+    """Distinct order counts, their mean hours and their row counts."""
+    # Rows sharing an order count share a design row: fit their means, weighted by count.
+    distinct, inverse = np.unique(orders, return_inverse=True)
+    weights = np.bincount(inverse).astype(np.float64)
+    return distinct, np.bincount(inverse, weights=hours) / weights, weights
 
 
 def fit_curve(orders: FloatArray, hours: FloatArray, family: str) -> Tuple[Curve, float]:
     """Fit one named family; returns the curve and its shape parameter (0 for pieces)."""
-    # Rows sharing an order count share a design row: fit their means, weighted by count.
-    distinct, inverse = np.unique(orders, return_inverse=True)
-    weights = np.bincount(inverse).astype(np.float64)
-    means = np.bincount(inverse, weights=hours) / weights
+    return _fit_family(_aggregate(orders, hours), family)
+
+
+def _fit_family(aggregated: Aggregated, family: str) -> Tuple[Curve, float]:
+    distinct, means, weights = aggregated
     if len(distinct) == 1:
         level = max(float(means[0]), 0.0)
         return Curve((float(distinct[0]), float(distinct[0]) + 1.0), (level, level)), 0.0
@@ -238,17 +252,48 @@ def _one_feature(X: Any) -> FloatArray:
     return column
 
 
-def simplest_within_tolerance(
-    cv_results: Mapping[str, Any], relative: float, absolute: float
-) -> int:
-    """GridSearchCV's ``refit`` rule: the first candidate within tolerance of the lowest MAE.
+class CurveFamilies(RegressorMixin, BaseEstimator):  # type: ignore[misc]
+    """Every candidate family's curve fitted on the same rows: one output column per family.
 
-    Candidates come simplest first; a score within ``relative`` of the lowest, or within
-    ``absolute`` of it (floating-point noise), ties, and a tie goes to the simpler family.
+    Cross-validating it scores all families on each fold for the cost of one pass over the
+    rows (the aggregation by order count is shared), which is what makes choosing a family
+    for thousands of product codes affordable.
     """
-    mae = -np.asarray(cv_results["mean_test_score"], dtype=np.float64)
-    lowest = float(np.min(mae))
-    return int(np.flatnonzero(mae <= lowest + max(relative * lowest, absolute))[0])
+
+    def __init__(self, families: Sequence[str] = DEFAULT_FAMILIES) -> None:
+        self.families = families
+
+    def fit(self, X: Any, y: Any) -> "CurveFamilies":
+        """Fit every family by least squares with non-negative coefficients."""
+        orders, hours = _one_feature(X), np.asarray(y, dtype=np.float64)
+        if hours.shape != orders.shape or not np.isfinite(hours).all():
+            raise ValueError("y must be finite numbers, one per row of X")
+        aggregated = _aggregate(orders, hours)
+        self.curves_ = [_fit_family(aggregated, family)[0] for family in self.families]
+        self.n_features_in_ = 1
+        return self
+
+    def predict(self, X: Any) -> FloatArray:
+        """Each family's estimate (columns in the order of ``families``) for each row."""
+        check_is_fitted(self)
+        orders = _one_feature(X)
+        return np.column_stack([curve.predict(orders) for curve in self.curves_])
+
+
+def column_mae(y_true: Any, y_pred: Any, column: int) -> float:
+    """The MAE of one column of a multi-output prediction (one family of CurveFamilies)."""
+    return float(mean_absolute_error(y_true, np.asarray(y_pred)[:, column]))
+
+
+def simplest_within_tolerance(mae: Sequence[float], relative: float, absolute: float) -> int:
+    """The first candidate (simplest first) whose CV MAE is within tolerance of the lowest.
+
+    A score within ``relative`` of the lowest, or within ``absolute`` of it (floating-point
+    noise), ties, and a tie goes to the simpler family.
+    """
+    scores = np.asarray(mae, dtype=np.float64)
+    lowest = float(np.min(scores))
+    return int(np.flatnonzero(scores <= lowest + max(relative * lowest, absolute))[0])
 
 
 def rounding_scale(hours: FloatArray) -> float:
@@ -272,30 +317,29 @@ def fit_code(
         cv_orders, cv_hours = resample(
             orders, hours, replace=False, n_samples=cv_max_rows, random_state=random_state
         )
-    search = GridSearchCV(
-        MonotoneCurveRegressor(),
-        {"family": list(families)},
-        scoring="neg_mean_absolute_error",
-        cv=KFold(folds, shuffle=True, random_state=random_state),
-        refit=partial(
-            simplest_within_tolerance, relative=relative_tolerance,
-            absolute=rounding_tolerance * rounding_scale(cv_hours),
-        ),
-        error_score="raise",
-    )
     # The data were checked once by the caller: skip scikit-learn's per-call re-validation,
     # which would cost more than the small fits themselves.
     with config_context(assume_finite=True, skip_parameter_validation=True):
-        search.fit(cv_orders[:, None], cv_hours)
-        best = search.best_estimator_
-        if len(cv_orders) < len(orders):
-            best = clone(best).fit(orders[:, None], hours)
-    scores = -np.asarray(search.cv_results_["mean_test_score"], dtype=np.float64)
+        scores = cross_validate(
+            CurveFamilies(tuple(families)), cv_orders[:, None], cv_hours,
+            cv=KFold(folds, shuffle=True, random_state=random_state),
+            # One scorer per family; scikit-learn predicts once per fold for all of them.
+            scoring={
+                family: make_scorer(column_mae, greater_is_better=False, column=i)
+                for i, family in enumerate(families)
+            },
+            error_score="raise",
+        )
+        mae = [-float(np.mean(scores[f"test_{family}"])) for family in families]
+        chosen = simplest_within_tolerance(
+            mae, relative_tolerance, rounding_tolerance * rounding_scale(cv_hours)
+        )
+        best = MonotoneCurveRegressor(families[chosen]).fit(orders[:, None], hours)
     fitted = CodeFit(
         rows=int(len(orders)),
         family=str(best.family),
         parameter=float(best.parameter_),
-        cv_mae={name: float(score) for name, score in zip(families, scores)},
+        cv_mae={name: score for name, score in zip(families, mae)},
         orders_range=(float(orders.min()), float(orders.max())),
     )
     return best.curve_, fitted

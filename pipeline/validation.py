@@ -334,7 +334,8 @@ def _prepare(frame: pd.DataFrame) -> pd.DataFrame:
     # Strip each distinct code once, not every row's copy of it.
     index, unique = pd.factorize(frame[_raw(CODE)])
     stripped = pd.Index(unique).str.strip()
-    lookup = np.append(stripped.where(stripped != "", None).to_numpy(dtype=object), None)
+    lookup = np.append(stripped.where(stripped != "", None).to_numpy(dtype=object),
+                       np.array([None], dtype=object))
     prepared[CODE] = lookup[index]  # position -1 (a missing value) is the appended None
     return prepared
 

@@ -1,7 +1,7 @@
 """The estimator follows scikit-learn's conventions; ties in CV error never hinge on rounding."""
 from __future__ import annotations
 
-from typing import Dict, List, Tuple
+from typing import Tuple
 
 import numpy as np
 import pandas as pd
@@ -13,8 +13,8 @@ from sklearn.model_selection import cross_val_score
 
 from pipeline import estimator as estimator_module
 from pipeline.estimator import (
-    DEFAULT_FAMILIES, DispatchTimeRegressor, MonotoneCurveRegressor, features, fit_code,
-    simplest_within_tolerance,
+    DEFAULT_FAMILIES, CurveFamilies, DispatchTimeRegressor, MonotoneCurveRegressor, features,
+    fit_code, simplest_within_tolerance,
 )
 from pipeline.simulate import simulate_tranche
 
@@ -35,6 +35,18 @@ def test_clone_and_params_round_trip() -> None:
     copy.set_params(folds=4, families=("linear", "pieces-2"))
     assert copy.get_params()["folds"] == 4 and regressor.get_params()["folds"] == 3
     assert clone(MonotoneCurveRegressor("log")).get_params() == {"family": "log"}
+    assert clone(CurveFamilies(("linear",))).get_params() == {"families": ("linear",)}
+
+
+def test_curve_families_predict_one_column_per_family_as_each_family_alone() -> None:
+    rng = np.random.default_rng(2)
+    orders = rng.integers(0, 300, 300).astype(float)[:, None]
+    hours = 1.0 + 0.02 * orders[:, 0] + rng.normal(0.0, 0.3, 300)
+    together = CurveFamilies(DEFAULT_FAMILIES).fit(orders, hours).predict(orders)
+    assert together.shape == (300, len(DEFAULT_FAMILIES))
+    for i, family in enumerate(DEFAULT_FAMILIES):
+        alone = MonotoneCurveRegressor(family).fit(orders, hours).predict(orders)
+        np.testing.assert_array_equal(together[:, i], alone)
 
 
 def test_fitted_state_ends_in_an_underscore_and_is_absent_before_fit() -> None:
@@ -100,19 +112,15 @@ def test_bad_input_is_refused_with_a_clear_error() -> None:
         DispatchTimeRegressor(folds=5, min_rows_per_code=3).fit(X, y)
 
 
-def _results(mae: List[float]) -> Dict[str, np.ndarray]:
-    return {"mean_test_score": -np.asarray(mae)}
-
-
 def test_scores_within_rounding_noise_tie_and_go_to_the_simpler_family() -> None:
     rng = np.random.default_rng(0)
     exact = np.full(len(DEFAULT_FAMILIES), 1e-15)
     for _ in range(1000):
         noisy = exact + rng.uniform(-1e-12, 1e-12, len(exact))
-        assert simplest_within_tolerance(_results(list(noisy)), 0.01, 1e-9) == 0
+        assert simplest_within_tolerance(list(noisy), 0.01, 1e-9) == 0
     # Real differences still decide: 2% better is chosen, 0.5% better is a tie.
-    assert simplest_within_tolerance(_results([1.0, 0.98]), 0.01, 1e-9) == 1
-    assert simplest_within_tolerance(_results([1.0, 0.995]), 0.01, 1e-9) == 0
+    assert simplest_within_tolerance([1.0, 0.98], 0.01, 1e-9) == 1
+    assert simplest_within_tolerance([1.0, 0.995], 0.01, 1e-9) == 0
 
 
 @pytest.mark.parametrize("seed", range(5))
