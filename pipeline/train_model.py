@@ -115,21 +115,23 @@ def split_rows(code_index: npt.NDArray[np.int64], test_fraction: float, seed: in
     """A seeded split holding out ``test_fraction`` of the rows, stratified by product code.
 
     Codes too rare to expect one held-out row are stratified together; a lone such row
-    stays in training; when stratifying is impossible (more codes than held-out rows)
-    the split is plain random, still seeded.
+    stays in training; when stratifying is impossible (more codes than held-out rows) the
+    split is plain random, still seeded; a tranche too small to split holds out nothing.
     """
     counts = np.bincount(code_index)
     labels = np.where(counts[code_index] * test_fraction < 1.0, -1, code_index)
     rows = np.arange(len(code_index))
     kept = rows[labels == -1] if (labels == -1).sum() == 1 else rows[:0]
     pool = np.setdiff1d(rows, kept)
-    try:
-        train, test = train_test_split(
-            pool, test_size=test_fraction, random_state=seed, stratify=labels[pool]
-        )
-    except ValueError:
-        train, test = train_test_split(pool, test_size=test_fraction, random_state=seed)
-    return Split(np.sort(np.concatenate([train, kept])), np.sort(test))
+    for stratify in (labels[pool], None):
+        try:
+            train, test = train_test_split(
+                pool, test_size=test_fraction, random_state=seed, stratify=stratify
+            )
+        except ValueError:
+            continue
+        return Split(np.sort(np.concatenate([train, kept])), np.sort(test))
+    return Split(rows, rows[:0])
 
 
 def features_of(rows: ValidTranche) -> pd.DataFrame:

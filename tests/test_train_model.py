@@ -96,6 +96,9 @@ def test_split_keeps_a_lone_rare_row_in_training_and_survives_many_codes() -> No
     many = np.arange(50).astype(np.int64)  # more codes than held-out rows: plain random
     split = split_rows(many, 0.2, seed=0)
     assert len(split.test) == 10 and len(split.train) == 40
+    for tiny in ([0], [0, 0], [0, 1]):
+        split = split_rows(np.asarray(tiny, dtype=np.int64), 0.2, seed=0)
+        assert sorted(np.concatenate([split.train, split.test])) == list(range(len(tiny)))
 
 
 def test_split_is_seeded_disjoint_complete_and_stratified() -> None:
