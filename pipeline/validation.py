@@ -17,6 +17,7 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -343,7 +344,10 @@ def _prepare(frame: pd.DataFrame) -> pd.DataFrame:
 def _failures(prepared: pd.DataFrame, options: ContractOptions) -> Dict[str, pd.Index]:
     """The lines that break each rule, from one lazy pandera validation of the whole frame."""
     try:
-        contract_schema(options).validate(prepared, lazy=True)
+        with warnings.catch_warnings():
+            # pandera's own use of a pandas API that pandas has deprecated: not our user's news.
+            warnings.simplefilter("ignore", FutureWarning)
+            contract_schema(options).validate(prepared, lazy=True)
     except pa.errors.SchemaErrors as exc:
         cases = exc.failure_cases
         return {
