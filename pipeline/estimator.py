@@ -408,8 +408,8 @@ class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc
         """Fit a curve per product code with enough rows, in parallel over codes."""
         if self.folds < 2 or self.min_rows_per_code < self.folds:
             raise ValueError("need folds >= 2 and min_rows_per_code >= folds")
-        if not self.families:
-            raise ValueError("need at least one candidate family")
+        if not self.families or len(set(self.families)) != len(self.families):
+            raise ValueError("need at least one candidate family, each named once")
         names, index, orders = _columns(X)
         hours = check_array(np.asarray(y), ensure_2d=False, dtype=np.float64)
         if len(hours) != len(orders):

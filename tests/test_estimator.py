@@ -110,6 +110,8 @@ def test_bad_input_is_refused_with_a_clear_error() -> None:
         DispatchTimeRegressor().fit(X, y[:-1])
     with pytest.raises(ValueError, match="min_rows_per_code"):
         DispatchTimeRegressor(folds=5, min_rows_per_code=3).fit(X, y)
+    with pytest.raises(ValueError, match="each named once"):
+        DispatchTimeRegressor(families=("linear", "linear")).fit(X, y)
 
 
 def test_scores_within_rounding_noise_tie_and_go_to_the_simpler_family() -> None:
