@@ -10,12 +10,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from pipeline.artefacts import make_model_version, publish, sha256_hex  # noqa: E402
-from pipeline.model import (  # noqa: E402
-    fit_model,
-    trained_ranges,
-    upper_bound_curve,
-    with_bounds,
-)
+from pipeline.estimator import fit_model  # noqa: E402
+from pipeline.model import trained_ranges, upper_bound_curve, with_bounds  # noqa: E402
 from pipeline.simulate import simulate_tranche  # noqa: E402
 from pipeline.store import open_store  # noqa: E402
 

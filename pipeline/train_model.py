@@ -24,8 +24,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
 
+import joblib
 import numpy as np
 import numpy.typing as npt
+import pandas as pd
+from sklearn.model_selection import train_test_split
 
 from pipeline import artefacts, history
 from pipeline.drift import DEFAULT_DRIFT_THRESHOLD, DriftSummary, tranche_drift
@@ -35,8 +38,10 @@ from pipeline.gates import (
     LogicOptions, MetricThresholds, champion_gate, evaluate, logic_gates, metric_gates,
     observed_ranges,
 )
-from pipeline.model import DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE, DispatchModel, FitResult
-from pipeline.model import fit_encoded
+from pipeline.estimator import (
+    DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE, DispatchTimeRegressor, FitResult,
+)
+from pipeline.model import DispatchModel
 from pipeline.report import FAILED, KEPT, PUBLISHED, REJECTED, UNCHANGED, Points, RunRecord
 from pipeline.report import write_report
 from pipeline.store import (
@@ -87,6 +92,7 @@ class TrainOptions:
     store_timeout: float = DEFAULT_TIMEOUT_SECONDS
     force: bool = False
     report: bool = True
+    n_jobs: int = 1
 
 
 class Split(NamedTuple):
@@ -116,21 +122,45 @@ class Trained(NamedTuple):
 
 
 def split_rows(code_index: npt.NDArray[np.int64], test_fraction: float, seed: int) -> Split:
-    """A seeded split holding out ``test_fraction`` (rounded) of every product code's rows."""
-    shuffled = np.random.default_rng(seed).permutation(len(code_index))
-    order = shuffled[np.argsort(code_index[shuffled], kind="stable")]
+    """A seeded split holding out ``test_fraction`` of the rows, stratified by product code.
+
+    Codes too rare to expect one held-out row are stratified together; a lone such row
+    stays in training; when stratifying is impossible (more codes than held-out rows) the
+    split is plain random, still seeded; a tranche too small to split holds out nothing.
+    """
     counts = np.bincount(code_index)
-    starts = np.repeat(np.cumsum(counts) - counts, counts)
-    held = (np.arange(len(order)) - starts) < np.repeat(np.round(counts * test_fraction), counts)
-    return Split(np.sort(order[~held]), np.sort(order[held]))
+    labels = np.where(counts[code_index] * test_fraction < 1.0, -1, code_index)
+    rows = np.arange(len(code_index))
+    kept = rows[labels == -1] if (labels == -1).sum() == 1 else rows[:0]
+    pool = np.setdiff1d(rows, kept)
+    for stratify in (labels[pool], None):
+        try:
+            train, test = train_test_split(
+                pool, test_size=test_fraction, random_state=seed, stratify=stratify
+            )
+        except ValueError:
+            continue
+        return Split(np.sort(np.concatenate([train, kept])), np.sort(test))
+    return Split(rows, rows[:0])
+
+
+def features_of(rows: ValidTranche) -> pd.DataFrame:
+    """The estimator's input for some rows: product code (categorical) and orders placed."""
+    codes = pd.Categorical.from_codes(rows.code_index, categories=list(rows.product_codes))
+    return pd.DataFrame({"product_code": codes, "orders_placed": rows.orders_placed})
+
+
+def estimator(options: TrainOptions) -> DispatchTimeRegressor:
+    """The model's estimator with the stage's settings."""
+    return DispatchTimeRegressor(
+        folds=options.folds, min_rows_per_code=options.min_rows_per_code,
+        random_state=options.seed, n_jobs=options.n_jobs,
+    )
 
 
 def fit(rows: ValidTranche, options: TrainOptions) -> FitResult:
     """The model's fit on some rows, with the stage's settings."""
-    return fit_encoded(
-        rows.product_codes, rows.code_index, rows.orders_placed, rows.hours_to_dispatch,
-        folds=options.folds, min_rows_per_code=options.min_rows_per_code, seed=options.seed,
-    )
+    return estimator(options).fit(features_of(rows), rows.hours_to_dispatch).fit_result()
 
 
 def label_bound_gates(
@@ -217,12 +247,12 @@ def git_commit() -> str:
 
 def library_versions() -> Dict[str, str]:
     """Versions of Python and the libraries the stage used."""
-    import polars
-
-    versions = {"python": platform.python_version(), "numpy": np.__version__,
-                "polars": polars.__version__}
-    for name in ("boto3", "botocore", "scipy"):
-        module = sys.modules.get(name)
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for name, module_name in (
+        ("pandas", "pandas"), ("pandera", "pandera"), ("scikit-learn", "sklearn"),
+        ("scipy", "scipy"), ("joblib", "joblib"), ("boto3", "boto3"), ("botocore", "botocore"),
+    ):
+        module = sys.modules.get(module_name)
         if module is not None:
             versions[name] = str(getattr(module, "__version__", "unknown"))
     return versions
@@ -528,6 +558,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
         help="share of every product code's rows held out for the gates")
     add("--seed", type=int, default=DEFAULT_SEED, help="seed of the split and the CV folds")
     add("--folds", type=int, default=DEFAULT_FOLDS, help="cross-validation folds choosing curves")
+    add("--n-jobs", type=int, default=joblib.cpu_count(),
+        help="processes fitting product codes in parallel (default: the usable CPUs)")
     add("--r2-min", type=float, default=DEFAULT_R2_MIN, help="fail when held-out R² is below")
     add("--r2-warn", type=float, default=DEFAULT_R2_WARN, help="warn when held-out R² is below")
     add("--mae-max", type=float, default=DEFAULT_MAE_MAX,
@@ -561,6 +593,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
             (args.min_rows < 1, "--min-rows must be at least 1"),
             (args.min_rows_per_code < args.folds, "--min-rows-per-code must be >= --folds"),
             (args.folds < 2, "--folds must be at least 2"),
+            (args.n_jobs < 1, "--n-jobs must be at least 1"),
             (not args.max_hours > 0, "--max-hours must be positive"),
             (args.r2_warn < args.r2_min, "--r2-warn must be >= --r2-min"),
             (args.mae_warn > args.mae_max, "--mae-warn must be <= --mae-max"),
@@ -588,6 +621,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
         store_timeout=args.store_timeout,
         force=args.force,
         report=args.report,
+        n_jobs=args.n_jobs,
     )
     return args.store, options, args.log_level
 

@@ -2,10 +2,11 @@
 
 Structural checks (empty, binary, not UTF-8, wrong delimiter, no header, no data
 rows, missing columns) come first; then every row rule below is evaluated at once
-over the whole file as polars expressions, and every violation is reported
-together: which rule, how many rows, and a few example rows with their line
-numbers. Numeric columns are read as text and cast leniently, so a value that
-is not a number is a violation with examples, never a crash.
+over the whole file as one lazy validation of a pandera schema (a named check
+per rule), and every violation is reported together: which rule, how many rows,
+and a few example rows with their line numbers. pandas reads every column as
+text and numbers are parsed leniently, so a value that is not a number is a
+violation with examples, never a crash.
 
 Decisions: columns beyond the three required ones are ignored (and reported);
 blank lines are skipped; surrounding whitespace is stripped from every value;
@@ -15,14 +16,15 @@ from __future__ import annotations
 
 import codecs
 import csv
-import inspect
 import io
+import warnings
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
-import polars as pl
+import pandas as pd
+import pandera.pandas as pa
 
 HOURS = "hours_to_dispatch"
 ORDERS = "orders_placed"
@@ -40,8 +42,8 @@ def _number(column: str) -> str:
     return f"__{column}_number"
 
 
-def _text(column: str) -> str:
-    return f"__{column}_text"
+def _raw(column: str) -> str:
+    return f"__{column}_raw"
 
 
 @dataclass(frozen=True)
@@ -105,70 +107,85 @@ class DataContractError(Exception):
         super().__init__(f"{count} rule{'s' if count != 1 else ''} broken: {summary}")
 
 
+Flags = Callable[[pd.Series], pd.Series]
+
+
 @dataclass(frozen=True)
 class RowRule:
-    """A declarative row rule: ``flags`` is true on every row that breaks it."""
+    """A declarative row rule on one column of the prepared frame: ``ok`` is true where kept."""
 
     name: str
     description: str
-    columns: Tuple[str, ...]
-    flags: pl.Expr
+    column: str
+    shown: Tuple[str, ...]
+    ok: Flags
+    ignore_na: bool = True
+
+
+def _parse(text: pd.Series) -> pd.Series:
+    """Numbers from text (surrounding blanks allowed): NaN where missing or not a number.
+
+    A spelled-out NaN is a number that is not finite, never "not a number": it becomes inf,
+    which keeps it out of the missing values the other rules skip.
+    """
+    numbers = pd.to_numeric(text, errors="coerce").astype(np.float64)
+    failed = numbers.isna() & text.notna()
+    if failed.any():
+        spelled = text[failed].astype(str).str.strip().str.lower().str.lstrip("+-").eq("nan")
+        numbers[spelled[spelled].index] = np.inf
+    return numbers
+
+
+def _is_number(text: pd.Series) -> pd.Series:
+    parsed: pd.Series = _parse(text).notna()
+    return parsed
 
 
 def row_rules(options: ContractOptions) -> Tuple[RowRule, ...]:
-    """The row rules of the contract, as polars expressions over the prepared frame."""
+    """The row rules of the contract, as checks on the columns of the prepared frame."""
     rules: List[RowRule] = [
         RowRule(
-            "extra_fields",
-            "a row has more fields than the header",
-            (_EXTRA,),
-            pl.col(_EXTRA).is_not_null(),
+            "extra_fields", "a row has more fields than the header", _EXTRA, (_EXTRA,),
+            lambda extra: extra.isna(), ignore_na=False,
         )
     ]
     for column in REQUIRED_COLUMNS:
-        rules.append(
-            RowRule(
-                f"{column}_missing",
-                f"{column} must not be empty or missing",
-                (column,),
-                pl.col(_text(column)).is_null(),
-            )
-        )
+        rules.append(RowRule(
+            f"{column}_missing", f"{column} must not be empty or missing", column, (column,),
+            lambda text: text.notna(), ignore_na=False,
+        ))
     for column in (ORDERS, HOURS):
-        number = pl.col(_number(column))
+        number = _number(column)
         rules += [
-            RowRule(
-                f"{column}_not_a_number",
-                f"{column} must be a number",
-                (column,),
-                pl.col(_text(column)).is_not_null() & number.is_null(),
-            ),
-            RowRule(
-                f"{column}_not_finite", f"{column} must be finite", (column,),
-                ~number.is_finite(),
-            ),
-            RowRule(
-                f"{column}_negative", f"{column} must be >= 0", (column,),
-                number.is_finite() & (number < 0),
-            ),
+            RowRule(f"{column}_not_a_number", f"{column} must be a number", column, (column,),
+                    _is_number),
+            RowRule(f"{column}_not_finite", f"{column} must be finite", number, (column,),
+                    lambda x: pd.Series(np.isfinite(x), index=x.index)),
+            RowRule(f"{column}_negative", f"{column} must be >= 0", number, (column,),
+                    lambda x: ~(np.isfinite(x) & (x < 0))),
         ]
-    orders = pl.col(_number(ORDERS))
-    hours = pl.col(_number(HOURS))
+    max_hours = options.max_hours
     rules += [
-        RowRule(
-            f"{ORDERS}_not_whole",
-            f"{ORDERS} must be a whole count",
-            (ORDERS,),
-            orders.is_finite() & (orders != orders.floor()),
-        ),
-        RowRule(
-            f"{HOURS}_above_max",
-            f"{HOURS} must be at most {options.max_hours:g}",
-            (HOURS,),
-            hours.is_finite() & (hours > options.max_hours),
-        ),
+        RowRule(f"{ORDERS}_not_whole", f"{ORDERS} must be a whole count", _number(ORDERS),
+                (ORDERS,), lambda x: ~(np.isfinite(x) & (x != np.floor(x)))),
+        RowRule(f"{HOURS}_above_max", f"{HOURS} must be at most {max_hours:g}", _number(HOURS),
+                (HOURS,), lambda x: ~(np.isfinite(x) & (x > max_hours))),
     ]
     return tuple(rules)
+
+
+def contract_schema(options: ContractOptions) -> pa.DataFrameSchema:
+    """The pandera schema of a prepared tranche: one named check per row rule."""
+    checks: Dict[str, List[pa.Check]] = {}
+    for rule in row_rules(options):
+        checks.setdefault(rule.column, []).append(pa.Check(
+            rule.ok, name=rule.name, description=rule.description, ignore_na=rule.ignore_na
+        ))
+    columns = {
+        name: pa.Column(float if name.endswith("_number") else None, checks=found, nullable=True)
+        for name, found in checks.items()
+    }
+    return pa.DataFrameSchema(columns, name="time_to_dispatch tranche")
 
 
 @dataclass(frozen=True)
@@ -210,7 +227,7 @@ class ValidTranche:
 
 @dataclass(frozen=True)
 class _Read:
-    frame: pl.DataFrame
+    frame: pd.DataFrame
     ignored_columns: Tuple[str, ...]
 
 
@@ -270,86 +287,108 @@ def _read(data: bytes) -> _Read:
         ))
     if problems:
         raise DataContractError(problems)
-    positional = [f"__c{i}" for i in range(len(names))] + [_EXTRA]
-    options: Dict[str, Any] = {}
-    if "missing_columns" in inspect.signature(pl.read_csv).parameters:
-        options["missing_columns"] = "insert"  # polars >= 2: let the sentinel column be absent
+    fields = max(len(names), _most_fields(body))
+    positional = [f"__c{i}" for i in range(fields)]
     try:
-        raw = pl.read_csv(
-            io.BytesIO(body),
-            has_header=False,
-            skip_rows=1,
-            new_columns=positional,
-            schema={name: pl.String for name in positional},
-            infer_schema=False,
-            truncate_ragged_lines=True,
-            **options,
+        raw = pd.read_csv(
+            io.BytesIO(body), header=None, skiprows=1, names=positional, dtype=str,
+            na_filter=False, skip_blank_lines=False, encoding="utf-8", engine="c",
         )
-    except pl.exceptions.PolarsError as exc:
+    except (ValueError, pd.errors.ParserError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise DataContractError([Violation(
             "unreadable_csv", f"the file cannot be parsed as CSV: {message}"
         )]) from None
-    columns = {name: f"__c{names.index(name)}" for name in REQUIRED_COLUMNS}
-    frame = raw.with_row_index(_LINE, offset=2).select(
-        [pl.col(_LINE), pl.col(_EXTRA)] + [pl.col(columns[c]).alias(c) for c in REQUIRED_COLUMNS]
+    raw.index = pd.RangeIndex(2, 2 + len(raw), name=_LINE)
+    maybe_blank = raw[raw.iloc[:, 0].eq("")]
+    if len(maybe_blank):
+        raw = raw.drop(maybe_blank.index[maybe_blank.eq("").all(axis=1)])
+    frame = pd.DataFrame(
+        {_raw(c): raw[f"__c{names.index(c)}"] for c in REQUIRED_COLUMNS}, index=raw.index
     )
-    blank = pl.all_horizontal([pl.col(c).is_null() for c in REQUIRED_COLUMNS + (_EXTRA,)])
-    frame = frame.filter(~blank)
+    extra = raw[positional[len(names):]]
+    frame[_EXTRA] = extra.replace("", None).bfill(axis=1).iloc[:, 0] if extra.shape[1] else None
     ignored = tuple(n for n in names if n not in REQUIRED_COLUMNS)
     return _Read(frame, ignored)
 
 
-def _prepare(frame: pl.DataFrame) -> pl.DataFrame:
-    """Add stripped text (empty -> null) and leniently cast numbers beside the raw columns."""
-    texts = [
-        pl.col(c).str.strip_chars().replace("", None).alias(_text(c)) for c in REQUIRED_COLUMNS
-    ]
-    prepared = frame.with_columns(texts)
-    return prepared.with_columns([
-        pl.col(_text(c)).cast(pl.Float64, strict=False).alias(_number(c)) for c in (ORDERS, HOURS)
-    ])
+def _most_fields(body: bytes) -> int:
+    """An upper bound of the fields on any line (quoted commas count too), one pass in numpy."""
+    buffer = np.frombuffer(body, dtype=np.uint8)
+    newlines = np.flatnonzero(buffer == ord("\n"))
+    commas = np.flatnonzero(buffer == ord(","))
+    if not len(commas):
+        return 1
+    return int(np.bincount(np.searchsorted(newlines, commas)).max()) + 1
 
 
-def _examples(
-    prepared: pl.DataFrame, flags: pl.Series, rule: RowRule, limit: int
-) -> Tuple[Example, ...]:
-    shown = [c for c in rule.columns if c != _EXTRA] or [_EXTRA]
-    picked = prepared.filter(flags).head(limit).select([_LINE] + shown)
-    labels = ["first extra field" if c == _EXTRA else c for c in shown]
-    return tuple(
-        Example(int(row[0]), tuple(zip(labels, (None if v is None else str(v) for v in row[1:]))))
-        for row in picked.iter_rows()
-    )
+def _prepare(frame: pd.DataFrame) -> pd.DataFrame:
+    """Beside the raw columns: text (blank -> missing), numbers, and product codes stripped."""
+    prepared = frame.copy()
+    for column in (ORDERS, HOURS):
+        raw = frame[_raw(column)]
+        numbers = _parse(raw)
+        unparsed = raw[numbers.isna()]
+        blank = unparsed.index[unparsed.str.strip().eq("")]
+        prepared[column] = raw.mask(raw.index.isin(blank), None)
+        prepared[_number(column)] = numbers
+    # Strip each distinct code once, not every row's copy of it.
+    index, unique = pd.factorize(frame[_raw(CODE)])
+    stripped = pd.Index(unique).str.strip()
+    lookup = np.append(stripped.where(stripped != "", None).to_numpy(dtype=object),
+                       np.array([None], dtype=object))
+    prepared[CODE] = lookup[index]  # position -1 (a missing value) is the appended None
+    return prepared
+
+
+def _failures(prepared: pd.DataFrame, options: ContractOptions) -> Dict[str, pd.Index]:
+    """The lines that break each rule, from one lazy pandera validation of the whole frame."""
+    try:
+        with warnings.catch_warnings():
+            # pandera's own use of a pandas API that pandas has deprecated: not our user's news.
+            warnings.simplefilter("ignore", FutureWarning)
+            contract_schema(options).validate(prepared, lazy=True)
+    except pa.errors.SchemaErrors as exc:
+        cases = exc.failure_cases
+        return {
+            str(rule): pd.Index(lines.unique()).sort_values()
+            for rule, lines in cases.groupby("check", sort=False)["index"]
+        }
+    return {}
+
+
+def _example(prepared: pd.DataFrame, rule: RowRule, line: int) -> Example:
+    labels = ["first extra field" if c == _EXTRA else c for c in rule.shown]
+    values = [prepared.at[line, c if c == _EXTRA else _raw(c)] for c in rule.shown]
+    return Example(int(line), tuple(
+        (label, None if pd.isna(value) or value == "" else str(value))
+        for label, value in zip(labels, values)
+    ))
 
 
 def evaluate(
-    prepared: pl.DataFrame, options: ContractOptions
-) -> Tuple[Tuple[Violation, ...], pl.Series]:
+    prepared: pd.DataFrame, options: ContractOptions
+) -> Tuple[Tuple[Violation, ...], npt.NDArray[np.bool_]]:
     """Every rule over every row at once: the violations and a per-row 'breaks nothing' mask."""
-    rules = row_rules(options)
-    flags = prepared.select([r.flags.fill_null(False).alias(r.name) for r in rules])
-    counts = flags.sum().row(0)
+    failures = _failures(prepared, options)
     violations: List[Violation] = []
-    for rule, count in zip(rules, counts):
-        if count:
-            examples = _examples(prepared, flags[rule.name], rule, options.examples)
-            violations.append(Violation(rule.name, rule.description, int(count), examples))
-    clean = ~flags.select(pl.any_horizontal(pl.all())).to_series()
+    for rule in row_rules(options):
+        lines = failures.get(rule.name)
+        if lines is not None and len(lines):
+            examples = tuple(_example(prepared, rule, line) for line in lines[:options.examples])
+            violations.append(Violation(rule.name, rule.description, len(lines), examples))
+    broken = [np.asarray(lines) for lines in failures.values()]
+    clean: npt.NDArray[np.bool_] = ~prepared.index.isin(np.concatenate(broken) if broken else [])
     return tuple(violations), clean
 
 
-def _tranche(frame: pl.DataFrame, ignored: Tuple[str, ...]) -> ValidTranche:
-    codes = frame[_text(CODE)]
-    unique = codes.unique().sort()
-    index = codes.replace_strict(
-        unique, pl.int_range(len(unique), eager=True), return_dtype=pl.Int64
-    ).to_numpy()
+def _tranche(frame: pd.DataFrame, ignored: Tuple[str, ...]) -> ValidTranche:
+    index, unique = pd.factorize(frame[CODE], sort=True)
     return ValidTranche(
-        tuple(str(c) for c in unique.to_list()),
+        tuple(str(c) for c in unique),
         np.ascontiguousarray(index, dtype=np.int64),
-        frame[_number(ORDERS)].to_numpy().astype(np.float64),
-        frame[_number(HOURS)].to_numpy().astype(np.float64),
+        frame[_number(ORDERS)].to_numpy(dtype=np.float64),
+        frame[_number(HOURS)].to_numpy(dtype=np.float64),
         ignored,
     )
 
@@ -360,10 +399,10 @@ def validate_tranche(data: bytes, options: ContractOptions = ContractOptions()) 
     prepared = _prepare(read.frame)
     violations, _ = evaluate(prepared, options)
     problems = list(violations)
-    if prepared.height < options.min_rows:
+    if len(prepared) < options.min_rows:
         problems.append(Violation(
             "too_few_rows",
-            f"the tranche has {prepared.height} data rows; at least {options.min_rows} needed",
+            f"the tranche has {len(prepared)} data rows; at least {options.min_rows} needed",
         ))
     if problems:
         raise DataContractError(problems)
@@ -378,4 +417,4 @@ def usable_rows(data: bytes) -> Optional[ValidTranche]:
         return None
     prepared = _prepare(read.frame)
     _, clean = evaluate(prepared, ContractOptions(min_rows=0, max_hours=float("inf")))
-    return _tranche(prepared.filter(clean), read.ignored_columns)
+    return _tranche(prepared[clean], read.ignored_columns)

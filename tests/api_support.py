@@ -23,11 +23,11 @@ from pipeline.artefacts import (
     read_pointer,
     sha256_hex,
 )
+from pipeline.estimator import fit_model
 from pipeline.model import (
     FORMAT,
     DispatchModel,
     OrdersRange,
-    fit_model,
     trained_ranges,
     upper_bound_curve,
     with_bounds,
@@ -78,7 +78,7 @@ def model_bytes(seed: int = 1, codes: Tuple[str, ...] = CODES, version: int = 2)
     """
     tranche = simulate_tranche(1000, seed=seed, product_codes=codes)
     orders = tranche.orders_placed.astype(np.float64)
-    fit = fit_model(tranche.product_code, orders, tranche.hours_to_dispatch, seed=seed)
+    fit = fit_model(tranche.product_code, orders, tranche.hours_to_dispatch, random_state=seed)
     if version == 1:
         return v1_artefact(fit.model)
     ranges = trained_ranges(list(tranche.product_code), orders)

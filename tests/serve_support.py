@@ -19,7 +19,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from pipeline.artefacts import make_model_version, publish, read_pointer, sha256_hex
-from pipeline.model import DispatchModel, fit_model
+from pipeline.estimator import fit_model
+from pipeline.model import DispatchModel
 from pipeline.simulate import simulate_tranche
 from pipeline.store import open_store
 from tests.conftest import PIPELINE_DIR, PYTHON, REPO_ROOT, free_port, publish_unchecked

@@ -7,15 +7,8 @@ from typing import Any, Dict
 import numpy as np
 import pytest
 
-from pipeline.model import (
-    DEFAULT_FAMILIES,
-    Curve,
-    DispatchModel,
-    ModelFormatError,
-    fit_code,
-    fit_model,
-    nonnegative_least_squares,
-)
+from pipeline.estimator import DEFAULT_FAMILIES, fit_code, fit_model
+from pipeline.model import Curve, DispatchModel, ModelFormatError
 from pipeline.simulate import noise_floor_mae, simulate_tranche
 
 ACCURACY_MARGIN = 1.03
@@ -57,8 +50,11 @@ def test_decreasing_data_gives_a_flat_not_a_falling_curve() -> None:
 
 
 def test_a_straight_line_is_recovered_and_chosen_as_linear() -> None:
+    # Noise-free: several families fit exactly, their CV errors differ only by rounding,
+    # and such a tie goes to the simplest family on any CPU.
     orders = np.tile(np.arange(0.0, 200.0), 3)
     curve, fit = fit_code(orders, 2.0 + 0.05 * orders)
+    assert fit.cv_mae["linear"] < 1e-9
     assert fit.family == "linear"
     assert curve.predict_one(100.0) == pytest.approx(7.0, abs=1e-6)
     assert curve.predict_one(400.0) == pytest.approx(22.0, abs=1e-6)
@@ -107,16 +103,6 @@ def test_predict_one_agrees_with_the_vectorised_predict() -> None:
 def test_unknown_code_is_a_key_error() -> None:
     with pytest.raises(KeyError):
         _fit(300, seed=1, shape="linear").predict_one("SKU999", 10)
-
-
-def test_nonnegative_least_squares_matches_scipy() -> None:
-    scipy_optimize = pytest.importorskip("scipy.optimize")
-    rng = np.random.default_rng(2)
-    for _ in range(200):
-        a = rng.normal(size=(15, 6))
-        b = rng.normal(size=15)
-        expected = scipy_optimize.nnls(a, b)[0]
-        assert np.allclose(nonnegative_least_squares(a, b), expected, atol=1e-8)
 
 
 def test_json_round_trip_is_exact_and_canonical() -> None:

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline.model import Curve, DispatchModel, ModelFormatError, fit_model
+from pipeline.estimator import fit_model
+from pipeline.model import Curve, DispatchModel, ModelFormatError
 
 # The largest order count the fuzzing offers: far beyond any real week's trade.
 MAX_ORDERS = 1e9

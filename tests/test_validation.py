@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from pipeline.simulate import simulate_tranche
 from pipeline.validation import (
-    ContractOptions, DataContractError, row_rules, usable_rows, validate_tranche,
+    ContractOptions, DataContractError, contract_schema, row_rules, usable_rows, validate_tranche,
 )
 
 HEADER = "hours_to_dispatch,orders_placed,product_code"
@@ -55,6 +55,12 @@ def test_every_rule_has_a_name_and_a_description() -> None:
     rules = row_rules(ContractOptions())
     assert len({r.name for r in rules}) == len(rules)
     assert all(r.description for r in rules)
+
+
+def test_the_row_rules_are_the_checks_of_one_pandera_schema() -> None:
+    schema = contract_schema(ContractOptions())
+    checks = [check.name for column in schema.columns.values() for check in column.checks]
+    assert sorted(checks) == sorted(r.name for r in row_rules(ContractOptions()))
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,464 @@
+"""The model as a scikit-learn estimator: one monotone, non-negative curve per product code.
+
+Training only (the service loads the exported JSON knots with ``pipeline.model``
+and needs neither scikit-learn nor pandas).
+
+Per product code, ``cross_validate`` (``KFold``, MAE from ``sklearn.metrics``) scores
+every candidate family at once through ``CurveFamilies`` and picks one of: a straight
+line, four one-parameter curved shapes (saturating exponential, log, power, and a line
+capped at a level) and piecewise-linear ramps with 2, 4 or 8 pieces. Every family is
+least squares with all coefficients >= 0 (bounded-variable least squares, or a closed
+form for the curved shapes, whose parameter is profiled on a grid inside ``fit``), so
+no curve falls as orders grow and none starts below 0. The simplest family whose CV
+MAE is within 1% of the lowest, or within floating-point noise of it (1e-9 of the
+labels' scale), wins: rounding never makes the choice. Codes with more rows than
+``cv_max_rows`` choose on a seeded sample of that many rows and fit the chosen family
+on all of them. Codes are fitted in parallel through joblib (``n_jobs``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from joblib import Parallel, delayed, effective_n_jobs
+from scipy.optimize import lsq_linear
+from sklearn import config_context
+from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.metrics import make_scorer, mean_absolute_error
+from sklearn.model_selection import KFold, cross_validate
+from sklearn.utils import resample
+from sklearn.utils.validation import check_array, check_is_fitted
+
+from pipeline.model import Curve, DispatchModel, rows_by_code
+
+CODE = "product_code"
+ORDERS = "orders_placed"
+DEFAULT_FAMILIES: Tuple[str, ...] = (
+    "linear", "saturating", "log", "power", "capped", "pieces-2", "pieces-4", "pieces-8"
+)
+DEFAULT_FOLDS = 5
+DEFAULT_MIN_ROWS_PER_CODE = 30
+DEFAULT_CV_MAX_ROWS = 20_000
+SIMPLER_TOLERANCE = 0.01
+ROUNDING_TOLERANCE = 1e-9
+CODES_PER_WORKER = 50
+CURVE_GRID_POINTS = 129
+QUANTILE_GRID = np.linspace(0.0, 1.0, 33)
+CURVED_PARAMETERS: Dict[str, npt.NDArray[np.float64]] = {
+    "saturating": np.geomspace(0.02, 5.0, 96),
+    "log": np.geomspace(0.01, 5.0, 96),
+    "power": np.linspace(0.05, 0.95, 37),
+    "capped": np.linspace(0.02, 0.98, 49),
+}
+
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True)
+class CodeFit:
+    """How one product code was fitted: rows, the family chosen and every family's CV MAE."""
+
+    rows: int
+    family: str
+    parameter: float
+    cv_mae: Dict[str, float]
+    orders_range: Tuple[float, float] = (0.0, 0.0)
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """A fitted model, the choice made per code, and the codes too rare to learn."""
+
+    model: DispatchModel
+    fits: Dict[str, CodeFit]
+    skipped: Dict[str, int] = field(default_factory=dict)
+
+
+def _quantiles(values: FloatArray, weights: FloatArray, levels: FloatArray) -> FloatArray:
+    """Quantiles of sorted distinct values repeated ``weights`` times (as np.quantile)."""
+    cumulative = np.cumsum(weights)
+    positions = levels * (cumulative[-1] - 1.0)
+    below = values[np.searchsorted(cumulative, np.floor(positions), side="right")]
+    above = values[np.searchsorted(cumulative, np.ceil(positions), side="right")]
+    result: FloatArray = below + (above - below) * (positions - np.floor(positions))
+    return result
+
+
+def _raw_shape(kind: str, x: FloatArray, scale: FloatArray) -> FloatArray:
+    """An increasing transform of order counts, one column per shape parameter."""
+    if kind == "saturating":
+        result: FloatArray = -np.exp(-x / scale)
+    elif kind == "log":
+        result = np.log1p(x / scale)
+    elif kind == "capped":
+        result = np.minimum(x, scale)
+    else:
+        result = x ** scale
+    return result
+
+
+def _shapes(
+    kind: str, x: FloatArray, low: float, high: float, only: Optional[int] = None
+) -> FloatArray:
+    """Increasing shapes of one kind, a column per parameter, 0 at ``low`` and 1 at ``high``."""
+    grid = CURVED_PARAMETERS[kind]
+    parameters = (grid if only is None else grid[only:only + 1])[None, :]
+    if kind == "power":
+        scale = parameters
+    elif kind == "capped":
+        scale = low + parameters * (high - low)
+    else:
+        scale = parameters * (high - low)
+    bottom = _raw_shape(kind, np.array([[low]]), scale)
+    top = _raw_shape(kind, np.array([[high]]), scale)
+    with np.errstate(all="ignore"):
+        shaped: FloatArray = (_raw_shape(kind, np.maximum(x, 0.0)[:, None], scale) - bottom) / (
+            top - bottom
+        )
+    return shaped
+
+
+def _fit_curved(
+    orders: FloatArray, hours: FloatArray, weights: FloatArray, kind: str
+) -> Tuple[Curve, float]:
+    """Best a + b * shape(x) with a, b >= 0 over the kind's whole parameter grid in closed form.
+
+    Weighted least squares of two coefficients has a closed form, so every parameter on the
+    grid is solved at once from a few sums: a profile no library offers, and the reason a
+    grid search over the shape parameter costs no more than one fit.
+    """
+    low, high = float(orders[0]), float(orders[-1])
+    g = _shapes(kind, orders, low, high)
+    n = float(weights.sum())
+    sy, syy = float(weights @ hours), float(weights @ (hours * hours))
+    sg, sgg, sgy = weights @ g, weights @ (g * g), (weights * hours) @ g
+    with np.errstate(all="ignore"):
+        b = (sgy - sg * sy / n) / (sgg - sg * sg / n)
+        a = (sy - b * sg) / n
+        through_zero = np.maximum(sgy / sgg, 0.0)
+    options = [
+        (np.where((a >= 0) & (b >= 0), a, np.nan), np.where((a >= 0) & (b >= 0), b, np.nan)),
+        (np.full_like(sg, max(sy / n, 0.0)), np.zeros_like(sg)),
+        (np.zeros_like(sg), through_zero),
+    ]
+    best = (np.inf, 0.0, 0.0, 0)
+    for oa, ob in options:
+        with np.errstate(all="ignore"):
+            sse = syy - 2 * oa * sy - 2 * ob * sgy + n * oa * oa + 2 * oa * ob * sg + ob * ob * sgg
+        sse = np.where(np.isfinite(sse), sse, np.inf)
+        i = int(np.argmin(sse))
+        if sse[i] < best[0]:
+            best = (float(sse[i]), float(oa[i]), float(ob[i]), i)
+    _, a0, b0, i = best
+    span = high - low
+    grid = np.unique(
+        np.concatenate(
+            (
+                np.linspace(0.0, high + span, CURVE_GRID_POINTS),
+                low + span * np.geomspace(1e-4, 1.0, CURVE_GRID_POINTS // 2),
+                _quantiles(orders, weights, QUANTILE_GRID),
+            )
+        )
+    )
+    with np.errstate(all="ignore"):
+        values = a0 + b0 * _shapes(kind, grid, low, high, only=i)[:, 0]
+    values = np.maximum.accumulate(np.maximum(values, 0.0))
+    curve = Curve(tuple(float(k) for k in grid), tuple(float(v) for v in values))
+    return curve, float(CURVED_PARAMETERS[kind][i])
+
+
+def _fit_pieces(
+    orders: FloatArray, hours: FloatArray, weights: FloatArray, segments: int
+) -> Curve:
+    """A level plus ramps between quantile knots, every coefficient >= 0: it never falls."""
+    knots: FloatArray = np.unique(_quantiles(orders, weights, np.linspace(0.0, 1.0, segments + 1)))
+    design = np.empty((len(orders), len(knots)), dtype=np.float64)
+    design[:, 0] = 1.0
+    design[:, 1:] = np.clip(
+        (orders[:, None] - knots[None, :-1]) / np.diff(knots)[None, :], 0.0, 1.0
+    )
+    root = np.sqrt(weights)
+    # Bounded-variable least squares: scipy 1.13's nnls (the newest for Python 3.9) fails on
+    # collinear ramps ("Matrix is singular", "Maximum number of iterations reached").
+    solved = lsq_linear(design * root[:, None], hours * root, bounds=(0.0, np.inf), method="bvls")
+    values = np.cumsum(np.maximum(solved.x, 0.0))
+    return Curve(tuple(float(k) for k in knots), tuple(float(v) for v in values))
+
+
+Aggregated = Tuple[FloatArray, FloatArray, FloatArray]
+
+
+def _aggregate(orders: FloatArray, hours: FloatArray) -> Aggregated:
+    """Distinct order counts, their mean hours and their row counts."""
+    # Rows sharing an order count share a design row: fit their means, weighted by count.
+    distinct, inverse = np.unique(orders, return_inverse=True)
+    weights = np.bincount(inverse).astype(np.float64)
+    return distinct, np.bincount(inverse, weights=hours) / weights, weights
+
+
+def fit_curve(orders: FloatArray, hours: FloatArray, family: str) -> Tuple[Curve, float]:
+    """Fit one named family; returns the curve and its shape parameter (0 for pieces)."""
+    return _fit_family(_aggregate(orders, hours), family)
+
+
+def _fit_family(aggregated: Aggregated, family: str) -> Tuple[Curve, float]:
+    distinct, means, weights = aggregated
+    if len(distinct) == 1:
+        level = max(float(means[0]), 0.0)
+        return Curve((float(distinct[0]), float(distinct[0]) + 1.0), (level, level)), 0.0
+    kind, _, value = family.partition("-")
+    if kind == "linear":
+        return _fit_pieces(distinct, means, weights, 1), 0.0
+    if kind == "pieces":
+        return _fit_pieces(distinct, means, weights, int(value)), 0.0
+    if kind in CURVED_PARAMETERS:
+        curve, parameter = _fit_curved(distinct, means, weights, kind)
+        if np.isfinite(curve.values).all():
+            return curve, parameter
+        return _fit_pieces(distinct, means, weights, 1), 0.0
+    raise ValueError(f"unknown model family {family!r}")
+
+
+class MonotoneCurveRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
+    """One family's monotone, non-negative curve of hours on one feature (orders placed)."""
+
+    def __init__(self, family: str = "linear") -> None:
+        self.family = family
+
+    def fit(self, X: Any, y: Any) -> "MonotoneCurveRegressor":
+        """Fit the family by least squares with non-negative coefficients."""
+        orders, hours = _one_feature(X), np.asarray(y, dtype=np.float64)
+        if hours.shape != orders.shape or not np.isfinite(hours).all():
+            raise ValueError("y must be finite numbers, one per row of X")
+        self.curve_, self.parameter_ = fit_curve(orders, hours, self.family)
+        self.n_features_in_ = 1
+        return self
+
+    def predict(self, X: Any) -> FloatArray:
+        """Estimated hours for each row's order count."""
+        check_is_fitted(self)
+        return self.curve_.predict(_one_feature(X))
+
+
+def _one_feature(X: Any) -> FloatArray:
+    """The order counts of a one-column X; a light check, as it runs for every CV fold."""
+    orders = np.asarray(X, dtype=np.float64)
+    if orders.ndim != 2 or orders.shape[1] != 1 or not np.isfinite(orders).all():
+        raise ValueError(f"X must be one column of finite order counts, not {orders.shape}")
+    column: FloatArray = orders[:, 0]
+    return column
+
+
+class CurveFamilies(RegressorMixin, BaseEstimator):  # type: ignore[misc]
+    """Every candidate family's curve fitted on the same rows: one output column per family.
+
+    Cross-validating it scores all families on each fold for the cost of one pass over the
+    rows (the aggregation by order count is shared), which is what makes choosing a family
+    for thousands of product codes affordable.
+    """
+
+    def __init__(self, families: Sequence[str] = DEFAULT_FAMILIES) -> None:
+        self.families = families
+
+    def fit(self, X: Any, y: Any) -> "CurveFamilies":
+        """Fit every family by least squares with non-negative coefficients."""
+        orders, hours = _one_feature(X), np.asarray(y, dtype=np.float64)
+        if hours.shape != orders.shape or not np.isfinite(hours).all():
+            raise ValueError("y must be finite numbers, one per row of X")
+        aggregated = _aggregate(orders, hours)
+        self.curves_ = [_fit_family(aggregated, family)[0] for family in self.families]
+        self.n_features_in_ = 1
+        return self
+
+    def predict(self, X: Any) -> FloatArray:
+        """Each family's estimate (columns in the order of ``families``) for each row."""
+        check_is_fitted(self)
+        orders = _one_feature(X)
+        return np.column_stack([curve.predict(orders) for curve in self.curves_])
+
+
+def column_mae(y_true: Any, y_pred: Any, column: int) -> float:
+    """The MAE of one column of a multi-output prediction (one family of CurveFamilies)."""
+    return float(mean_absolute_error(y_true, np.asarray(y_pred)[:, column]))
+
+
+def simplest_within_tolerance(mae: Sequence[float], relative: float, absolute: float) -> int:
+    """The first candidate (simplest first) whose CV MAE is within tolerance of the lowest.
+
+    A score within ``relative`` of the lowest, or within ``absolute`` of it (floating-point
+    noise), ties, and a tie goes to the simpler family.
+    """
+    scores = np.asarray(mae, dtype=np.float64)
+    lowest = float(np.min(scores))
+    return int(np.flatnonzero(scores <= lowest + max(relative * lowest, absolute))[0])
+
+
+def rounding_scale(hours: FloatArray) -> float:
+    """The labels' scale that floating-point noise in an MAE is measured against."""
+    return float(np.std(hours) + np.mean(np.abs(hours))) + float(np.finfo(np.float64).tiny)
+
+
+def fit_code(
+    orders: FloatArray,
+    hours: FloatArray,
+    families: Sequence[str] = DEFAULT_FAMILIES,
+    folds: int = DEFAULT_FOLDS,
+    random_state: int = 0,
+    cv_max_rows: int = DEFAULT_CV_MAX_ROWS,
+    relative_tolerance: float = SIMPLER_TOLERANCE,
+    rounding_tolerance: float = ROUNDING_TOLERANCE,
+) -> Tuple[Curve, CodeFit]:
+    """Choose the family by k-fold CV on MAE (ties to the simpler), then fit it on all rows."""
+    cv_orders, cv_hours = orders, hours
+    if len(orders) > cv_max_rows:
+        cv_orders, cv_hours = resample(
+            orders, hours, replace=False, n_samples=cv_max_rows, random_state=random_state
+        )
+    # The data were checked once by the caller: skip scikit-learn's per-call re-validation,
+    # which would cost more than the small fits themselves.
+    with config_context(assume_finite=True, skip_parameter_validation=True):
+        scores = cross_validate(
+            CurveFamilies(tuple(families)), cv_orders[:, None], cv_hours,
+            cv=KFold(folds, shuffle=True, random_state=random_state),
+            # One scorer per family; scikit-learn predicts once per fold for all of them.
+            scoring={
+                family: make_scorer(column_mae, greater_is_better=False, column=i)
+                for i, family in enumerate(families)
+            },
+            error_score="raise",
+        )
+        mae = [-float(np.mean(scores[f"test_{family}"])) for family in families]
+        chosen = simplest_within_tolerance(
+            mae, relative_tolerance, rounding_tolerance * rounding_scale(cv_hours)
+        )
+        best = MonotoneCurveRegressor(families[chosen]).fit(orders[:, None], hours)
+    fitted = CodeFit(
+        rows=int(len(orders)),
+        family=str(best.family),
+        parameter=float(best.parameter_),
+        cv_mae={name: score for name, score in zip(families, mae)},
+        orders_range=(float(orders.min()), float(orders.max())),
+    )
+    return best.curve_, fitted
+
+
+def features(product_codes: Any, orders_placed: Any) -> pd.DataFrame:
+    """The estimator's input: a frame with ``product_code`` and ``orders_placed``."""
+    return pd.DataFrame({
+        CODE: pd.Series(product_codes, dtype="category")
+        if not isinstance(product_codes, pd.Categorical) else product_codes,
+        ORDERS: np.asarray(orders_placed, dtype=np.float64),
+    })
+
+
+def _columns(X: Any) -> Tuple[List[str], npt.NDArray[np.int64], FloatArray]:
+    """Distinct codes (sorted), each row's position among them, and the order counts."""
+    if not isinstance(X, pd.DataFrame) or CODE not in X or ORDERS not in X:
+        raise ValueError(f"X must be a pandas DataFrame with columns {CODE!r} and {ORDERS!r}")
+    codes = X[CODE]
+    if isinstance(codes.dtype, pd.CategoricalDtype):
+        names = [str(c) for c in codes.cat.categories]
+        order = np.argsort(names, kind="stable")
+        rank = np.empty(len(order), dtype=np.int64)
+        rank[order] = np.arange(len(order))
+        index = rank[codes.cat.codes.to_numpy()]
+        names = [names[i] for i in order]
+    else:
+        index, unique = pd.factorize(codes.astype(str), sort=True)
+        names = [str(c) for c in unique]
+    if (index < 0).any():
+        raise ValueError(f"X has rows without a {CODE}")
+    orders = check_array(X[[ORDERS]], dtype=np.float64)[:, 0]
+    return names, np.asarray(index, dtype=np.int64), orders
+
+
+class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
+    """Hours to dispatch from ``product_code`` and ``orders_placed``: a curve per code.
+
+    ``fit`` learns one monotone, non-negative curve for every code with at least
+    ``min_rows_per_code`` rows (rarer codes are left out and listed in ``skipped_``),
+    its family chosen by ``folds``-fold cross-validated MAE; ``predict`` raises KeyError
+    for a code it has not learned; ``to_dispatch_model`` exports the published artefact.
+    """
+
+    def __init__(
+        self,
+        families: Sequence[str] = DEFAULT_FAMILIES,
+        folds: int = DEFAULT_FOLDS,
+        min_rows_per_code: int = DEFAULT_MIN_ROWS_PER_CODE,
+        cv_max_rows: int = DEFAULT_CV_MAX_ROWS,
+        relative_tolerance: float = SIMPLER_TOLERANCE,
+        rounding_tolerance: float = ROUNDING_TOLERANCE,
+        random_state: int = 0,
+        n_jobs: Optional[int] = None,
+    ) -> None:
+        self.families = families
+        self.folds = folds
+        self.min_rows_per_code = min_rows_per_code
+        self.cv_max_rows = cv_max_rows
+        self.relative_tolerance = relative_tolerance
+        self.rounding_tolerance = rounding_tolerance
+        self.random_state = random_state
+        self.n_jobs = n_jobs
+
+    def fit(self, X: pd.DataFrame, y: Any) -> "DispatchTimeRegressor":
+        """Fit a curve per product code with enough rows, in parallel over codes."""
+        if self.folds < 2 or self.min_rows_per_code < self.folds:
+            raise ValueError("need folds >= 2 and min_rows_per_code >= folds")
+        if not self.families or len(set(self.families)) != len(self.families):
+            raise ValueError("need at least one candidate family, each named once")
+        names, index, orders = _columns(X)
+        hours = check_array(np.asarray(y), ensure_2d=False, dtype=np.float64)
+        if len(hours) != len(orders):
+            raise ValueError(f"X has {len(orders)} rows but y has {len(hours)}")
+        groups = list(rows_by_code(index, len(names)))
+        learned = [(names[p], rows) for p, rows in groups if len(rows) >= self.min_rows_per_code]
+        # A worker process costs about a second to start (it imports this module): only
+        # enough codes per worker pay for it, so small tranches are fitted in this process.
+        jobs = min(effective_n_jobs(self.n_jobs), max(1, len(learned) // CODES_PER_WORKER))
+        fitted = Parallel(n_jobs=jobs)(
+            delayed(fit_code)(
+                orders[rows], hours[rows], tuple(self.families), self.folds, self.random_state,
+                self.cv_max_rows, self.relative_tolerance, self.rounding_tolerance,
+            )
+            for _, rows in learned
+        )
+        self.curves_: Dict[str, Curve] = {}
+        self.fits_: Dict[str, CodeFit] = {}
+        for (code, _), (curve, code_fit) in zip(learned, fitted):
+            self.curves_[code], self.fits_[code] = curve, code_fit
+        self.skipped_: Dict[str, int] = {
+            names[p]: int(len(rows)) for p, rows in groups if len(rows) < self.min_rows_per_code
+        }
+        self.n_features_in_ = 2
+        self.feature_names_in_ = np.asarray([CODE, ORDERS], dtype=object)
+        return self
+
+    def predict(self, X: pd.DataFrame) -> FloatArray:
+        """Estimated hours per row; KeyError names the first code the model has not learned."""
+        check_is_fitted(self)
+        names, index, orders = _columns(X)
+        result = np.empty(len(orders), dtype=np.float64)
+        for position, rows in rows_by_code(index, len(names)):
+            result[rows] = self.curves_[names[position]].predict(orders[rows])
+        return result
+
+    def to_dispatch_model(self) -> DispatchModel:
+        """The published model: the fitted curves as JSON-ready knots."""
+        check_is_fitted(self)
+        return DispatchModel(dict(self.curves_))
+
+    def fit_result(self) -> FitResult:
+        """The exported model with the choice made per code and the codes skipped."""
+        check_is_fitted(self)
+        return FitResult(self.to_dispatch_model(), dict(self.fits_), dict(self.skipped_))
+
+
+def fit_model(product_codes: Any, orders_placed: Any, hours_to_dispatch: Any,
+              **params: Any) -> FitResult:
+    """Fit a DispatchTimeRegressor (``params`` are its own) on three columns: a shorthand."""
+    regressor = DispatchTimeRegressor(**params)
+    return regressor.fit(features(product_codes, orders_placed), hours_to_dispatch).fit_result()

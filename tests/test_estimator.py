@@ -1,0 +1,145 @@
+"""The estimator follows scikit-learn's conventions; ties in CV error never hinge on rounding."""
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.metrics import r2_score
+from sklearn.model_selection import cross_val_score
+
+from pipeline import estimator as estimator_module
+from pipeline.estimator import (
+    DEFAULT_FAMILIES, CurveFamilies, DispatchTimeRegressor, MonotoneCurveRegressor, features,
+    fit_code, simplest_within_tolerance,
+)
+from pipeline.simulate import simulate_tranche
+
+
+def _data(
+    rows: int = 600, seed: int = 3, shape: str = "saturating"
+) -> Tuple[pd.DataFrame, np.ndarray]:
+    tranche = simulate_tranche(rows, seed=seed, shape=shape)
+    return features(tranche.product_code, tranche.orders_placed), tranche.hours_to_dispatch
+
+
+def test_clone_and_params_round_trip() -> None:
+    regressor = DispatchTimeRegressor(folds=3, min_rows_per_code=10, random_state=7, n_jobs=2)
+    params = regressor.get_params()
+    assert params["folds"] == 3 and params["random_state"] == 7 and params["n_jobs"] == 2
+    copy = clone(regressor)
+    assert copy is not regressor and copy.get_params() == params
+    copy.set_params(folds=4, families=("linear", "pieces-2"))
+    assert copy.get_params()["folds"] == 4 and regressor.get_params()["folds"] == 3
+    assert clone(MonotoneCurveRegressor("log")).get_params() == {"family": "log"}
+    assert clone(CurveFamilies(("linear",))).get_params() == {"families": ("linear",)}
+
+
+def test_curve_families_predict_one_column_per_family_as_each_family_alone() -> None:
+    rng = np.random.default_rng(2)
+    orders = rng.integers(0, 300, 300).astype(float)[:, None]
+    hours = 1.0 + 0.02 * orders[:, 0] + rng.normal(0.0, 0.3, 300)
+    together = CurveFamilies(DEFAULT_FAMILIES).fit(orders, hours).predict(orders)
+    assert together.shape == (300, len(DEFAULT_FAMILIES))
+    for i, family in enumerate(DEFAULT_FAMILIES):
+        alone = MonotoneCurveRegressor(family).fit(orders, hours).predict(orders)
+        np.testing.assert_array_equal(together[:, i], alone)
+
+
+def test_fitted_state_ends_in_an_underscore_and_is_absent_before_fit() -> None:
+    regressor = DispatchTimeRegressor()
+    X, y = _data()
+    with pytest.raises(NotFittedError):
+        regressor.predict(X)
+    with pytest.raises(NotFittedError):
+        regressor.to_dispatch_model()
+    assert not [name for name in vars(regressor) if name.endswith("_")]
+    regressor.fit(X, y)
+    assert {"curves_", "fits_", "skipped_", "n_features_in_"} <= set(vars(regressor))
+    assert sorted(regressor.curves_) == sorted(set(X["product_code"]))
+
+
+def test_score_is_r2_and_predict_matches_the_exported_model() -> None:
+    X, y = _data()
+    regressor = DispatchTimeRegressor().fit(X, y)
+    predicted = regressor.predict(X)
+    assert regressor.score(X, y) == pytest.approx(r2_score(y, predicted), abs=1e-12)
+    exported = regressor.to_dispatch_model().predict(
+        X["product_code"].astype(str).tolist(), X["orders_placed"]
+    )
+    np.testing.assert_allclose(predicted, exported, rtol=0, atol=1e-12)
+
+
+def test_it_works_inside_cross_val_score() -> None:
+    X, y = _data(800)
+    scores = cross_val_score(DispatchTimeRegressor(folds=3), X, y, cv=3, scoring="r2")
+    assert len(scores) == 3 and np.all(scores > 0.8)
+
+
+def test_unknown_codes_are_a_key_error_and_rare_codes_are_skipped() -> None:
+    codes = ["A"] * 29 + ["B"] * 40
+    orders = np.arange(len(codes), dtype=float)
+    regressor = DispatchTimeRegressor(min_rows_per_code=30).fit(features(codes, orders), orders)
+    assert regressor.skipped_ == {"A": 29} and list(regressor.curves_) == ["B"]
+    with pytest.raises(KeyError):
+        regressor.predict(features(["A"], [1.0]))
+
+
+def test_string_and_categorical_codes_and_parallel_fits_give_the_same_model(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tranche = simulate_tranche(400, seed=9)
+    y = tranche.hours_to_dispatch
+    as_text = pd.DataFrame({"product_code": tranche.product_code.astype(object),
+                            "orders_placed": tranche.orders_placed})
+    one = DispatchTimeRegressor().fit(as_text, y).to_dispatch_model().to_json()
+    assert DispatchTimeRegressor().fit(as_text, y).to_dispatch_model().to_json() == one
+    monkeypatch.setattr(estimator_module, "CODES_PER_WORKER", 1)
+    X = features(tranche.product_code, tranche.orders_placed)
+    assert DispatchTimeRegressor(n_jobs=2).fit(X, y).to_dispatch_model().to_json() == one
+
+
+def test_bad_input_is_refused_with_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="DataFrame"):
+        DispatchTimeRegressor().fit(np.zeros((40, 2)), np.zeros(40))
+    X, y = _data(100)
+    with pytest.raises(ValueError, match="rows"):
+        DispatchTimeRegressor().fit(X, y[:-1])
+    with pytest.raises(ValueError, match="min_rows_per_code"):
+        DispatchTimeRegressor(folds=5, min_rows_per_code=3).fit(X, y)
+    with pytest.raises(ValueError, match="each named once"):
+        DispatchTimeRegressor(families=("linear", "linear")).fit(X, y)
+
+
+def test_scores_within_rounding_noise_tie_and_go_to_the_simpler_family() -> None:
+    rng = np.random.default_rng(0)
+    exact = np.full(len(DEFAULT_FAMILIES), 1e-15)
+    for _ in range(1000):
+        noisy = exact + rng.uniform(-1e-12, 1e-12, len(exact))
+        assert simplest_within_tolerance(list(noisy), 0.01, 1e-9) == 0
+    # Real differences still decide: 2% better is chosen, 0.5% better is a tie.
+    assert simplest_within_tolerance([1.0, 0.98], 0.01, 1e-9) == 1
+    assert simplest_within_tolerance([1.0, 0.995], 0.01, 1e-9) == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_noise_free_line_perturbed_at_1e_12_is_still_linear(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    orders = np.tile(np.arange(0.0, 200.0), 3)
+    hours = 2.0 + 0.05 * orders + rng.uniform(-1e-12, 1e-12, len(orders))
+    _, fit = fit_code(orders, hours, random_state=seed)
+    assert fit.family == "linear"
+
+
+def test_large_codes_choose_on_a_sample_and_fit_on_every_row() -> None:
+    rng = np.random.default_rng(5)
+    orders = rng.integers(0, 300, 5000).astype(float)
+    hours = 1.0 + 6.0 * (1.0 - np.exp(-orders / 50.0)) + rng.normal(0.0, 0.2, 5000)
+    curve, fit = fit_code(orders, hours, cv_max_rows=500)
+    assert fit.rows == 5000 and fit.family != "linear"
+    assert fit.orders_range == (float(orders.min()), float(orders.max()))
+    again, _ = fit_code(orders, hours, cv_max_rows=500)
+    assert again == curve
