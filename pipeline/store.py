@@ -35,7 +35,7 @@ class ObjectExists(ConcurrentUpdate):
 
 
 class Store(Protocol):
-    """What the stages need from a store: keyed bytes, listing, create-only and conditional writes."""
+    """The stages' view of a store: keyed bytes, listing, create-only and conditional writes."""
 
     url: str
 
