@@ -3,8 +3,9 @@
 Training only (the service loads the exported JSON knots with ``pipeline.model``
 and needs neither scikit-learn nor pandas).
 
-Per product code, ``cross_validate`` (``KFold``, MAE from ``sklearn.metrics``) scores
-every candidate family at once through ``CurveFamilies`` and picks one of: a straight
+Per product code, ``cross_val_predict`` (``KFold``) predicts every row with every
+candidate family at once through ``CurveFamilies``; their MAE (``sklearn.metrics``) picks
+one of: a straight
 line, four one-parameter curved shapes (saturating exponential, log, power, and a line
 capped at a level) and piecewise-linear ramps with 2, 4 or 8 pieces. Every family is
 least squares with all coefficients >= 0 (bounded-variable least squares, or a closed
@@ -14,11 +15,15 @@ MAE is within 1% of the lowest, or within floating-point noise of it (1e-9 of th
 labels' scale), wins: rounding never makes the choice. Codes with more rows than
 ``cv_max_rows`` choose on a seeded sample of that many rows and fit the chosen family
 on all of them. Codes are fitted in parallel through joblib (``n_jobs``).
+
+The same out-of-fold predictions of the chosen family calibrate each code's upper bound
+(``pipeline.bound``: split-conformal, scaled by a spread that grows with the queue), so the
+bound costs no extra fit.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -27,12 +32,13 @@ from joblib import Parallel, delayed, effective_n_jobs
 from scipy.optimize import lsq_linear
 from sklearn import config_context
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.metrics import make_scorer, mean_absolute_error
-from sklearn.model_selection import KFold, cross_validate
+from sklearn.metrics import mean_absolute_error
+from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.utils import resample
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from pipeline.model import Curve, DispatchModel, rows_by_code
+from pipeline.bound import conformal_bound
+from pipeline.model import BOUND_QUANTILE, Curve, DispatchModel, rows_by_code, with_bounds
 
 CODE = "product_code"
 ORDERS = "orders_placed"
@@ -66,6 +72,15 @@ class CodeFit:
     parameter: float
     cv_mae: Dict[str, float]
     orders_range: Tuple[float, float] = (0.0, 0.0)
+    bound_quantile: float = 0.0
+
+
+class FittedCode(NamedTuple):
+    """One product code's estimate curve, its upper bound and how it was chosen."""
+
+    curve: Curve
+    bound: Curve
+    fit: CodeFit
 
 
 @dataclass(frozen=True)
@@ -280,11 +295,6 @@ class CurveFamilies(RegressorMixin, BaseEstimator):  # type: ignore[misc]
         return np.column_stack([curve.predict(orders) for curve in self.curves_])
 
 
-def column_mae(y_true: Any, y_pred: Any, column: int) -> float:
-    """The MAE of one column of a multi-output prediction (one family of CurveFamilies)."""
-    return float(mean_absolute_error(y_true, np.asarray(y_pred)[:, column]))
-
-
 def simplest_within_tolerance(mae: Sequence[float], relative: float, absolute: float) -> int:
     """The first candidate (simplest first) whose CV MAE is within tolerance of the lowest.
 
@@ -310,8 +320,10 @@ def fit_code(
     cv_max_rows: int = DEFAULT_CV_MAX_ROWS,
     relative_tolerance: float = SIMPLER_TOLERANCE,
     rounding_tolerance: float = ROUNDING_TOLERANCE,
-) -> Tuple[Curve, CodeFit]:
-    """Choose the family by k-fold CV on MAE (ties to the simpler), then fit it on all rows."""
+    bound_level: float = BOUND_QUANTILE,
+) -> FittedCode:
+    """Choose the family by k-fold CV on MAE (ties to the simpler), fit it on all rows, and
+    calibrate its upper bound on the chosen family's out-of-fold residuals."""
     cv_orders, cv_hours = orders, hours
     if len(orders) > cv_max_rows:
         cv_orders, cv_hours = resample(
@@ -320,29 +332,28 @@ def fit_code(
     # The data were checked once by the caller: skip scikit-learn's per-call re-validation,
     # which would cost more than the small fits themselves.
     with config_context(assume_finite=True, skip_parameter_validation=True):
-        scores = cross_validate(
+        # Every row predicted by every family from the folds that did not hold it: one fit
+        # per fold serves all families.
+        out_of_fold = cross_val_predict(
             CurveFamilies(tuple(families)), cv_orders[:, None], cv_hours,
             cv=KFold(folds, shuffle=True, random_state=random_state),
-            # One scorer per family; scikit-learn predicts once per fold for all of them.
-            scoring={
-                family: make_scorer(column_mae, greater_is_better=False, column=i)
-                for i, family in enumerate(families)
-            },
-            error_score="raise",
         )
-        mae = [-float(np.mean(scores[f"test_{family}"])) for family in families]
+        mae = [float(mean_absolute_error(cv_hours, out_of_fold[:, i]))
+               for i in range(len(families))]
         chosen = simplest_within_tolerance(
             mae, relative_tolerance, rounding_tolerance * rounding_scale(cv_hours)
         )
         best = MonotoneCurveRegressor(families[chosen]).fit(orders[:, None], hours)
+    bound = conformal_bound(best.curve_, cv_orders, cv_hours, out_of_fold[:, chosen], bound_level)
     fitted = CodeFit(
         rows=int(len(orders)),
         family=str(best.family),
         parameter=float(best.parameter_),
         cv_mae={name: score for name, score in zip(families, mae)},
         orders_range=(float(orders.min()), float(orders.max())),
+        bound_quantile=bound.quantile,
     )
-    return best.curve_, fitted
+    return FittedCode(best.curve_, bound.curve, fitted)
 
 
 def features(product_codes: Any, orders_placed: Any) -> pd.DataFrame:
@@ -380,7 +391,8 @@ class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc
 
     ``fit`` learns one monotone, non-negative curve for every code with at least
     ``min_rows_per_code`` rows (rarer codes are left out and listed in ``skipped_``),
-    its family chosen by ``folds``-fold cross-validated MAE; ``predict`` raises KeyError
+    its family chosen by ``folds``-fold cross-validated MAE, and an upper bound within which
+    a ``bound_level`` share of dispatches fall (``predict_upper``); ``predict`` raises KeyError
     for a code it has not learned; ``to_dispatch_model`` exports the published artefact.
     """
 
@@ -394,6 +406,7 @@ class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc
         rounding_tolerance: float = ROUNDING_TOLERANCE,
         random_state: int = 0,
         n_jobs: Optional[int] = None,
+        bound_level: float = BOUND_QUANTILE,
     ) -> None:
         self.families = families
         self.folds = folds
@@ -403,6 +416,7 @@ class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc
         self.rounding_tolerance = rounding_tolerance
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.bound_level = bound_level
 
     def fit(self, X: pd.DataFrame, y: Any) -> "DispatchTimeRegressor":
         """Fit a curve per product code with enough rows, in parallel over codes."""
@@ -410,6 +424,8 @@ class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc
             raise ValueError("need folds >= 2 and min_rows_per_code >= folds")
         if not self.families or len(set(self.families)) != len(self.families):
             raise ValueError("need at least one candidate family, each named once")
+        if not 0.0 < self.bound_level < 1.0:
+            raise ValueError("bound_level must be between 0 and 1")
         names, index, orders = _columns(X)
         hours = check_array(np.asarray(y), ensure_2d=False, dtype=np.float64)
         if len(hours) != len(orders):
@@ -423,13 +439,15 @@ class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc
             delayed(fit_code)(
                 orders[rows], hours[rows], tuple(self.families), self.folds, self.random_state,
                 self.cv_max_rows, self.relative_tolerance, self.rounding_tolerance,
+                self.bound_level,
             )
             for _, rows in learned
         )
         self.curves_: Dict[str, Curve] = {}
+        self.bounds_: Dict[str, Curve] = {}
         self.fits_: Dict[str, CodeFit] = {}
-        for (code, _), (curve, code_fit) in zip(learned, fitted):
-            self.curves_[code], self.fits_[code] = curve, code_fit
+        for (code, _), (curve, bound, code_fit) in zip(learned, fitted):
+            self.curves_[code], self.bounds_[code], self.fits_[code] = curve, bound, code_fit
         self.skipped_: Dict[str, int] = {
             names[p]: int(len(rows)) for p, rows in groups if len(rows) < self.min_rows_per_code
         }
@@ -440,16 +458,25 @@ class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc
     def predict(self, X: pd.DataFrame) -> FloatArray:
         """Estimated hours per row; KeyError names the first code the model has not learned."""
         check_is_fitted(self)
+        return self._per_code(X, self.curves_)
+
+    def predict_upper(self, X: pd.DataFrame) -> FloatArray:
+        """Each row's upper bound: ``bound_level`` of dispatches take at most this long."""
+        check_is_fitted(self)
+        return self._per_code(X, self.bounds_)
+
+    def _per_code(self, X: pd.DataFrame, curves: Dict[str, Curve]) -> FloatArray:
         names, index, orders = _columns(X)
         result = np.empty(len(orders), dtype=np.float64)
         for position, rows in rows_by_code(index, len(names)):
-            result[rows] = self.curves_[names[position]].predict(orders[rows])
+            result[rows] = curves[names[position]].predict(orders[rows])
         return result
 
     def to_dispatch_model(self) -> DispatchModel:
-        """The published model: the fitted curves as JSON-ready knots."""
+        """The published model: each code's curve, upper bound and trained orders range."""
         check_is_fitted(self)
-        return DispatchModel(dict(self.curves_))
+        ranges = {code: fit.orders_range for code, fit in self.fits_.items()}
+        return with_bounds(DispatchModel(dict(self.curves_)), self.bounds_, ranges)
 
     def fit_result(self) -> FitResult:
         """The exported model with the choice made per code and the codes skipped."""

@@ -34,7 +34,7 @@ from pipeline import artefacts, history
 from pipeline.drift import DEFAULT_DRIFT_THRESHOLD, DriftSummary, tranche_drift
 from pipeline.gates import (
     DEFAULT_CHAMPION_TOLERANCE, DEFAULT_GRID_EXTEND, DEFAULT_LABEL_FACTOR, DEFAULT_MAE_MAX,
-    DEFAULT_MAE_WARN, DEFAULT_R2_MIN, DEFAULT_R2_WARN, FAIL, KEEP, WARN, Decision, Evaluation,
+    DEFAULT_COVERAGE_MIN, DEFAULT_MAE_WARN, DEFAULT_R2_MIN, DEFAULT_R2_WARN, FAIL, KEEP, WARN, Decision, Evaluation,
     LogicOptions, MetricThresholds, champion_gate, evaluate, logic_gates, metric_gates,
     observed_ranges,
 )
@@ -183,10 +183,21 @@ def train_and_gate(tranche: ValidTranche, split: Split, options: TrainOptions) -
             f"(rows per code in the training split: {train.rows_by_code()}); nothing to learn"
         ))
     held_out = evaluate(result.model, test)
+    log_coverage(held_out)
     decisions = metric_gates(held_out.overall, options.thresholds) + label_bound_gates(
         result.model, train, options
     )
     return Trained(result, held_out, decisions, seconds)
+
+
+def log_coverage(held_out: Evaluation) -> None:
+    """One line: the p90 bound's held-out coverage overall and per product code."""
+    if held_out.overall.coverage_p90 is None:
+        return
+    per_code = ", ".join(f"{code} {m.coverage_p90:.3f}" for code, m in sorted(
+        held_out.per_code.items()) if m.coverage_p90 is not None)
+    log.info("held-out coverage of the p90 bound: %.3f overall; %s",
+             held_out.overall.coverage_p90, per_code)
 
 
 def read_champion(store: Store) -> Champion:
@@ -566,6 +577,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
         help="fail when held-out MAE (hours) is above")
     add("--mae-warn", type=float, default=DEFAULT_MAE_WARN,
         help="warn when held-out MAE (hours) is above")
+    add("--coverage-min", type=float, default=DEFAULT_COVERAGE_MIN,
+        help="fail when the share of held-out dispatches within the p90 bound is below")
     add("--label-factor", type=float, default=DEFAULT_LABEL_FACTOR,
         help="fail when a prediction on the observed range exceeds this times the largest label")
     add("--grid-extend", type=float, default=DEFAULT_GRID_EXTEND,
@@ -597,6 +610,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
             (not args.max_hours > 0, "--max-hours must be positive"),
             (args.r2_warn < args.r2_min, "--r2-warn must be >= --r2-min"),
             (args.mae_warn > args.mae_max, "--mae-warn must be <= --mae-max"),
+            (not 0.0 <= args.coverage_min <= 1.0, "--coverage-min must be between 0 and 1"),
             (args.champion_tolerance < 0, "--champion-tolerance must be >= 0"),
             (args.label_factor <= 0, "--label-factor must be positive"),
             (args.grid_extend < 0, "--grid-extend must be >= 0"),
@@ -608,7 +622,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
         parser.error("; ".join(problems))
     options = TrainOptions(
         contract=ContractOptions(min_rows=args.min_rows, max_hours=args.max_hours),
-        thresholds=MetricThresholds(args.r2_min, args.r2_warn, args.mae_max, args.mae_warn),
+        thresholds=MetricThresholds(args.r2_min, args.r2_warn, args.mae_max, args.mae_warn,
+                                    args.coverage_min),
         logic=LogicOptions(label_factor=args.label_factor, grid_extend=args.grid_extend),
         min_rows_per_code=args.min_rows_per_code,
         folds=args.folds,

@@ -142,6 +142,10 @@ def _check_pipeline(env: Dict[str, str], run_train: Callable[[Dict[str, str]], N
         assert status == 200, answer
         assert answer["model_version"] == pointed[0].model_version
         assert answer["est_hours_to_dispatch"] > 0
+        assert answer["p90_hours_to_dispatch"] >= answer["est_hours_to_dispatch"]
+        assert answer["extrapolated"] is False
+        status, far = _post(port, {"product_code": "SKU001", "orders_placed": 100_000}, API_KEY)
+        assert status == 200 and far["extrapolated"] is True
     finally:
         assert _stop(process, runner_parent) == 0
 

@@ -130,7 +130,7 @@ def test_a_noise_free_line_perturbed_at_1e_12_is_still_linear(seed: int) -> None
     rng = np.random.default_rng(seed)
     orders = np.tile(np.arange(0.0, 200.0), 3)
     hours = 2.0 + 0.05 * orders + rng.uniform(-1e-12, 1e-12, len(orders))
-    _, fit = fit_code(orders, hours, random_state=seed)
+    _, _, fit = fit_code(orders, hours, random_state=seed)
     assert fit.family == "linear"
 
 
@@ -138,8 +138,8 @@ def test_large_codes_choose_on_a_sample_and_fit_on_every_row() -> None:
     rng = np.random.default_rng(5)
     orders = rng.integers(0, 300, 5000).astype(float)
     hours = 1.0 + 6.0 * (1.0 - np.exp(-orders / 50.0)) + rng.normal(0.0, 0.2, 5000)
-    curve, fit = fit_code(orders, hours, cv_max_rows=500)
+    curve, _, fit = fit_code(orders, hours, cv_max_rows=500)
     assert fit.rows == 5000 and fit.family != "linear"
     assert fit.orders_range == (float(orders.min()), float(orders.max()))
-    again, _ = fit_code(orders, hours, cv_max_rows=500)
+    again, _, _ = fit_code(orders, hours, cv_max_rows=500)
     assert again == curve

@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.gates import (
     FAIL, KEEP, PASS, WARN, LogicOptions, Metrics, MetricThresholds, champion_gate, evaluate,
-    logic_gates, mean_absolute_error, metric_gates, observed_ranges, r_squared,
+    coverage_upper_limit, logic_gates, metric_gates, metrics, observed_ranges,
 )
 from pipeline.model import Curve, DispatchModel
 from pipeline.validation import ValidTranche
@@ -30,13 +30,41 @@ def rows(codes: Sequence[str], orders: Sequence[float], hours: Sequence[float]) 
     )
 
 
-def test_mae_and_r2() -> None:
+def test_metrics_are_scikit_learns_with_the_edge_cases_defined() -> None:
     actual = np.array([1.0, 2.0, 3.0, 4.0])
-    assert mean_absolute_error(actual, actual + 0.5) == 0.5
-    assert r_squared(actual, actual) == 1.0
-    assert r_squared(actual, np.full(4, 2.5)) == 0.0
-    assert r_squared(np.ones(3), np.ones(3)) == 1.0
-    assert r_squared(np.ones(3), np.zeros(3)) == 0.0
+    assert metrics(actual, actual + 0.5).mae == 0.5
+    assert metrics(actual, actual).r2 == 1.0
+    assert metrics(actual, np.full(4, 2.5)).r2 == 0.0
+    assert metrics(np.ones(3), np.ones(3)).r2 == 1.0
+    assert metrics(np.ones(3), np.zeros(3)).r2 == 0.0
+    assert (metrics(np.ones(1), np.ones(1)).r2, metrics(np.ones(1), np.zeros(1)).r2) == (1.0, 0.0)
+    assert metrics(np.empty(0), np.empty(0)) == Metrics(0, 0.0, 0.0)
+    assert metrics(actual, actual).coverage_p90 is None
+    assert metrics(actual, actual, upper=np.array([1.0, 1.0, 3.5, 5.0])).coverage_p90 == 0.75
+
+
+@pytest.mark.parametrize(
+    "covered, rows, outcome",
+    [(180, 200, PASS), (170, 200, PASS), (169, 200, WARN), (165, 200, WARN), (155, 200, FAIL),
+     (0, 200, FAIL), (8_400, 10_000, FAIL), (8_500, 10_000, PASS)],
+)
+def test_coverage_below_the_minimum_fails_beyond_sampling_error_and_warns_within_it(
+    covered: int, rows: int, outcome: str
+) -> None:
+    coverage = covered / rows
+    *_, decision = metric_gates(Metrics(rows, 0.1, 0.99, coverage), THRESHOLDS)
+    assert (decision.gate, decision.outcome, decision.value) == ("coverage_p90", outcome, coverage)
+    assert f"{coverage:.3f} on {rows} rows" in decision.detail
+
+
+def test_the_upper_confidence_limit_narrows_to_the_measured_share_with_more_rows() -> None:
+    assert coverage_upper_limit(160, 200) > 0.84 > 0.80
+    assert 0.80 < coverage_upper_limit(8_000, 10_000) < 0.81
+    assert coverage_upper_limit(200, 200) == 1.0
+
+
+def test_a_model_without_a_bound_has_no_coverage_gate() -> None:
+    assert [d.gate for d in metric_gates(Metrics(100, 0.1, 0.99), THRESHOLDS)] == ["r2", "mae"]
 
 
 @pytest.mark.parametrize(

@@ -147,10 +147,19 @@ def test_publishes_a_verified_model_with_complete_metadata(
     assert set(held_out["per_product_code"]) == set(DEFAULT_PRODUCT_CODES)
     gates = {g["gate"]: g["outcome"] for g in meta["gates"]}
     assert gates == {
-        "r2": "pass", "mae": "pass", "monotone": "pass", "non_negative": "pass",
+        "r2": "pass", "mae": "pass", "coverage_p90": "pass", "monotone": "pass",
+        "non_negative": "pass",
         "bounded": "pass", "champion": "pass", "refit_monotone": "pass",
         "refit_non_negative": "pass", "refit_bounded": "pass",
     }
+    coverage = [held_out["overall"]["coverage_p90"]] + [
+        m["coverage_p90"] for m in held_out["per_product_code"].values()]
+    assert 0.8 < coverage[0] < 0.97 and all(0.0 <= c <= 1.0 for c in coverage)
+    model = loaded.model
+    assert set(model.bounds) == set(model.ranges) == set(DEFAULT_PRODUCT_CODES)
+    rows = meta["rows"]["per_product_code"]
+    assert all(meta["fits"][code]["bound_quantile"] > 0 for code in rows)
+    assert all(low >= 0 and high > low for low, high in model.ranges.values())
     assert meta["drift"]["previous_tranche"] == keys[0]
     assert set(meta["drift"]["psi"]) == {"orders_placed", "hours_to_dispatch", "product_code"}
     assert meta["git_commit"] == "abc1234"
@@ -314,6 +323,18 @@ def test_garbage_labels_fail_the_gates(published: str, caplog: pytest.LogCapture
     assert snapshot(published) == before
     [error] = errors(caplog)
     assert "gates" in error and "R²" in error
+
+
+def test_a_bound_that_covers_too_few_held_out_dispatches_fails_the_gates(
+    published: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    put(published, NEW_WEEK, simulate_tranche(1000, seed=18).to_csv())
+    before = snapshot(published)
+    assert stage(published, "--coverage-min", "0.99") == EXIT_GATES
+    assert snapshot(published) == before
+    [error] = errors(caplog)
+    assert "coverage_p90" in error and "below the minimum 0.99" in error
+    assert any("held-out coverage of the p90 bound" in m for m in messages(caplog, logging.INFO))
 
 
 # ------------------------------------------------------------------ other expected failures
