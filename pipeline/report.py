@@ -417,12 +417,14 @@ def _accuracy_tables(data: Dict[str, Any]) -> str:
     parts = []
     held = data.get("held_out")
     if held:
-        rows = [[code, m["rows"], m["mae"], m["r2"]]
+        rows = [[code, m["rows"], m["mae"], m["r2"], m.get("coverage_p90")]
                 for code, m in held.get("per_product_code", {}).items()]
-        rows.append(["overall", held["overall"]["rows"], held["overall"]["mae"],
-                     held["overall"]["r2"]])
-        parts.append("<p>New model on the held-out rows:</p>"
-                     + _table(["product code", "rows", "MAE (h)", "R²"], rows))
+        overall = held["overall"]
+        rows.append(["overall", overall["rows"], overall["mae"], overall["r2"],
+                     overall.get("coverage_p90")])
+        parts.append("<p>New model on the held-out rows (coverage: the share dispatched within "
+                     "its p90 bound):</p>"
+                     + _table(["product code", "rows", "MAE (h)", "R²", "p90 coverage"], rows))
     live = data.get("live_model")
     if live:
         realised = live.get("realised")

@@ -33,9 +33,9 @@ from sklearn.model_selection import train_test_split
 from pipeline import artefacts, history
 from pipeline.drift import DEFAULT_DRIFT_THRESHOLD, DriftSummary, tranche_drift
 from pipeline.gates import (
-    DEFAULT_CHAMPION_TOLERANCE, DEFAULT_GRID_EXTEND, DEFAULT_LABEL_FACTOR, DEFAULT_MAE_MAX,
-    DEFAULT_COVERAGE_MIN, DEFAULT_MAE_WARN, DEFAULT_R2_MIN, DEFAULT_R2_WARN, FAIL, KEEP, WARN, Decision, Evaluation,
-    LogicOptions, MetricThresholds, champion_gate, evaluate, logic_gates, metric_gates,
+    DEFAULT_CHAMPION_TOLERANCE, DEFAULT_COVERAGE_MIN, DEFAULT_GRID_EXTEND, DEFAULT_LABEL_FACTOR,
+    DEFAULT_MAE_MAX, DEFAULT_MAE_WARN, DEFAULT_R2_MIN, DEFAULT_R2_WARN, FAIL, KEEP, WARN, Decision,
+    Evaluation, LogicOptions, MetricThresholds, champion_gate, evaluate, logic_gates, metric_gates,
     observed_ranges,
 )
 from pipeline.estimator import (

@@ -99,7 +99,10 @@ def test_published_and_kept_runs_report_curves_accuracy_drift_and_gates(
     assert twin1["tranche"]["key"] == first and twin1["tranche"]["rows"] == 400
     assert published.figures == ["curves", "accuracy"], "no previous tranche: no drift figure"
     assert twin1["live_model"] is None
-    assert {g["gate"] for g in twin1["gates"]} >= {"r2", "mae", "champion", "refit_monotone"}
+    assert {g["gate"] for g in twin1["gates"]} >= {"r2", "mae", "coverage_p90", "champion",
+                                                   "refit_monotone"}
+    coverage = twin1["held_out"]["overall"]["coverage_p90"]
+    assert "p90 coverage" in raw1 and f"{coverage:.4f}" in raw1
 
     assert kept.outcome == "kept" and "deliberately kept" in twin2["summary"]
     assert kept.figures == ["curves", "accuracy", "drift"]

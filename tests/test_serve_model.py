@@ -252,8 +252,10 @@ def test_port_opens_only_once_the_model_is_loaded(
         conn.close()
         assert status == 200
         assert body == {"est_hours_to_dispatch": pytest.approx(model.predict_one("SKU002", 112)),
-                        "p90_hours_to_dispatch": None, "extrapolated": None,
+                        "p90_hours_to_dispatch": pytest.approx(model.upper_one("SKU002", 112)),
+                        "extrapolated": model.extrapolated_one("SKU002", 112),
                         "model_version": version}
+        assert body["p90_hours_to_dispatch"] > body["est_hours_to_dispatch"]
         server.terminate()
         assert server.process.wait(timeout=STOP_DEADLINE_SECONDS) == 0, server.output()
         log = server.output()
