@@ -35,7 +35,7 @@ class ObjectExists(ConcurrentUpdate):
 
 
 class Store(Protocol):
-    """What the stages need from a store: keyed bytes, listing, create-only and conditional writes."""
+    """What the stages need: keyed bytes, listing, create-only and conditional writes."""
 
     url: str
 
