@@ -53,6 +53,8 @@ TRANCHE_DECK = ("good", "good", "drifted", "twice", "older", "new-code", "vanish
 RUN_KINDS = ("normal", "503-burst", "outage", "stall", "lost-response", "killed",
              "two-at-once", "rollback")
 RUN_DECK = ("normal",) + RUN_KINDS[1:]
+PUBLISH_FAULTS = ("lost-response", "killed", "two-at-once")
+FRESH_KINDS = ("good", "drifted", "new-code", "vanish-code")
 CRASH_POINTS = ("models/*/model.json", "models/*/metadata.json", POINTER_KEY)
 
 
@@ -99,6 +101,12 @@ def schedule(weeks: int, seed: int) -> List[Week]:
         deck = list(RUN_DECK)
         rng.shuffle(deck)
         runs += deck
+    for i in range(weeks):  # faults of publishing need a tranche that can be published
+        if runs[i] in PUBLISH_FAULTS and tranches[i] == "breach":
+            for j in range(i + 1, weeks):
+                if tranches[j] in FRESH_KINDS and runs[j] not in PUBLISH_FAULTS:
+                    runs[i], runs[j] = runs[j], runs[i]
+                    break
     plan, breaches = [], 0
     for number in range(1, weeks + 1):
         tranche, run = tranches[number - 1], runs[number - 1]
@@ -607,7 +615,7 @@ class Year:
                 self.report.faults["two runs at once"] += 1
                 both = [self._start(), self._start()]
                 return [self._finish(f"racer {i}", p) for i, p in enumerate(both)]
-            return [self._train(kind)]
+            return [self._train("after the rollback" if kind == "rollback" else kind)]
         finally:
             self._clear_faults()
 
