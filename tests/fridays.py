@@ -479,7 +479,7 @@ class Year:
         def counting(method: str, path: str) -> Tuple[str, int]:
             action, index = decide(method, path)
             if action == "fail":
-                self.report.faults["S3 503"] += 1
+                self.report.faults["S3 503 in outages" if plan.fail_all else "S3 503"] += 1
             elif action == "delay":
                 self.report.faults["lost response" if plan.delay_after_forward else "stall"] += 1
             return action, index
@@ -601,7 +601,7 @@ class Year:
             if kind == "outage":
                 plan.reset(pass_first=self.rng.randint(0, 4), fail_first=0, fail_all=True,
                            delay_first=0, delay_after_forward=False, only_methods=())
-                self.report.faults["outage"] += 1
+                self.report.faults["outages"] += 1
                 down = self._train("outage", ("--store-attempts", "2"))
                 self._clear_faults()
                 return [down, self._train("after the outage")]
