@@ -585,10 +585,10 @@ class Year:
         plan = self.train_proxy.plan
         kind = week.run
         if kind == "503-burst":
-            plan.reset(pass_first=self.rng.randint(0, 8), fail_first=self.rng.randint(1, 3),
+            plan.reset(pass_first=self.rng.randint(0, 4), fail_first=self.rng.randint(1, 3),
                        fail_all=False, delay_first=0, delay_after_forward=False, only_methods=())
         elif kind == "stall":
-            plan.reset(pass_first=self.rng.randint(0, 8), fail_first=0, fail_all=False,
+            plan.reset(pass_first=self.rng.randint(0, 4), fail_first=0, fail_all=False,
                        delay_first=self.rng.randint(1, 2), delay_seconds=1.0,
                        delay_after_forward=False, only_methods=())
         elif kind == "lost-response":
