@@ -8,23 +8,31 @@ Several processes read the same pointer, meet at a barrier and publish at once w
 artefacts.publish (conditional pointer write: If-Match/If-None-Match on S3, a locked
 compare-and-swap with an atomic rename on the local store). Exactly one wins; every
 other one gets ConcurrentUpdate; the pointer names the winner and verifies.
+
+Four whole train_model runs start at once on one store, trial after trial (issue 12):
+the runs that exit 0 as published moved the pointer one after another, the others
+exit 7 with one ERROR line, every model object is intact and the pointer's model loads.
 """
 from __future__ import annotations
 
 import json
 import multiprocessing
+import subprocess
+import sys
 from datetime import datetime, timedelta, timezone
-from typing import Any, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
 from pipeline.artefacts import POINTER_KEY, load_latest, load_pointed, read_pointer
 from pipeline.simulate import simulate_tranche, tranche_key
 from pipeline.store import ConcurrentUpdate, open_store
+from tests.race_runner import race_problems
 from tests.reliability_runner import EXIT_CRASHED
 from tests.reliability_support import (
     assert_verifies,
     full_only,
+    REPO_ROOT,
     publish_model,
     run_stage,
     simple_model,
@@ -174,3 +182,47 @@ def test_pointer_written_by_a_racer_always_verifies(store_url: str) -> None:
     assert len(won) == 1
     expected = simple_model(won[0][1])
     assert loaded.model.to_json() == expected.to_json()
+
+
+RACE_TRIALS = 20
+RACE_TRAIN_ARGS = ("--folds", "2", "--no-refit")  # the same publishing, less fitting
+
+
+def _race_stores(url: str, trials: int) -> List[Tuple[str, object]]:
+    """One store per trial, each with a tranche; every other one over a published model."""
+    stores = []
+    for trial in range(trials):
+        trial_url = f"{url}/trial-{trial:02d}"
+        store = open_store(trial_url)
+        store.write_bytes(tranche_key("2026-11-27T23:00:00"),
+                          simulate_tranche(300, seed=trial).to_csv())
+        initial = publish_model(store, simple_model(2.0)).model_version if trial % 2 else None
+        stores.append((trial_url, initial))
+    return stores
+
+
+def test_four_train_runs_at_once_never_corrupt_the_store(
+    local_url: str, s3_url: str, aws_env: Dict[str, str]
+) -> None:
+    trials = {kind: _race_stores(url, RACE_TRIALS) for kind, url in
+              (("local", local_url), ("s3", s3_url))}
+    runners = {
+        kind: subprocess.Popen(
+            [sys.executable, "-m", "tests.race_runner", "--contenders", "4",
+             *(url for url, _ in stores), "--", *RACE_TRAIN_ARGS],
+            cwd=REPO_ROOT, env=stage_environment(aws_env), stdout=subprocess.PIPE, text=True,
+        )
+        for kind, stores in trials.items()
+    }
+    outcomes = {kind: runner.communicate(timeout=600)[0] for kind, runner in runners.items()}
+    problems, lost = [], 0
+    for kind, stores in trials.items():
+        assert runners[kind].returncode == 0
+        lines = [json.loads(line) for line in outcomes[kind].splitlines()]
+        assert [line["url"] for line in lines] == [url for url, _ in stores]
+        for line, (url, initial) in zip(lines, stores):
+            problems += [f"{kind} {url}: {p}" for p in
+                         race_problems(open_store(url), line["runs"], initial)]
+            lost += sum(run["exit"] == 7 for run in line["runs"])
+    assert problems == []
+    assert lost > 0  # the runs did meet: some lost the race
