@@ -107,6 +107,11 @@ def model_problems(store: Store, complete: bool = True) -> List[str]:
     for version in versions:
         base = f"{MODELS_PREFIX}{version}/"
         found = {k for k in keys if k.startswith(base)}
+        # Realised-accuracy records (pipeline.history) sit beside a model: each names it.
+        for key in sorted(k for k in found if k.startswith(base + "realised/")):
+            found.discard(key)
+            if json.loads(store.read_bytes(key)).get("model_version") != version:
+                problems.append(f"{version}: {key} describes another model")
         if not complete and found == {base + "model.json"}:
             DispatchModel.from_json(store.read_bytes(base + "model.json"))
             continue
