@@ -7,7 +7,10 @@ different seed): the share of orders dispatched within ``p90_hours_to_dispatch``
 within each third of the ``orders_placed`` range, the bound's mean width above the estimate, and
 the estimate's MAE. Goal: coverage 0.88-0.92 overall, >= 0.85 in every third.
 
-    python benchmarks/bench_bound.py [--train-rows 1000] [--fresh-rows 20000] [--seeds 0 1 2]
+    python benchmarks/bench_bound.py [--train-rows 5000] [--fresh-rows 20000] [--seeds 0 1 2]
+
+With 1,000-row training tranches (160 calibration rows per code) single runs spread wider
+around 0.90 than the goal's band; 5,000 rows (800 per code) show the method's own accuracy.
 """
 from __future__ import annotations
 
@@ -62,7 +65,7 @@ def score(shape: str, noise: str, seed: int, train_rows: int, fresh_rows: int) -
 def main(argv: Sequence[str] = ()) -> int:
     """Print coverage per truth and seed, and whether the goals were met."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train-rows", type=int, default=1000)
+    parser.add_argument("--train-rows", type=int, default=5000)
     parser.add_argument("--fresh-rows", type=int, default=20_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     args = parser.parse_args(list(argv) or None)

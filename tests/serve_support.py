@@ -27,6 +27,7 @@ from tests.conftest import PIPELINE_DIR, PYTHON, REPO_ROOT, free_port, publish_u
 
 SINGLE_PATH = "/api/v0.1/time_to_dispatch"
 BATCH_PATH = "/api/v0.1/time_to_dispatch/batch"
+Answer = Tuple[str, str, int, float]  # version, product code, orders, estimate
 START_TIMEOUT_SECONDS = 30.0
 
 
@@ -245,6 +246,36 @@ class Tally:
         """Count a failed request."""
         with self.lock:
             self.failures.append(reason)
+
+
+def keep_asking(port: int, rows: List[Dict[str, Any]], stop: threading.Event, tally: Tally,
+                seen: Optional[List[Answer]] = None) -> None:
+    """Alternate single and 20-row batch requests on one keep-alive connection."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    index = 0
+    while not stop.is_set():
+        index += 1
+        batch = rows[index % 50:index % 50 + 20]
+        try:
+            if index % 2:
+                row = batch[0]
+                status, body, _ = request(conn, "POST", SINGLE_PATH, row)
+                pairs = [(row, body.get("est_hours_to_dispatch"))] if status == 200 else []
+            else:
+                status, body, _ = request(conn, "POST", BATCH_PATH, batch)
+                pairs = list(zip(batch, body.get("est_hours_to_dispatch", [])))
+        except (OSError, http.client.HTTPException, ValueError) as exc:
+            tally.fail(repr(exc))
+            conn.close()
+            continue
+        if status != 200:
+            tally.fail(f"{status}: {body}")
+            continue
+        tally.add(body["model_version"])
+        if seen is not None:
+            seen.extend((body["model_version"], r["product_code"], r["orders_placed"], estimate)
+                        for r, estimate in pairs)
+    conn.close()
 
 
 def rows_for(model: DispatchModel, count: int, seed: int) -> List[Dict[str, Any]]:

@@ -6,21 +6,19 @@ serves the first model again within a few polls, and no request fails.
 """
 from __future__ import annotations
 
-import http.client
 import subprocess
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Dict
 
 from tests.conftest import PYTHON, REPO_ROOT, stage_env
 from tests.serve_support import (
-    SINGLE_PATH,
     ServerProcess,
     Tally,
     fitted_model,
+    keep_asking,
     publish_model,
-    request,
     rows_for,
     stage_env_for,
     wait_for,
@@ -28,24 +26,6 @@ from tests.serve_support import (
 
 REFRESH_SECONDS = 1
 WITHIN_SECONDS = 8.0  # a few refresh periods on a loaded machine
-
-
-def _client(port: int, rows: List[Dict[str, Any]], stop: threading.Event, tally: Tally) -> None:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    index = 0
-    while not stop.is_set():
-        index += 1
-        try:
-            status, body, _ = request(conn, "POST", SINGLE_PATH, rows[index % len(rows)])
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            tally.fail(repr(exc))
-            conn.close()
-            continue
-        if status != 200:
-            tally.fail(f"{status}: {body}")
-            continue
-        tally.add(body["model_version"])
-    conn.close()
 
 
 def test_a_rollback_is_picked_up_by_a_refreshing_service_with_no_failed_request(
@@ -59,7 +39,7 @@ def test_a_rollback_is_picked_up_by_a_refreshing_service_with_no_failed_request(
     with ServerProcess(s3_url, stage_env_for(aws_env), tmp_path, extra=extra) as server:
         server.wait_listening()
         tally, stop = Tally(), threading.Event()
-        clients = [threading.Thread(target=_client,
+        clients = [threading.Thread(target=keep_asking,
                                     args=(server.port, rows_for(first_model, 50, i), stop, tally))
                    for i in range(2)]
         for client in clients:

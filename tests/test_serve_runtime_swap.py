@@ -8,24 +8,22 @@ loop keeps working after it: a third model is picked up.
 """
 from __future__ import annotations
 
-import http.client
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Dict, List
 
 import pytest
 
 from pipeline.model import DispatchModel
 from tests.serve_support import (
-    BATCH_PATH,
-    SINGLE_PATH,
+    Answer,
     ServerProcess,
     Tally,
     fitted_model,
+    keep_asking,
     publish_broken,
     publish_model,
-    request,
     rows_for,
     stage_env_for,
     wait_for,
@@ -34,36 +32,6 @@ from tests.serve_support import (
 REFRESH_SECONDS = 1
 CLIENTS = 2
 SWAP_WITHIN_SECONDS = 8.0  # generous: a few refresh periods on a loaded machine
-Answer = Tuple[str, str, int, float]  # version, product code, orders, estimate
-
-
-def _client(port: int, rows: List[Dict[str, Any]], stop: threading.Event, tally: Tally,
-            seen: List[Answer]) -> None:
-    """Alternate single and 20-row batch requests on one keep-alive connection."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    index = 0
-    while not stop.is_set():
-        index += 1
-        batch = rows[index % 50:index % 50 + 20]
-        try:
-            if index % 2:
-                row = batch[0]
-                status, body, _ = request(conn, "POST", SINGLE_PATH, row)
-                pairs = [(row, body.get("est_hours_to_dispatch"))] if status == 200 else []
-            else:
-                status, body, _ = request(conn, "POST", BATCH_PATH, batch)
-                pairs = list(zip(batch, body.get("est_hours_to_dispatch", [])))
-        except (OSError, http.client.HTTPException, ValueError) as exc:
-            tally.fail(repr(exc))
-            conn.close()
-            continue
-        if status != 200:
-            tally.fail(f"{status}: {body}")
-            continue
-        tally.add(body["model_version"])
-        seen.extend((body["model_version"], r["product_code"], r["orders_placed"], estimate)
-                    for r, estimate in pairs)
-    conn.close()
 
 
 def test_new_model_swapped_in_under_load_and_broken_one_ignored(
@@ -77,8 +45,9 @@ def test_new_model_swapped_in_under_load_and_broken_one_ignored(
         server.wait_listening()
         tally, stop = Tally(), threading.Event()
         seen: List[List[Answer]] = [[] for _ in range(CLIENTS)]
-        clients = [threading.Thread(target=_client, args=(server.port, rows_for(first, 80, i),
-                                                          stop, tally, seen[i]))
+        clients = [threading.Thread(target=keep_asking,
+                                    args=(server.port, rows_for(first, 80, i), stop, tally,
+                                          seen[i]))
                    for i in range(CLIENTS)]
         for client in clients:
             client.start()
