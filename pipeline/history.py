@@ -19,7 +19,7 @@ import re
 import secrets
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from pipeline import artefacts
 from pipeline.store import ConcurrentUpdate, ObjectExists, ObjectNotFound, Store
@@ -115,6 +115,7 @@ class ModelEntry:
     rollbacks: List[Dict[str, Any]] = field(default_factory=list)
     live: bool = False
     live_by: Optional[str] = None
+    published: bool = True
 
     @property
     def created_at(self) -> str:
@@ -148,6 +149,7 @@ class ModelEntry:
             "model_version": self.version,
             "live": self.live,
             "live_by": self.live_by,
+            "published": self.published,
             "created_at": self.created_at or None,
             "tranche_key": key,
             "rows": rows.get("total") if isinstance(rows, dict) else None,
@@ -246,12 +248,36 @@ def read_history(store: Store) -> History:
         target = by_version.get(str((record.get("to") or {}).get("model_version", "")))
         if target is not None:
             target.rollbacks.append(record)
+    ever_live = ever_pointed(models, pointer, rollbacks)
+    for entry in models:
+        # Models written before previous_model was recorded cannot tell: they count as published.
+        entry.published = "previous_model" not in entry.metadata or entry.version in ever_live
     if pointer is not None and pointer.model_version in by_version:
         live = by_version[pointer.model_version]
         live.live = True
         moved_here = [r for r in live.rollbacks if r.get("to") == _pointer_dict(pointer)]
         live.live_by = "rolled back" if moved_here else "published"
     return History(models, pointer, rollbacks, unreadable)
+
+
+def ever_pointed(
+    models: List[ModelEntry], pointer: Optional[artefacts.Pointer],
+    rollbacks: List[Dict[str, Any]],
+) -> Set[str]:
+    """Versions the pointer named at some time: now, as a later model's predecessor, or in a
+    rollback. A complete model named by none lost the pointer race or its run was killed
+    before it moved the pointer."""
+    named = {pointer.model_version} if pointer is not None else set()
+    for entry in models:
+        previous = entry.metadata.get("previous_model")
+        if isinstance(previous, dict) and previous.get("model_version"):
+            named.add(str(previous["model_version"]))
+    for record in rollbacks:
+        for side in ("from", "to"):
+            moved = record.get(side)
+            if isinstance(moved, dict) and moved.get("model_version"):
+                named.add(str(moved["model_version"]))
+    return named
 
 
 def _version_in(pointer_bytes: bytes) -> str:

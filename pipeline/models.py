@@ -38,6 +38,8 @@ def _how(entry: history.ModelEntry) -> str:
     for record in entry.rollbacks:
         parts.append(f"rolled back to {str(record.get('at', ''))[:16].replace('T', ' ')} "
                      f"by {record.get('by')}")
+    if not entry.published:
+        parts.append("never published (lost the pointer race, or its run was stopped first)")
     return "; ".join(parts) or "-"
 
 

@@ -119,6 +119,24 @@ def test_realised_accuracy_is_known_when_the_next_run_keeps_the_champion_or_is_r
     assert entries[0]["realised_mae"] == on_week1 > 0
 
 
+def test_a_model_that_lost_the_pointer_race_is_listed_as_never_published(
+    three_weeks: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = open_store(three_weeks)
+    live = artefacts.load_latest(store)
+    loser = dict(live.metadata, model_version="20991231-000000-0123abcd-beef")
+    with pytest.raises(artefacts.ConcurrentUpdate):
+        artefacts.publish(store, live.model.to_json(), loser, datetime.now(timezone.utc),
+                          expected_token="a token the pointer no longer has")
+    entries = {e["model_version"]: e for e in listed(three_weeks, capsys)}
+    assert entries[loser["model_version"]]["published"] is False
+    assert not entries[loser["model_version"]]["live"]
+    assert all(e["published"] for v, e in entries.items() if v != loser["model_version"])
+    assert models.main([three_weeks, "list"]) == 0
+    line = [row for row in capsys.readouterr().out.splitlines() if loser["model_version"] in row]
+    assert "never published" in line[0]
+
+
 def test_show_prints_the_metadata_and_where_the_report_is(
     store_url: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
