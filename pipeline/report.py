@@ -37,6 +37,8 @@ REJECTED = "rejected"
 UNCHANGED = "unchanged"
 FAILED = "failed"
 MAX_POINTS_PER_CODE = 1500
+# Per-code figures draw the codes with the most rows; every code stays in the page's tables.
+MAX_CODES_DRAWN = 12
 DRIFT_BINS = 30
 FloatArray = npt.NDArray[np.float64]
 
@@ -137,15 +139,29 @@ def _sample(orders: FloatArray, hours: FloatArray, limit: int) -> Tuple[FloatArr
     return orders[keep], hours[keep]
 
 
+def drawn_codes(codes: Sequence[str], rows: Dict[str, int]) -> List[str]:
+    """The codes a per-code figure draws: at most MAX_CODES_DRAWN, those with the most rows."""
+    busiest = sorted(codes, key=lambda code: (-rows.get(code, 0), code))[:MAX_CODES_DRAWN]
+    return sorted(busiest)
+
+
+def _not_all(figure: "Figure", drawn: int, total: int) -> None:
+    if drawn < total:
+        figure.suptitle(f"the {drawn} of {total} product codes with the most rows "
+                        f"(every code is in the tables below)", fontsize=9)
+
+
 def curves_figure(record: RunRecord) -> Optional[str]:
     """Per product code: the tranche's points, the new curve and the live model's curve."""
     points = record.points
     if points is None or len(points.codes) == 0:
         return None
-    codes = sorted(set(points.code_counts()))
+    counts = points.code_counts()
+    codes = drawn_codes(list(counts), counts)
     columns = min(3, len(codes))
     rows = (len(codes) + columns - 1) // columns
     figure = _figure(4.0 * columns, 3.0 * rows)
+    _not_all(figure, len(codes), len(counts))
     axes = figure.subplots(rows, columns, squeeze=False)
     for position, code in enumerate(codes):
         ax = axes[position // columns][position % columns]
@@ -184,8 +200,11 @@ def accuracy_figure(record: RunRecord) -> Optional[str]:
                        | {"overall": float(record.realised["mae"])}))
     if not series:
         return None
-    codes = sorted({c for _, values in series for c in values if c != "overall"}) + ["overall"]
+    every = sorted({c for _, values in series for c in values if c != "overall"})
+    counts = record.points.code_counts() if record.points is not None else {}
+    codes = drawn_codes(every, counts) + ["overall"]
     figure = _figure(max(8.0, 1.1 * len(codes) + 2), 3.6)
+    _not_all(figure, len(codes) - 1, len(every))
     ax = figure.subplots()
     width = 0.8 / len(series)
     x = np.arange(len(codes))

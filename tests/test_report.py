@@ -16,7 +16,9 @@ import numpy as np
 import pytest
 
 from pipeline import train_model
-from pipeline.report import REPORTS_PREFIX, Points, RunRecord, build_report
+from pipeline.report import (
+    MAX_CODES_DRAWN, REPORTS_PREFIX, Points, RunRecord, build_report, drawn_codes,
+)
 from pipeline.simulate import simulate_tranche, tranche_key
 from pipeline.store import open_store
 from tests import browser_support
@@ -176,6 +178,21 @@ def test_report_of_a_record_with_a_big_tranche_samples_its_points() -> None:
     page, data = build_report(record)
     assert data["figures"] == ["curves"]
     assert len(page) < 400_000
+
+
+def test_per_code_figures_draw_only_the_busiest_codes_of_many() -> None:
+    rows = {f"SKU{i:04d}": 1000 - i for i in range(300)}
+    assert drawn_codes(list(rows), rows) == [f"SKU{i:04d}" for i in range(MAX_CODES_DRAWN)]
+    assert drawn_codes(["B", "A"], {"A": 1, "B": 1}) == ["A", "B"]
+    rng = np.random.default_rng(1)
+    codes = np.array(list(rows))[rng.integers(0, 300, 30_000)]
+    orders = rng.uniform(0, 100, 30_000)
+    record = RunRecord("memory://", tranche_key="datasets/time_to_dispatch_2026-11-20.csv",
+                       points=Points(codes, orders, orders / 10), outcome="rejected",
+                       summary="nothing published: a test")
+    page, data = build_report(record)
+    assert data["figures"] == ["curves"]
+    assert len(page) < 400_000, "a figure of 300 panels would not fit"
 
 
 @pytest.mark.skipif(browser_support.chromium() is None,
