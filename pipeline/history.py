@@ -199,6 +199,18 @@ def read_rollbacks(store: Store) -> List[Dict[str, Any]]:
     return sorted(found, key=lambda r: (str(r.get("at", "")), r["key"]))
 
 
+def pointer_and_token(store: Store) -> Tuple[Optional[artefacts.Pointer], Optional[str]]:
+    """The live pointer (None when absent or malformed) and its version token for a write."""
+    found = store.read_versioned(artefacts.POINTER_KEY)
+    if found is None:
+        return None, None
+    data, token = found
+    try:
+        return artefacts.Pointer.from_json(data, store.location(artefacts.POINTER_KEY)), token
+    except artefacts.ModelUnavailable:
+        return None, token
+
+
 def read_history(store: Store) -> History:
     """Every published model with its realised accuracy, rollbacks and the live marker."""
     keys = store.list_keys(artefacts.MODELS_PREFIX)
@@ -235,13 +247,7 @@ def read_history(store: Store) -> History:
         models.append(entry)
     models.sort(key=lambda m: (m.created_at, m.version), reverse=True)
 
-    pointer: Optional[artefacts.Pointer] = None
-    found = store.read_versioned(artefacts.POINTER_KEY)
-    if found is not None:
-        try:
-            pointer = artefacts.Pointer.from_json(found[0], store.location(artefacts.POINTER_KEY))
-        except artefacts.ModelUnavailable:
-            pointer = None
+    pointer, _ = pointer_and_token(store)
     rollbacks = read_rollbacks(store)
     by_version = {m.version: m for m in models}
     for record in rollbacks:
@@ -366,14 +372,7 @@ def rollback(store: Store, version: str, reason: str, by: str) -> RollbackDone:
     Raises UnknownVersion, CorruptVersion, PointerMoved, or StoreError. Rolling back
     to the live version changes nothing and records nothing (``audit_key`` None).
     """
-    found = store.read_versioned(artefacts.POINTER_KEY)
-    token = None if found is None else found[1]
-    previous: Optional[artefacts.Pointer] = None
-    if found is not None:
-        try:
-            previous = artefacts.Pointer.from_json(found[0], store.location(artefacts.POINTER_KEY))
-        except artefacts.ModelUnavailable:
-            previous = None
+    previous, token = pointer_and_token(store)
     history = read_history(store)
     target = verified_pointer(store, version, history)
     if previous is not None and previous.model_version == version:
