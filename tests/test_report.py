@@ -168,14 +168,18 @@ def test_no_report_without_a_tranche_and_a_failed_report_changes_nothing(
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
+def rejected_with_points(codes: List[str], rows: int, seed: int) -> RunRecord:
+    """A rejected run's record holding ``rows`` random points over the given product codes."""
+    rng = np.random.default_rng(seed)
+    drawn = np.array(codes)[rng.integers(0, len(codes), rows)]
+    orders = rng.uniform(0, 100, rows)
+    return RunRecord("memory://", tranche_key="datasets/time_to_dispatch_2026-11-20.csv",
+                     points=Points(drawn, orders, orders / 10), outcome="rejected",
+                     summary="nothing published: a test")
+
+
 def test_report_of_a_record_with_a_big_tranche_samples_its_points() -> None:
-    rng = np.random.default_rng(0)
-    codes = np.array(["A", "B"])[rng.integers(0, 2, 200_000)]
-    orders = rng.uniform(0, 100, 200_000)
-    record = RunRecord("memory://", tranche_key="datasets/time_to_dispatch_2026-11-20.csv",
-                       points=Points(codes, orders, orders / 10), outcome="rejected",
-                       summary="nothing published: a test")
-    page, data = build_report(record)
+    page, data = build_report(rejected_with_points(["A", "B"], 200_000, seed=0))
     assert data["figures"] == ["curves"]
     assert len(page) < 400_000
 
@@ -184,13 +188,7 @@ def test_per_code_figures_draw_only_the_busiest_codes_of_many() -> None:
     rows = {f"SKU{i:04d}": 1000 - i for i in range(300)}
     assert drawn_codes(list(rows), rows) == [f"SKU{i:04d}" for i in range(MAX_CODES_DRAWN)]
     assert drawn_codes(["B", "A"], {"A": 1, "B": 1}) == ["A", "B"]
-    rng = np.random.default_rng(1)
-    codes = np.array(list(rows))[rng.integers(0, 300, 30_000)]
-    orders = rng.uniform(0, 100, 30_000)
-    record = RunRecord("memory://", tranche_key="datasets/time_to_dispatch_2026-11-20.csv",
-                       points=Points(codes, orders, orders / 10), outcome="rejected",
-                       summary="nothing published: a test")
-    page, data = build_report(record)
+    page, data = build_report(rejected_with_points(list(rows), 30_000, seed=1))
     assert data["figures"] == ["curves"]
     assert len(page) < 400_000, "a figure of 300 panels would not fit"
 
