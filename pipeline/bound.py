@@ -41,6 +41,11 @@ class ConformalBound(NamedTuple):
     calibration_rows: int
 
 
+def label_scale(hours: FloatArray) -> float:
+    """The labels' scale (std + mean |y|, never 0) that tolerances and floors are relative to."""
+    return float(np.std(hours) + np.mean(np.abs(hours))) + float(np.finfo(np.float64).tiny)
+
+
 def conformal_quantile(scores: FloatArray, level: float) -> float:
     """The finite-sample split-conformal quantile of scores at a coverage level, at least 0."""
     n = len(scores)
@@ -57,8 +62,8 @@ def conformal_bound(
 ) -> ConformalBound:
     """The bound for one code from its rows and their out-of-fold estimates."""
     residuals = hours - out_of_fold
-    scale = float(np.std(hours) + np.mean(np.abs(hours))) + float(np.finfo(np.float64).tiny)
-    floor = SPREAD_FLOOR * float(np.mean(np.abs(residuals))) + LABEL_SCALE_FLOOR * scale
+    floor = (SPREAD_FLOOR * float(np.mean(np.abs(residuals)))
+             + LABEL_SCALE_FLOOR * label_scale(hours))
     line = LinearRegression(positive=True).fit(orders[:, None], np.abs(residuals))
     intercept, slope = max(float(line.intercept_), floor), float(line.coef_[0])
 

@@ -37,7 +37,7 @@ from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.utils import resample
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from pipeline.bound import conformal_bound
+from pipeline.bound import conformal_bound, label_scale
 from pipeline.model import BOUND_QUANTILE, Curve, DispatchModel, rows_by_code, with_bounds
 
 CODE = "product_code"
@@ -306,11 +306,6 @@ def simplest_within_tolerance(mae: Sequence[float], relative: float, absolute: f
     return int(np.flatnonzero(scores <= lowest + max(relative * lowest, absolute))[0])
 
 
-def rounding_scale(hours: FloatArray) -> float:
-    """The labels' scale that floating-point noise in an MAE is measured against."""
-    return float(np.std(hours) + np.mean(np.abs(hours))) + float(np.finfo(np.float64).tiny)
-
-
 def fit_code(
     orders: FloatArray,
     hours: FloatArray,
@@ -341,7 +336,7 @@ def fit_code(
         mae = [float(mean_absolute_error(cv_hours, out_of_fold[:, i]))
                for i in range(len(families))]
         chosen = simplest_within_tolerance(
-            mae, relative_tolerance, rounding_tolerance * rounding_scale(cv_hours)
+            mae, relative_tolerance, rounding_tolerance * label_scale(cv_hours)
         )
         best = MonotoneCurveRegressor(families[chosen]).fit(orders[:, None], hours)
     bound = conformal_bound(best.curve_, cv_orders, cv_hours, out_of_fold[:, chosen], bound_level)
