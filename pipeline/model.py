@@ -13,6 +13,12 @@ piecewise-linear curve, within which 90% of dispatches fall) and the range of
 every code or for none; version 1 artefacts, which have neither, still load.
 :func:`with_bounds` turns a model and its bound curves into a version 2 model, and
 :func:`upper_bound_curve` makes raw bound values into a valid bound curve.
+
+Format version 3 adds, per product code, the ``basis`` its curve rests on (``"product"``:
+the part's own rows in the newest tranche; ``"pooled"``: its few rows combined with the
+whole catalogue) and, once per model, the ``catalogue`` curve with a bound wide enough for
+any part (answers for parts the model has never seen, when the service is asked to).
+Again every code has a basis or none does; a model without either is written as version 2.
 """
 from __future__ import annotations
 
@@ -20,17 +26,23 @@ import json
 import math
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
 
 FORMAT = "time-to-dispatch/monotone-piecewise-linear"
-FORMAT_VERSION = 2
-READABLE_FORMAT_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_FORMAT_VERSIONS = (1, 2, 3)
 BOUND_QUANTILE = 0.9
 BOUND_KEY = "p90"
 RANGE_KEY = "orders_placed_range"
+BASIS_KEY = "basis"
+CATALOGUE_KEY = "catalogue"
+PRODUCT_BASIS = "product"
+POOLED_BASIS = "pooled"
+CATALOGUE_BASIS = "catalogue"
+BASES = (PRODUCT_BASIS, POOLED_BASIS)
 BOUND_TOLERANCE = 1e-9
 
 FloatArray = npt.NDArray[np.float64]
@@ -87,21 +99,35 @@ class Curve:
         return max(v0 + slope * (orders - t0), 0.0)
 
 
+class CatalogueCurve(NamedTuple):
+    """The catalogue-wide estimate and a p90 bound wide enough for any part."""
+
+    curve: Curve
+    bound: Curve
+
+
 @dataclass(frozen=True)
 class DispatchModel:
     """Curves by product code: the whole published model.
 
-    ``bounds`` (the p90 upper bound per code) and ``ranges`` (the trained
-    ``orders_placed`` range per code) are either empty or cover every code; a bound
-    must never fall below its code's estimate (ModelFormatError otherwise).
+    ``bounds`` (the p90 upper bound per code), ``ranges`` (the trained
+    ``orders_placed`` range per code) and ``bases`` (what each curve rests on, one of
+    :data:`BASES`) are either empty or cover every code; a bound must never fall below
+    its code's estimate (ModelFormatError otherwise). ``catalogue`` is the
+    catalogue-wide curve and its bound, or None.
     """
 
     curves: Mapping[str, Curve]
     bounds: Mapping[str, Curve] = field(default_factory=dict)
     ranges: Mapping[str, OrdersRange] = field(default_factory=dict)
+    bases: Mapping[str, str] = field(default_factory=dict)
+    catalogue: Optional[CatalogueCurve] = None
 
     def __post_init__(self) -> None:
-        for name, part in (("bounds", self.bounds), ("ranges", self.ranges)):
+        parts: Tuple[Tuple[str, Mapping[str, Any]], ...] = (
+            ("bounds", self.bounds), ("ranges", self.ranges), ("bases", self.bases)
+        )
+        for name, part in parts:
             if part and set(part) != set(self.curves):
                 missing = sorted(set(self.curves) ^ set(part))
                 raise ModelFormatError(
@@ -116,6 +142,13 @@ class DispatchModel:
                 raise ModelFormatError(
                     f"orders_placed range of {code!r} is not 0 <= min <= max: {[low, high]}"
                 )
+        for code, basis in self.bases.items():
+            if basis not in BASES:
+                raise ModelFormatError(f"basis of {code!r} is {basis!r}, not one of {list(BASES)}")
+        if self.catalogue is not None:
+            problem = bound_violation(self.catalogue.curve, self.catalogue.bound)
+            if problem:
+                raise ModelFormatError(f"p90 bound of the catalogue curve {problem}")
 
     @property
     def product_codes(self) -> Tuple[str, ...]:
@@ -134,6 +167,12 @@ class DispatchModel:
             return None
         orders = float(orders_placed)
         return max(bound.predict_one(orders), curve.predict_one(orders))
+
+    def basis_one(self, product_code: str) -> Optional[str]:
+        """What the code's curve rests on (one of BASES); None for a model without bases."""
+        if product_code not in self.curves:
+            raise KeyError(product_code)
+        return self.bases.get(product_code)
 
     def extrapolated_one(self, product_code: str, orders_placed: float) -> Optional[bool]:
         """Whether the order count lies outside the code's trained range; None if unknown."""
@@ -181,20 +220,26 @@ class DispatchModel:
         """The artefact: canonical JSON, so equal models give equal bytes and checksums."""
         curves: Dict[str, Dict[str, Any]] = {}
         for code, curve in sorted(self.curves.items()):
-            spec: Dict[str, Any] = {"knots": list(curve.knots), "values": list(curve.values)}
+            spec = _curve_spec(curve)
             bound = self.bounds.get(code)
             if bound is not None:
-                spec[BOUND_KEY] = {"knots": list(bound.knots), "values": list(bound.values)}
+                spec[BOUND_KEY] = _curve_spec(bound)
             if code in self.ranges:
                 spec[RANGE_KEY] = list(self.ranges[code])
+            if code in self.bases:
+                spec[BASIS_KEY] = self.bases[code]
             curves[code] = spec
-        document = {
+        document: Dict[str, Any] = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": FORMAT_VERSION if self.bases or self.catalogue else 2,
             "feature": "orders_placed",
             "target": "hours_to_dispatch",
             "curves": curves,
         }
+        if self.catalogue is not None:
+            document[CATALOGUE_KEY] = {
+                **_curve_spec(self.catalogue.curve), BOUND_KEY: _curve_spec(self.catalogue.bound)
+            }
         return json.dumps(
             document, sort_keys=True, separators=(",", ":"), allow_nan=False
         ).encode()
@@ -225,7 +270,15 @@ class DispatchModel:
                     bounds[str(code)] = _parse_curve(f"{code} {BOUND_KEY}", spec[BOUND_KEY])
                 if spec.get(RANGE_KEY) is not None:
                     ranges[str(code)] = _parse_range(str(code), spec[RANGE_KEY])
-        return cls(curves, bounds, ranges)
+        bases: Dict[str, str] = {}
+        catalogue: Optional[CatalogueCurve] = None
+        if version >= 3:
+            for code, spec in raw.items():
+                if spec.get(BASIS_KEY) is not None:
+                    bases[str(code)] = _parse_basis(str(code), spec[BASIS_KEY])
+            if document.get(CATALOGUE_KEY) is not None:
+                catalogue = _parse_catalogue(document[CATALOGUE_KEY])
+        return cls(curves, bounds, ranges, bases, catalogue)
 
 
 def bound_violation(estimate: Curve, bound: Curve) -> Optional[str]:
@@ -248,6 +301,10 @@ def bound_violation(estimate: Curve, bound: Curve) -> Optional[str]:
     if not grows >= needed - BOUND_TOLERANCE * max(1.0, abs(needed)):
         return f"grows slower than the estimate beyond its last knot ({grows:g} < {needed:g})"
     return None
+
+
+def _curve_spec(curve: Curve) -> Dict[str, Any]:
+    return {"knots": list(curve.knots), "values": list(curve.values)}
 
 
 def _end_slope(curve: Curve) -> float:
@@ -310,6 +367,8 @@ def with_bounds(
         dict(model.curves),
         dict(bounds),
         {code: (float(low), float(high)) for code, (low, high) in ranges.items()},
+        dict(model.bases),
+        model.catalogue,
     )
 
 
@@ -334,6 +393,19 @@ def _parse_range(code: str, spec: Any) -> OrdersRange:
         return float(spec[0]), float(spec[1])
     except OverflowError as exc:
         raise ModelFormatError(f"orders_placed range of {code!r} is not finite") from exc
+
+
+def _parse_basis(code: str, spec: Any) -> str:
+    if spec not in BASES:
+        raise ModelFormatError(f"basis of {code!r} is {spec!r}, not one of {list(BASES)}")
+    return str(spec)
+
+
+def _parse_catalogue(spec: Any) -> CatalogueCurve:
+    if not isinstance(spec, dict) or spec.get(BOUND_KEY) is None:
+        raise ModelFormatError("catalogue curve is not an object with a p90 bound")
+    bound = _parse_curve(f"{CATALOGUE_BASIS} {BOUND_KEY}", spec[BOUND_KEY])
+    return CatalogueCurve(_parse_curve(CATALOGUE_BASIS, spec), bound)
 
 
 def _parse_curve(code: str, spec: Any) -> Curve:

@@ -152,7 +152,7 @@ def test_malformed_artefacts_are_refused(data: bytes, message: str) -> None:
 
 def test_other_format_versions_are_refused() -> None:
     doc = json.loads(_document())
-    doc["format_version"] = 3
+    doc["format_version"] = 4
     with pytest.raises(ModelFormatError, match="version"):
         DispatchModel.from_json(json.dumps(doc).encode())
 

@@ -158,7 +158,7 @@ def test_bounds_and_ranges_cover_every_code_or_none() -> None:
 
 
 def test_other_format_versions_are_refused() -> None:
-    for version in (0, 3, "2", 2.0, None, True):
+    for version in (0, 4, "2", 2.0, None, True):
         doc = document()
         doc["format_version"] = version
         with pytest.raises(ModelFormatError, match="format version"):
