@@ -1,4 +1,4 @@
-"""Artefact format 3: the basis of every code's curve and the catalogue curve; 1 and 2 still load."""
+"""Artefact format 3: a basis per code and the catalogue curve; formats 1 and 2 still load."""
 from __future__ import annotations
 
 import json
