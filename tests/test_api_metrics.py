@@ -105,11 +105,11 @@ def test_recorded_quality_is_exported_for_the_alert_rules(tmp_path: Path) -> Non
         samples = scrape(client)
     served = (("model_version", version),)
     replaced = (("model_version", version), ("previous_model_version", "20261120-000000-old"))
-    assert samples[("ttd_model_heldout_mae_hours", served)] == 0.42
+    assert samples[("ttd_model_heldout_mae_seconds", served)] == 0.42 * 3600
     assert samples[("ttd_model_heldout_coverage_p90", served)] == 0.875
     assert samples[("ttd_model_coverage_p90_minimum", served)] == 0.85
-    assert samples[("ttd_model_previous_realised_mae_hours", replaced)] == 0.61
-    assert samples[("ttd_model_previous_heldout_mae_hours", replaced)] == 0.38
+    assert samples[("ttd_model_previous_realised_mae_seconds", replaced)] == 0.61 * 3600
+    assert samples[("ttd_model_previous_heldout_mae_seconds", replaced)] == 0.38 * 3600
     assert samples[("ttd_model_refresh_behind", ())] == 0
 
 
@@ -117,8 +117,8 @@ def test_a_model_without_those_records_exports_none_of_them(tmp_path: Path) -> N
     with TestClient(make_app(new_store(tmp_path))) as client:
         names = {name for name, _ in scrape(client)}
     assert not names & {"ttd_model_heldout_coverage_p90", "ttd_model_coverage_p90_minimum",
-                        "ttd_model_previous_realised_mae_hours",
-                        "ttd_model_previous_heldout_mae_hours"}
+                        "ttd_model_previous_realised_mae_seconds",
+                        "ttd_model_previous_heldout_mae_seconds"}
 
 
 def test_refresh_behind_while_the_pointer_names_a_refused_model(tmp_path: Path) -> None:

@@ -159,6 +159,11 @@ class ApiMetrics(Collector):
         yield from accuracy_gauges(facts)
 
 
+def seconds(hours: Optional[float]) -> Optional[float]:
+    """Hours (as training records errors) in Prometheus' base unit, seconds."""
+    return None if hours is None else hours * 3600.0
+
+
 def accuracy_gauges(facts: ModelFacts) -> Iterator[Metric]:
     """Held-out MAE, the predecessor's realised and promised MAE, p90 coverage, when known."""
     served = (["model_version"], [facts.version])
@@ -166,14 +171,15 @@ def accuracy_gauges(facts: ModelFacts) -> Iterator[Metric]:
                 [facts.version, facts.previous_version or ""])
     quality = facts.quality
     for name, about, (labels, values), value in (
-        ("ttd_model_heldout_mae_hours",
-         "Held-out MAE of the served model, recorded by training", served, facts.heldout_mae),
-        ("ttd_model_previous_realised_mae_hours",
+        ("ttd_model_heldout_mae_seconds",
+         "Held-out MAE of the served model, recorded by training", served,
+         seconds(facts.heldout_mae)),
+        ("ttd_model_previous_realised_mae_seconds",
          "MAE of the model the served one replaced, on the served model's training tranche",
-         replaced, facts.previous_realised_mae),
-        ("ttd_model_previous_heldout_mae_hours",
+         replaced, seconds(facts.previous_realised_mae)),
+        ("ttd_model_previous_heldout_mae_seconds",
          "Held-out MAE the replaced model promised when it was trained",
-         replaced, quality.previous_heldout_mae),
+         replaced, seconds(quality.previous_heldout_mae)),
         ("ttd_model_heldout_coverage_p90",
          "Share of held-out dispatches within the served model's p90 bound, recorded by training",
          served, quality.coverage_p90),
