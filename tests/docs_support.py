@@ -68,7 +68,8 @@ def broken_links(page: Path) -> List[str]:
             continue
         path_part, _, anchor = target.partition("#")
         linked = (page.parent / path_part).resolve() if path_part else page
-        where = f"{page.relative_to(REPO_ROOT)}:{number}: {target}"
+        name = page.relative_to(REPO_ROOT) if page.is_relative_to(REPO_ROOT) else page.name
+        where = f"{name}:{number}: {target}"
         if not linked.exists():
             problems.append(f"{where}: no such file")
         elif anchor and (linked.suffix != ".md"
