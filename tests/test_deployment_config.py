@@ -475,6 +475,14 @@ def test_circleci_schema_check_passes_this_file_and_refuses_a_broken_one(
     assert "static-code-analysis" in results["broken"].stdout
 
 
+def test_ci_installs_promtool_where_the_tests_run(circleci: Dict[str, Any]) -> None:
+    tests_job = _job_commands(circleci, "unit-and-functional-tests")
+    assert "apt-get install" in tests_job and "prometheus" in tests_job
+    assert tests_job.index("prometheus") < tests_job.index("tox run -e unit_and_functional_tests")
+    ci_run = (REPO_ROOT / ".ci" / "run").read_text()
+    assert "command -v promtool" in ci_run and "wanted+=(prometheus)" in ci_run
+
+
 def test_ci_deploys_with_bodywork_to_eks_only_on_master(circleci: Dict[str, Any]) -> None:
     jobs = _workflow_jobs(circleci)
     assert jobs["deploy-to-eks"]["filters"]["branches"] == {"only": "master"}
