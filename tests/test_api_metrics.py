@@ -10,8 +10,18 @@ from starlette.testclient import TestClient
 
 from pipeline.api.app import refresh_once
 from pipeline.api.metrics import LATENCY_BUCKETS, Series
-from pipeline.artefacts import load_latest
-from tests.api_support import BATCH, SINGLE, make_app, new_store, publish_model, rows
+from pipeline.api.serving import RefreshOutcome
+from pipeline.artefacts import POINTER_KEY, load_latest
+from tests.api_support import (
+    BATCH,
+    SINGLE,
+    make_app,
+    model_bytes,
+    new_store,
+    publish_model,
+    publish_raw,
+    rows,
+)
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 
@@ -81,3 +91,49 @@ def test_a_duration_on_a_bucket_bound_counts_in_that_bucket(index: int) -> None:
     assert series.buckets[index] == 1
     assert series.buckets[index + 1] == 1
     assert series.count == 2
+
+
+def test_recorded_quality_is_exported_for_the_alert_rules(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    version = publish_model(store, seed=4, extra={
+        "metrics": {"held_out": {"overall": {"mae": 0.42, "coverage_p90": 0.875}}},
+        "options": {"thresholds": {"coverage_min": 0.85}},
+        "previous_model": {"model_version": "20261120-000000-old", "heldout_mae": 0.38,
+                           "realised_mae": 0.61},
+    })
+    with TestClient(make_app(store)) as client:
+        samples = scrape(client)
+    served = (("model_version", version),)
+    replaced = (("model_version", version), ("previous_model_version", "20261120-000000-old"))
+    assert samples[("ttd_model_heldout_mae_seconds", served)] == 0.42 * 3600
+    assert samples[("ttd_model_heldout_coverage_p90", served)] == 0.875
+    assert samples[("ttd_model_coverage_p90_minimum", served)] == 0.85
+    assert samples[("ttd_model_previous_realised_mae_seconds", replaced)] == 0.61 * 3600
+    assert samples[("ttd_model_previous_heldout_mae_seconds", replaced)] == 0.38 * 3600
+    assert samples[("ttd_model_refresh_behind", ())] == 0
+
+
+def test_a_model_without_those_records_exports_none_of_them(tmp_path: Path) -> None:
+    with TestClient(make_app(new_store(tmp_path))) as client:
+        names = {name for name, _ in scrape(client)}
+    assert not names & {"ttd_model_heldout_coverage_p90", "ttd_model_coverage_p90_minimum",
+                        "ttd_model_previous_realised_mae_seconds",
+                        "ttd_model_previous_heldout_mae_seconds"}
+
+
+def test_refresh_behind_while_the_pointer_names_a_refused_model(tmp_path: Path) -> None:
+    store = new_store(tmp_path)
+    good_pointer = store.read_bytes(POINTER_KEY)
+    app = make_app(store)
+    with TestClient(app) as client:
+        publish_raw(store, "20260101-000000-badsum00", model_bytes(3), "0" * 64)
+        behind = []
+        for _ in range(2):  # rejected, then unchanged: the replica is still behind the pointer
+            refresh_once(app.state)
+            behind.append(scrape(client)[("ttd_model_refresh_behind", ())])
+        store.write_bytes(POINTER_KEY, good_pointer)  # rolled back to the model it serves
+        assert refresh_once(app.state).outcome == "unchanged"
+        behind.append(scrape(client)[("ttd_model_refresh_behind", ())])
+        app.state.apply(RefreshOutcome(app.state.serving, "failed", "store unreachable", None))
+        behind.append(scrape(client)[("ttd_model_refresh_behind", ())])
+    assert behind == [1, 1, 0, 1]

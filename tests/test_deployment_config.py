@@ -5,10 +5,12 @@ import configparser
 import json
 import os
 import re
+import shutil
 import subprocess
+import sys
 import zipfile
 from pathlib import Path
-from typing import Any, Dict, List, Set, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 import pytest
 
@@ -437,6 +439,48 @@ def test_ci_runs_static_analysis_then_tests_on_every_branch_but_master(
         circleci, "unit-and-functional-tests"
     )
     assert "tox run -e deployment_config" in _job_commands(circleci, "deployment-config")
+
+
+def check_jsonschema() -> Optional[str]:
+    """check-jsonschema beside this Python (tox -e deployment_config installs it) or on PATH."""
+    beside = Path(sys.executable).with_name("check-jsonschema")
+    return str(beside) if beside.exists() else shutil.which("check-jsonschema")
+
+
+def test_deployment_config_validates_this_file_against_circlecis_schema() -> None:
+    commands = _tox()["testenv:deployment_config"]["commands"]
+    assert "check-jsonschema --builtin-schema vendor.circle-ci .circleci/config.yml" in commands
+    assert "circleci_schema" in commands
+    deploy = (REPO_ROOT / "requirements_deploy.txt").read_text()
+    assert "check-jsonschema" in locks.read_pins(deploy)
+
+
+@pytest.mark.skipif(check_jsonschema() is None,
+                    reason="check-jsonschema is installed by tox -e deployment_config only")
+def test_circleci_schema_check_passes_this_file_and_refuses_a_broken_one(
+    circleci: Dict[str, Any], tmp_path: Path
+) -> None:
+    broken = json.loads(json.dumps(circleci))
+    job = broken["jobs"]["static-code-analysis"]
+    job["stepz"] = job.pop("steps")
+    (tmp_path / "config.yml").write_text(json.dumps(broken))
+    results = {}
+    for name, path in (("ours", REPO_ROOT / ".circleci" / "config.yml"),
+                       ("broken", tmp_path / "config.yml")):
+        results[name] = subprocess.run(
+            [str(check_jsonschema()), "--builtin-schema", "vendor.circle-ci", str(path)],
+            capture_output=True, text=True, timeout=120, check=False)
+    assert results["ours"].returncode == 0, results["ours"].stdout + results["ours"].stderr
+    assert results["broken"].returncode == 1
+    assert "static-code-analysis" in results["broken"].stdout
+
+
+def test_ci_installs_promtool_where_the_tests_run(circleci: Dict[str, Any]) -> None:
+    tests_job = _job_commands(circleci, "unit-and-functional-tests")
+    assert "apt-get install" in tests_job and "prometheus" in tests_job
+    assert tests_job.index("prometheus") < tests_job.index("tox run -e unit_and_functional_tests")
+    ci_run = (REPO_ROOT / ".ci" / "run").read_text()
+    assert "command -v promtool" in ci_run and "wanted+=(prometheus)" in ci_run
 
 
 def test_ci_deploys_with_bodywork_to_eks_only_on_master(circleci: Dict[str, Any]) -> None:

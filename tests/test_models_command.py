@@ -363,12 +363,12 @@ def test_the_api_exposes_held_out_and_predecessor_realised_mae(
     assert info["previous_realised_mae"] == first["realised_mae"] is not None
     samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
                for family in text_string_to_metric_families(text) for s in family.samples}
-    assert samples[("ttd_model_heldout_mae_hours",
-                    (("model_version", newest["model_version"]),))] == newest["heldout_mae"]
-    assert samples[("ttd_model_previous_realised_mae_hours",
+    assert samples[("ttd_model_heldout_mae_seconds",
+                    (("model_version", newest["model_version"]),))] == newest["heldout_mae"] * 3600
+    assert samples[("ttd_model_previous_realised_mae_seconds",
                     (("model_version", newest["model_version"]),
                      ("previous_model_version", first["model_version"])))] == \
-        first["realised_mae"]
+        first["realised_mae"] * 3600
 
 
 def test_the_api_leaves_accuracy_unknown_for_a_model_without_it(tmp_path: Path) -> None:
@@ -380,5 +380,5 @@ def test_the_api_leaves_accuracy_unknown_for_a_model_without_it(tmp_path: Path) 
         info = client.get("/api/v0.1/model").json()
         text = client.get("/metrics").text
     assert info["heldout_mae"] is None and info["previous_realised_mae"] is None
-    assert "ttd_model_heldout_mae_hours" not in text
-    assert "ttd_model_previous_realised_mae_hours" not in text
+    assert "ttd_model_heldout_mae_seconds" not in text
+    assert "ttd_model_previous_realised_mae_seconds" not in text

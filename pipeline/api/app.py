@@ -14,7 +14,6 @@ polls the store and swaps in newly published models off the request path.
 import asyncio
 import gc
 import logging
-import math
 import time
 from contextlib import asynccontextmanager, suppress
 from importlib.resources import files
@@ -70,7 +69,13 @@ from pipeline.api.serving import (
     refresh_step,
 )
 from pipeline.api.settings import ServeSettings
-from pipeline.api.state import ServiceState, accuracy_facts, iso_utc
+from pipeline.api.state import (
+    ServiceState,
+    accuracy_facts,
+    heldout_coverage,
+    iso_utc,
+    number_at,
+)
 from pipeline.artefacts import LoadedModel
 from pipeline.store import Store
 
@@ -422,32 +427,18 @@ def _not_found(request: Request, known: List[str]) -> str:
     return "Not Found"
 
 
-def _number(value: Any) -> Optional[float]:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
-
-
-def _mapping(value: Any, key: str) -> Mapping[str, Any]:
-    found = value.get(key) if isinstance(value, Mapping) else None
-    return found if isinstance(found, Mapping) else {}
-
-
 def coverage_p90(metadata: Mapping[str, Any], product_codes: Any) -> CoverageP90:
     """Held-out p90 coverage from the metadata (``metrics.held_out``), null where absent.
 
     Overall: ``metrics.held_out.overall.coverage_p90`` (or ``metrics.held_out.coverage_p90``);
     per code: ``metrics.held_out.per_product_code.<code>.coverage_p90``.
     """
-    held_out = _mapping(_mapping(metadata, "metrics"), "held_out")
-    overall = _number(_mapping(held_out, "overall").get("coverage_p90"))
-    if overall is None:
-        overall = _number(held_out.get("coverage_p90"))
-    per_code = _mapping(held_out, "per_product_code")
     return CoverageP90(
-        overall=overall,
+        overall=heldout_coverage(metadata),
         per_product_code={
-            code: _number(_mapping(per_code, code).get("coverage_p90")) for code in product_codes
+            code: number_at(metadata, "metrics", "held_out", "per_product_code", code,
+                            "coverage_p90")
+            for code in product_codes
         },
     )
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from bisect import bisect_left
-from typing import Callable, Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Tuple
 
 from prometheus_client import (
     CollectorRegistry,
@@ -48,13 +48,22 @@ class Series:
         self.buckets[bisect_left(LATENCY_BUCKETS, seconds)] += 1
 
 
+class ModelQuality(NamedTuple):
+    """What training recorded that the alert rules judge: the replaced model's promise, coverage."""
+
+    previous_heldout_mae: Optional[float] = None
+    coverage_p90: Optional[float] = None
+    coverage_min: Optional[float] = None
+
+
 class ModelFacts:
     """What the collector reports about the served model, read at scrape time."""
 
     def __init__(
         self, version: str, trained_at: Optional[float], loaded_at: float,
         heldout_mae: Optional[float] = None, previous_version: Optional[str] = None,
-        previous_realised_mae: Optional[float] = None,
+        previous_realised_mae: Optional[float] = None, quality: Optional[ModelQuality] = None,
+        refresh_behind: bool = False,
     ) -> None:
         self.version = version
         self.trained_at = trained_at
@@ -62,6 +71,8 @@ class ModelFacts:
         self.heldout_mae = heldout_mae
         self.previous_version = previous_version
         self.previous_realised_mae = previous_realised_mae
+        self.quality = quality or ModelQuality()
+        self.refresh_behind = refresh_behind
 
 
 class ApiMetrics(Collector):
@@ -138,23 +149,45 @@ class ApiMetrics(Collector):
             "ttd_model_loaded_timestamp_seconds", "When the served model was loaded (Unix time)"
         )
         loaded.add_metric([], facts.loaded_at)
-        yield from (requests, latency, predictions, refreshes, info, age, loaded)
+        behind = GaugeMetricFamily(
+            "ttd_model_refresh_behind",
+            "1 while the last refresh check could not read the pointer or the pointer names a "
+            "model this replica refused to load (it keeps serving its own), else 0",
+        )
+        behind.add_metric([], 1.0 if facts.refresh_behind else 0.0)
+        yield from (requests, latency, predictions, refreshes, info, age, loaded, behind)
         yield from accuracy_gauges(facts)
 
 
+def seconds(hours: Optional[float]) -> Optional[float]:
+    """Hours (as training records errors) in Prometheus' base unit, seconds."""
+    return None if hours is None else hours * 3600.0
+
+
 def accuracy_gauges(facts: ModelFacts) -> Iterator[Metric]:
-    """The served model's held-out MAE and its predecessor's realised MAE, when known."""
-    if facts.heldout_mae is not None:
-        held = GaugeMetricFamily("ttd_model_heldout_mae_hours",
-                                 "Held-out MAE of the served model, recorded by training",
-                                 labels=["model_version"])
-        held.add_metric([facts.version], facts.heldout_mae)
-        yield held
-    if facts.previous_realised_mae is not None:
-        realised = GaugeMetricFamily(
-            "ttd_model_previous_realised_mae_hours",
-            "MAE of the model the served one replaced, on the served model's training tranche",
-            labels=["model_version", "previous_model_version"])
-        realised.add_metric([facts.version, facts.previous_version or ""],
-                            facts.previous_realised_mae)
-        yield realised
+    """Held-out MAE, the predecessor's realised and promised MAE, p90 coverage, when known."""
+    served = (["model_version"], [facts.version])
+    replaced = (["model_version", "previous_model_version"],
+                [facts.version, facts.previous_version or ""])
+    quality = facts.quality
+    for name, about, (labels, values), value in (
+        ("ttd_model_heldout_mae_seconds",
+         "Held-out MAE of the served model, recorded by training", served,
+         seconds(facts.heldout_mae)),
+        ("ttd_model_previous_realised_mae_seconds",
+         "MAE of the model the served one replaced, on the served model's training tranche",
+         replaced, seconds(facts.previous_realised_mae)),
+        ("ttd_model_previous_heldout_mae_seconds",
+         "Held-out MAE the replaced model promised when it was trained",
+         replaced, seconds(quality.previous_heldout_mae)),
+        ("ttd_model_heldout_coverage_p90",
+         "Share of held-out dispatches within the served model's p90 bound, recorded by training",
+         served, quality.coverage_p90),
+        ("ttd_model_coverage_p90_minimum",
+         "The held-out p90 coverage the training gate required (train_model --coverage-min)",
+         served, quality.coverage_min),
+    ):
+        if value is not None:
+            gauge = GaugeMetricFamily(name, about, labels=labels)
+            gauge.add_metric(values, value)
+            yield gauge

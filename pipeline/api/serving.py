@@ -230,7 +230,8 @@ def refresh_step(
         return RefreshOutcome(current, "absent", "no model is published", rejected)
     pointer = found[0]
     if pointer == current.loaded.pointer or pointer == rejected:
-        return RefreshOutcome(current, "unchanged", pointer.model_version, rejected)
+        still = None if pointer == current.loaded.pointer else rejected
+        return RefreshOutcome(current, "unchanged", pointer.model_version, still)
     try:
         fresh = build_serving_model(load_pointed(store, pointer), current.max_batch_rows)
     except StoreError as exc:

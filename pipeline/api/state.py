@@ -1,11 +1,12 @@
 """The service's shared state: the served model slot, metrics, request log and refresh status."""
 from __future__ import annotations
 
+import math
 import time
 from datetime import datetime, timezone
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
-from pipeline.api.metrics import ApiMetrics, ModelFacts
+from pipeline.api.metrics import ApiMetrics, ModelFacts, ModelQuality
 from pipeline.api.requestlog import RequestLog
 from pipeline.api.schemas import RefreshStatus
 from pipeline.api.serving import RefreshOutcome, ServingModel
@@ -39,12 +40,14 @@ class ServiceState:
         self.openapi_cache: Optional[Tuple[ServingModel, Dict[str, Any]]] = None
 
     def model_facts(self) -> ModelFacts:
-        """The served model's version and times, for the metrics collector."""
+        """The served model's version, times and recorded quality, for the metrics collector."""
         serving = self.serving
         born = serving.trained_at or serving.published_at
+        behind = self.rejected is not None or self.refresh.last_outcome in ("failed", "rejected")
         return ModelFacts(
             serving.version, born.timestamp() if born else None, serving.loaded_at,
-            *accuracy_facts(serving.metadata),
+            *accuracy_facts(serving.metadata), quality=quality_facts(serving.metadata),
+            refresh_behind=behind,
         )
 
     def apply(self, result: RefreshOutcome) -> None:
@@ -68,12 +71,35 @@ def accuracy_facts(
 ) -> Tuple[Optional[float], Optional[str], Optional[float]]:
     """Held-out MAE, the replaced model's version and its realised MAE, as the metadata says."""
     previous = metadata.get("previous_model")
-    if not isinstance(previous, dict):
-        previous = {}
-    realised = previous.get("realised_mae")
-    version = previous.get("model_version")
+    version = previous.get("model_version") if isinstance(previous, dict) else None
     return (
         heldout_mae(metadata),
         None if version is None else str(version),
-        float(realised) if isinstance(realised, (int, float)) else None,
+        number_at(metadata, "previous_model", "realised_mae"),
+    )
+
+
+def number_at(metadata: Mapping[str, Any], *path: str) -> Optional[float]:
+    """The finite number at a path of keys in the metadata, else None."""
+    value: Any = metadata
+    for key in path:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def heldout_coverage(metadata: Mapping[str, Any]) -> Optional[float]:
+    """The p90 bound's overall held-out coverage the metadata records, if any."""
+    found = number_at(metadata, "metrics", "held_out", "overall", "coverage_p90")
+    return found if found is not None else number_at(
+        metadata, "metrics", "held_out", "coverage_p90")
+
+
+def quality_facts(metadata: Mapping[str, Any]) -> ModelQuality:
+    """The replaced model's promised MAE, the bound's coverage and its gate's minimum."""
+    return ModelQuality(
+        number_at(metadata, "previous_model", "heldout_mae"),
+        heldout_coverage(metadata),
+        number_at(metadata, "options", "thresholds", "coverage_min"),
     )
