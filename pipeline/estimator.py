@@ -85,11 +85,13 @@ class FittedCode(NamedTuple):
 
 @dataclass(frozen=True)
 class FitResult:
-    """A fitted model, the choice made per code, and the codes too rare to learn."""
+    """A fitted model, the choice made per code, the codes too rare to learn, and (for a
+    pooled fit) what the pooling learned."""
 
     model: DispatchModel
     fits: Dict[str, CodeFit]
     skipped: Dict[str, int] = field(default_factory=dict)
+    pooling: Optional[Dict[str, Any]] = None
 
 
 def _quantiles(values: FloatArray, weights: FloatArray, levels: FloatArray) -> FloatArray:
