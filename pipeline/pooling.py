@@ -111,7 +111,8 @@ class Offsets:
 
         relative = hours / level
         counts, ratios, squares = table(), table(relative), table(relative * relative)
-        expected_sum, hours_sum = table(level), np.bincount(tranche, hours, tranches)
+        expected_sum = table(level)
+        hours_sum = np.bincount(tranche, hours, tranches).astype(np.float64)
         self.n: FloatArray = counts.sum(axis=1)
         seen = self.n > 0
         rows = np.where(seen, self.n, 1.0)

@@ -95,6 +95,9 @@ class RunRecord:
     summary: str = ""
     exit_status: Optional[int] = None
     model_version: Optional[str] = None
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    history_left_out: List[Dict[str, Any]] = field(default_factory=list)
+    pooling: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         if not self.run_id:
