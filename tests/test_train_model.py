@@ -266,6 +266,23 @@ def test_with_history_a_rare_code_gets_a_pooled_curve(published: str) -> None:
     assert meta["history"][1]["key"] == tranche_key(OLD_WEEK)
 
 
+def test_a_broken_older_tranche_is_left_out_with_one_warning_and_the_window_holds(
+    local_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = put(local_url, "2026-11-06T23:00:00", HEADER + b"ten,x,SKU001\n")
+    good = put(local_url, OLD_WEEK, simulate_tranche(500, seed=31).to_csv())
+    put(local_url, "2026-08-14T23:00:00", simulate_tranche(500, seed=32).to_csv())
+    newest = put(local_url, NEW_WEEK, with_new_and_rare_codes(33))
+    with caplog.at_level(logging.INFO):
+        assert stage(local_url, "--history-weeks", "13", "--no-report") == 0
+    [warning] = [m for m in messages(caplog, logging.WARNING) if "older tranche" in m]
+    assert broken in warning and "left out" in warning
+    meta = artefacts.load_latest(open_store(local_url)).metadata
+    assert [h["key"] for h in meta["history"]] == [newest, good]
+    assert meta["history"][1]["rows"] == 500 and len(meta["history"][1]["sha256"]) == 64
+    assert [h["key"] for h in meta["history_left_out"]] == [broken]
+
+
 def test_no_refit_publishes_the_model_fitted_on_the_training_rows(local_url: str) -> None:
     put(local_url, NEW_WEEK, simulate_tranche(1000, seed=15).to_csv())
     assert stage(local_url, "--no-refit") == 0
