@@ -73,7 +73,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> Dict[str, float]:
         store = open_store(root)
         write_catalogue(store, world, UNTIL)
         newest = world.tranche(world.weeks - 1)
-        seen = {str(c) for w in range(world.weeks) for c in np.unique(world.tranche(w).product_code)}
+        weekly = (world.tranche(w).product_code for w in range(world.weeks))
+        seen = {str(c) for codes in weekly for c in np.unique(codes)}
         extra = ["--n-jobs", str(args.n_jobs), "--history-weeks", str(args.history_weeks)]
         extra += [] if args.report else ["--no-report"]
         seconds, peak_mb = train(root, extra)
@@ -95,7 +96,8 @@ def one_seed(args: argparse.Namespace, seed: int) -> Dict[str, float]:
         m = mask[known]
         if not m.any():
             continue
-        ratio = float(np.mean(np.abs(hours[m] - estimate[m])) / np.mean(np.abs(hours[m] - truth[m])))
+        error, floor = np.abs(hours[m] - estimate[m]), np.abs(hours[m] - truth[m])
+        ratio = float(np.mean(error) / np.mean(floor))
         cover = float(np.mean(hours[m] <= upper[m]))
         result[f"ratio {name}"], result[f"coverage {name}"] = ratio, cover
         goal = f" (goal <= {GOALS[name]:.2f})" if name in GOALS else ""

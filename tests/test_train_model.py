@@ -264,6 +264,9 @@ def test_with_history_a_rare_code_gets_a_pooled_curve(published: str) -> None:
     assert model.catalogue is not None
     assert [h["newest"] for h in meta["history"]] == [True, False]
     assert meta["history"][1]["key"] == tranche_key(OLD_WEEK)
+    report = json.loads(open_store(published).read_bytes(meta["report"]["json"]))
+    assert "tail" in report["figures"] and report["history"] == meta["history"]
+    assert report["bases"] == {"product": 6, "pooled": 1}
 
 
 def test_a_broken_older_tranche_is_left_out_with_one_warning_and_the_window_holds(
