@@ -295,7 +295,14 @@ class PooledDispatchRegressor(RegressorMixin, BaseEstimator):  # type: ignore[mi
         line = LinearRegression(positive=True).fit(orders[:, None], np.abs(residuals))
         spread = (max(float(line.intercept_), floor), float(line.coef_[0]))
         scores = residuals / (spread[0] + spread[1] * orders)
-        quantiles = bucket_quantiles(scores, rows_bucket(others), self.bound_level)
+        newest_rows = np.bincount(index[tranche == 0], minlength=len(names))
+        # Calibrate on the rows of the parts that get a pooled curve (unless they are too few):
+        # a common part's own shape, which its pooled curve would miss, must not widen them.
+        calibrating = newest_rows[index] < self.min_rows_per_code
+        if calibrating.sum() < MIN_BUCKET_ROWS:
+            calibrating = np.ones(len(index), dtype=bool)
+        quantiles = bucket_quantiles(scores[calibrating], rows_bucket(others[calibrating]),
+                                     self.bound_level)
         prior_scores = (scaled - offsets.prior * level) / (spread[0] + spread[1] * orders)
         catalogue_q = max(conformal_quantile(prior_scores, self.bound_level), quantiles[0])
 
@@ -307,7 +314,6 @@ class PooledDispatchRegressor(RegressorMixin, BaseEstimator):  # type: ignore[mi
         self.catalogue_ = CatalogueCurve(
             catalogue, Curve(knots_t, tuple(float(v) for v in offsets.prior * base
                                             + catalogue_q * width)))
-        newest_rows = np.bincount(index[tranche == 0], minlength=len(names))
         pooled = np.flatnonzero((offsets.n > 0) & (newest_rows < self.min_rows_per_code))
         estimate = offsets.factor[pooled, None] * base[None, :]
         upper = estimate + quantiles[rows_bucket(offsets.n[pooled])][:, None] * width[None, :]
