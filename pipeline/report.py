@@ -287,8 +287,13 @@ def violations_figure(record: RunRecord) -> Optional[str]:
 
 
 def tail_figure(record: RunRecord) -> Optional[str]:
-    """The long tail: parts by their rows in the newest tranche, and accuracy by basis."""
-    if record.points is None or not record.held_out or not record.held_out.get("by_basis"):
+    """The long tail: parts by their rows in the newest tranche, and accuracy by basis.
+
+    Drawn only when some parts got a pooled curve: without a tail there is nothing to show.
+    """
+    model = record.new_model
+    if (record.points is None or not record.held_out or not record.held_out.get("by_basis")
+            or model is None or "pooled" not in model.bases.values()):
         return None
     counts = np.asarray(list(record.points.code_counts().values()), dtype=np.float64)
     by_basis = record.held_out["by_basis"]
@@ -314,7 +319,7 @@ def tail_figure(record: RunRecord) -> Optional[str]:
             ax.set_ylim(0.0, 1.0)
     for ax in (left, middle, right):
         ax.tick_params(labelsize=7)
-    figure.tight_layout()
+    figure.subplots_adjust(wspace=0.35, bottom=0.2)
     return _png(figure)
 
 
