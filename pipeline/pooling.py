@@ -41,11 +41,10 @@ from pipeline.bound import LABEL_SCALE_FLOOR, SPREAD_FLOOR, conformal_quantile, 
 from pipeline.estimator import (
     CODE, DEFAULT_CV_MAX_ROWS, DEFAULT_FAMILIES, DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE,
     ORDERS, ROUNDING_TOLERANCE, SIMPLER_TOLERANCE, DispatchTimeRegressor, FitResult, _columns,
-    fit_code,
+    fit_code, predict_per_code,
 )
 from pipeline.model import (
     BOUND_QUANTILE, POOLED_BASIS, PRODUCT_BASIS, CatalogueCurve, Curve, DispatchModel,
-    rows_by_code,
 )
 
 TRANCHE = "tranche"
@@ -348,19 +347,12 @@ class PooledDispatchRegressor(RegressorMixin, BaseEstimator):  # type: ignore[mi
     def predict(self, X: pd.DataFrame) -> FloatArray:
         """Estimated hours per row; KeyError names the first part the model has never seen."""
         check_is_fitted(self)
-        return self._per_code(X, self.curves_)
+        return predict_per_code(X, self.curves_)
 
     def predict_upper(self, X: pd.DataFrame) -> FloatArray:
         """Each row's p90 bound."""
         check_is_fitted(self)
-        return self._per_code(X, self.bounds_)
-
-    def _per_code(self, X: pd.DataFrame, curves: Dict[str, Curve]) -> FloatArray:
-        names, index, orders = _columns(X)
-        result = np.empty(len(orders), dtype=np.float64)
-        for position, rows in rows_by_code(index, len(names)):
-            result[rows] = curves[names[position]].predict(orders[rows])
-        return result
+        return predict_per_code(X, self.bounds_)
 
     def to_dispatch_model(self) -> DispatchModel:
         """The published model, format 3: every part's curve, bound, range and basis."""
