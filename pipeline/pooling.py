@@ -247,12 +247,8 @@ class PooledDispatchRegressor(RegressorMixin, BaseEstimator):  # type: ignore[mi
 
     def product_regressor(self) -> DispatchTimeRegressor:
         """The per-part estimator this one composes, with the same settings."""
-        return DispatchTimeRegressor(
-            families=self.families, folds=self.folds, min_rows_per_code=self.min_rows_per_code,
-            cv_max_rows=self.cv_max_rows, relative_tolerance=self.relative_tolerance,
-            rounding_tolerance=self.rounding_tolerance, random_state=self.random_state,
-            n_jobs=self.n_jobs, bound_level=self.bound_level,
-        )
+        shared = DispatchTimeRegressor().get_params()
+        return DispatchTimeRegressor(**{name: getattr(self, name) for name in shared})
 
     def fit(self, X: pd.DataFrame, y: Any) -> "PooledDispatchRegressor":
         """Fit the per-part curves, the catalogue curve, the offsets and the bounds."""
