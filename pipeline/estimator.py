@@ -85,11 +85,13 @@ class FittedCode(NamedTuple):
 
 @dataclass(frozen=True)
 class FitResult:
-    """A fitted model, the choice made per code, and the codes too rare to learn."""
+    """A fitted model, the choice made per code, the codes too rare to learn, and (for a
+    pooled fit) what the pooling learned."""
 
     model: DispatchModel
     fits: Dict[str, CodeFit]
     skipped: Dict[str, int] = field(default_factory=dict)
+    pooling: Optional[Dict[str, Any]] = None
 
 
 def _quantiles(values: FloatArray, weights: FloatArray, levels: FloatArray) -> FloatArray:
@@ -381,6 +383,15 @@ def _columns(X: Any) -> Tuple[List[str], npt.NDArray[np.int64], FloatArray]:
     return names, np.asarray(index, dtype=np.int64), orders
 
 
+def predict_per_code(X: pd.DataFrame, curves: Dict[str, Curve]) -> FloatArray:
+    """Each row's value on its code's curve; KeyError names the first code without one."""
+    names, index, orders = _columns(X)
+    result = np.empty(len(orders), dtype=np.float64)
+    for position, rows in rows_by_code(index, len(names)):
+        result[rows] = curves[names[position]].predict(orders[rows])
+    return result
+
+
 class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
     """Hours to dispatch from ``product_code`` and ``orders_placed``: a curve per code.
 
@@ -461,11 +472,7 @@ class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc
         return self._per_code(X, self.bounds_)
 
     def _per_code(self, X: pd.DataFrame, curves: Dict[str, Curve]) -> FloatArray:
-        names, index, orders = _columns(X)
-        result = np.empty(len(orders), dtype=np.float64)
-        for position, rows in rows_by_code(index, len(names)):
-            result[rows] = curves[names[position]].predict(orders[rows])
-        return result
+        return predict_per_code(X, curves)
 
     def to_dispatch_model(self) -> DispatchModel:
         """The published model: each code's curve, upper bound and trained orders range."""

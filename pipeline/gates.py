@@ -5,7 +5,7 @@ the champion gate) with a sentence in plain words, for the log and the metadata.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
@@ -13,7 +13,7 @@ import numpy.typing as npt
 from scipy.stats import binomtest
 from sklearn.metrics import mean_absolute_error, r2_score
 
-from pipeline.model import DispatchModel
+from pipeline.model import BASES, DispatchModel, rows_by_code
 from pipeline.validation import ValidTranche
 
 PASS, WARN, FAIL, KEEP = "pass", "warn", "fail", "keep"
@@ -26,6 +26,7 @@ DEFAULT_GRID_EXTEND = 0.5
 DEFAULT_LABEL_FACTOR = 1.5
 DEFAULT_CHAMPION_TOLERANCE = 0.05
 DEFAULT_COVERAGE_MIN = 0.85
+DEFAULT_MIN_BASIS_ROWS = 30
 _MONOTONE_SLACK = 1e-9
 
 FloatArray = npt.NDArray[np.float64]
@@ -66,19 +67,24 @@ class Metrics:
 
 @dataclass(frozen=True)
 class Evaluation:
-    """Metrics overall and per product code; rows of codes the model does not know are unscored."""
+    """Metrics overall, per product code and (for a model with bases) per basis; rows of codes
+    the model does not know are unscored."""
 
     overall: Metrics
     per_code: Dict[str, Metrics]
     unscored_rows: int
+    by_basis: Dict[str, Metrics] = field(default_factory=dict)
 
     def to_dict(self) -> Dict[str, Any]:
-        """A JSON-ready form."""
-        return {
+        """A JSON-ready form (``by_basis`` only for a model with bases)."""
+        result: Dict[str, Any] = {
             "overall": self.overall.to_dict(),
             "per_product_code": {c: m.to_dict() for c, m in sorted(self.per_code.items())},
             "unscored_rows": self.unscored_rows,
         }
+        if self.by_basis:
+            result["by_basis"] = {b: m.to_dict() for b, m in self.by_basis.items()}
+        return result
 
 
 def metrics(
@@ -94,40 +100,6 @@ def metrics(
     return Metrics(int(len(actual)), float(mean_absolute_error(actual, predicted)), r2, coverage)
 
 
-def predict_known(
-    model: DispatchModel, rows: ValidTranche
-) -> Tuple[npt.NDArray[np.bool_], FloatArray, Optional[FloatArray]]:
-    """Which rows have a code the model knows, and its estimates and bounds for those rows."""
-    known = np.zeros(rows.rows, dtype=bool)
-    predictions = np.full(rows.rows, np.nan)
-    upper = np.full(rows.rows, np.nan) if model.bounds else None
-    for index, code in enumerate(rows.product_codes):
-        curve = model.curves.get(code)
-        if curve is None:
-            continue
-        mask = rows.code_index == index
-        known |= mask
-        predictions[mask] = curve.predict(rows.orders_placed[mask])
-        if upper is not None:
-            upper[mask] = model.bounds[code].predict(rows.orders_placed[mask])
-    return known, predictions[known], None if upper is None else upper[known]
-
-
-def evaluate(model: DispatchModel, rows: ValidTranche) -> Evaluation:
-    """Metrics of a model on some rows, overall and per product code it knows."""
-    known, predictions, upper = predict_known(model, rows)
-    actual = rows.hours_to_dispatch[known]
-    codes = rows.code_index[known]
-    per_code = {}
-    for index, code in enumerate(rows.product_codes):
-        mask = codes == index
-        if mask.any():
-            per_code[code] = metrics(actual[mask], predictions[mask],
-                                     None if upper is None else upper[mask])
-    return Evaluation(metrics(actual, predictions, upper), per_code,
-                      int(rows.rows - known.sum()))
-
-
 @dataclass(frozen=True)
 class MetricThresholds:
     """Error and warning levels: R² must not fall below, MAE (hours) must not rise above."""
@@ -137,6 +109,45 @@ class MetricThresholds:
     mae_max: float = DEFAULT_MAE_MAX
     mae_warn: float = DEFAULT_MAE_WARN
     coverage_min: float = DEFAULT_COVERAGE_MIN
+
+
+def predict_known(
+    model: DispatchModel, rows: ValidTranche
+) -> Tuple[npt.NDArray[np.bool_], FloatArray, Optional[FloatArray]]:
+    """Which rows have a code the model knows, and its estimates and bounds for those rows."""
+    known = np.zeros(rows.rows, dtype=bool)
+    predictions = np.full(rows.rows, np.nan)
+    upper = np.full(rows.rows, np.nan) if model.bounds else None
+    for index, mask in rows_by_code(rows.code_index, len(rows.product_codes)):
+        curve = model.curves.get(rows.product_codes[index])
+        if curve is None:
+            continue
+        known[mask] = True
+        predictions[mask] = curve.predict(rows.orders_placed[mask])
+        if upper is not None:
+            upper[mask] = model.bounds[rows.product_codes[index]].predict(rows.orders_placed[mask])
+    return known, predictions[known], None if upper is None else upper[known]
+
+
+def evaluate(model: DispatchModel, rows: ValidTranche) -> Evaluation:
+    """Metrics of a model on some rows, overall, per product code it knows and per basis."""
+    known, predictions, upper = predict_known(model, rows)
+    actual = rows.hours_to_dispatch[known]
+    codes = rows.code_index[known]
+    per_code = {}
+    for index, mask in rows_by_code(codes, len(rows.product_codes)):
+        per_code[rows.product_codes[index]] = metrics(
+            actual[mask], predictions[mask], None if upper is None else upper[mask])
+    by_basis: Dict[str, Metrics] = {}
+    if model.bases:
+        basis_of = np.asarray([model.bases.get(c, "") for c in rows.product_codes] or [""])
+        row_basis = basis_of[codes]
+        for basis in BASES:
+            mask = row_basis == basis
+            by_basis[basis] = metrics(actual[mask], predictions[mask],
+                                      None if upper is None else upper[mask])
+    return Evaluation(metrics(actual, predictions, upper), per_code,
+                      int(rows.rows - known.sum()), by_basis)
 
 
 def metric_gates(held_out: Metrics, thresholds: MetricThresholds) -> Tuple[Decision, ...]:
@@ -190,6 +201,31 @@ def coverage_gate(held_out: Metrics, thresholds: MetricThresholds) -> Tuple[Deci
         return (Decision("coverage_p90", WARN, f"{words} is below the minimum {minimum:g} but "
                          f"within sampling error", coverage),)
     return (Decision("coverage_p90", PASS, f"{words} (minimum {minimum:g})", coverage),)
+
+
+def basis_gates(
+    held_out: Evaluation, thresholds: MetricThresholds, min_rows: int = DEFAULT_MIN_BASIS_ROWS
+) -> Tuple[Decision, ...]:
+    """The metric gates again on each basis's held-out rows (named ``<gate>_<basis>``).
+
+    Only when the held-out rows span more than one basis (otherwise they repeat the overall
+    gates word for word); a basis with fewer than ``min_rows`` held-out rows is scored (in the
+    overall gates and the metadata) but not gated on its own, which one decision says.
+    """
+    scored = {b: m for b, m in held_out.by_basis.items() if m.rows > 0}
+    if len(scored) < 2:
+        return ()
+    decisions: List[Decision] = []
+    for basis, basis_metrics in scored.items():
+        if basis_metrics.rows < min_rows:
+            decisions.append(Decision(basis, PASS, (
+                f"{basis} parts have {basis_metrics.rows} held-out rows, fewer than {min_rows}: "
+                f"scored with the rest, not gated on their own")))
+            continue
+        for d in metric_gates(basis_metrics, thresholds):
+            detail = f"{basis} parts ({basis_metrics.rows} rows): {d.detail}"
+            decisions.append(Decision(f"{d.gate}_{basis}", d.outcome, detail, d.value))
+    return tuple(decisions)
 
 
 @dataclass(frozen=True)
@@ -282,11 +318,15 @@ def champion_gate(
         return Decision("champion", PASS, f"champion {champion_version} knows none of the "
                         "held-out product codes; the challenger wins")
     subset = held_out.subset(rows)
-    challenger_mae = evaluate(challenger, subset).overall.mae
+    scored = evaluate(challenger, subset)
+    challenger_mae = scored.overall.mae
     champion_mae = evaluate(champion, subset).overall.mae
     limit = champion_mae * (1.0 + tolerance)
     words = (f"on {len(rows)} held-out rows the challenger's MAE is {challenger_mae:.4f} h, "
-             f"champion {champion_version}'s {champion_mae:.4f} h (tolerance {tolerance:.1%})")
+             f"champion {champion_version}'s {champion_mae:.4f} h (tolerance {tolerance:.1%})"
+             f"{_by_basis_words(scored)}; of all {held_out.rows} held-out orders the challenger "
+             f"answers {held_out.rows - evaluate(challenger, held_out).unscored_rows}, the "
+             f"champion {held_out.rows - evaluate(champion, held_out).unscored_rows}")
     if challenger_mae > limit:
         unknown = sorted(set(challenger.product_codes) - set(champion.product_codes))
         later = ""
@@ -294,3 +334,9 @@ def champion_gate(
             later = f"; new product codes {', '.join(unknown)} wait for a later model"
         return Decision("champion", KEEP, f"{words}: the champion is kept{later}", challenger_mae)
     return Decision("champion", PASS, f"{words}: the challenger wins", challenger_mae)
+
+
+def _by_basis_words(scored: Evaluation) -> str:
+    """' (challenger by basis: product 0.51 h on 700 rows, ...)' or '' without bases."""
+    parts = [f"{b} {m.mae:.4f} h on {m.rows} rows" for b, m in scored.by_basis.items() if m.rows]
+    return f" (challenger by basis: {', '.join(parts)})" if parts else ""

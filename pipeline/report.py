@@ -95,6 +95,9 @@ class RunRecord:
     summary: str = ""
     exit_status: Optional[int] = None
     model_version: Optional[str] = None
+    history: List[Dict[str, Any]] = field(default_factory=list)
+    history_left_out: List[Dict[str, Any]] = field(default_factory=list)
+    pooling: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         if not self.run_id:
@@ -283,10 +286,48 @@ def violations_figure(record: RunRecord) -> Optional[str]:
     return _png(figure)
 
 
+def tail_figure(record: RunRecord) -> Optional[str]:
+    """The long tail: parts by their rows in the newest tranche, and accuracy by basis.
+
+    Drawn only when some parts got a pooled curve: without a tail there is nothing to show.
+    """
+    model = record.new_model
+    if (record.points is None or not record.held_out or not record.held_out.get("by_basis")
+            or model is None or "pooled" not in model.bases.values()):
+        return None
+    counts = np.asarray(list(record.points.code_counts().values()), dtype=np.float64)
+    by_basis = record.held_out["by_basis"]
+    figure = _figure(10.0, 3.4)
+    left, middle, right = figure.subplots(1, 3)
+    edges = np.unique(np.geomspace(1.0, max(float(counts.max()), 2.0) + 1.0, 20).round())
+    left.hist(counts, bins=edges, color="#4169e1")
+    left.set_xscale("log")
+    left.set_xlabel("rows in the newest tranche", fontsize=8)
+    left.set_ylabel("parts", fontsize=8)
+    left.set_title("Rows per part", fontsize=9)
+    names = list(by_basis)
+    for ax, key, title in ((middle, "mae", "held-out MAE (h)"),
+                           (right, "coverage_p90", "held-out p90 coverage")):
+        values = [float(by_basis[b].get(key) or 0.0) if by_basis[b]["rows"] else np.nan
+                  for b in names]
+        ax.bar(np.arange(len(names)), values, color=["#2e8b57", "#b8860b"][:len(names)])
+        ax.set_xticks(np.arange(len(names)), [f"{b}\n{by_basis[b]['rows']} rows" for b in names],
+                      fontsize=8)
+        ax.set_title(title, fontsize=9)
+        if key == "coverage_p90":
+            ax.axhline(0.9, color="#888", linewidth=0.8, linestyle="--")
+            ax.set_ylim(0.0, 1.0)
+    for ax in (left, middle, right):
+        ax.tick_params(labelsize=7)
+    figure.subplots_adjust(wspace=0.35, bottom=0.2)
+    return _png(figure)
+
+
 FIGURES = (
     ("violations", "Rows breaking each rule", violations_figure),
     ("curves", "The tranche and the curves per product code", curves_figure),
     ("accuracy", "Held-out and realised accuracy", accuracy_figure),
+    ("tail", "The long tail: rows per part and accuracy by basis", tail_figure),
     ("drift", "Drift against the previous tranche", drift_figure),
 )
 
@@ -330,7 +371,19 @@ def report_data(record: RunRecord, figures: Sequence[str]) -> Dict[str, Any]:
             "realised": record.realised,
         },
         "figures": list(figures),
+        "history": record.history,
+        "history_left_out": record.history_left_out,
+        "pooling": record.pooling,
+        "bases": _bases(record.new_model),
     }
+
+
+def _bases(model: Optional[DispatchModel]) -> Optional[Dict[str, int]]:
+    """Parts per basis of the new model (None without a model or bases)."""
+    if model is None or not model.bases:
+        return None
+    names, counts = np.unique(list(model.bases.values()), return_counts=True)
+    return {str(n): int(c) for n, c in zip(names, counts)}
 
 
 _STYLE = """
@@ -391,6 +444,12 @@ def render_html(data: Dict[str, Any], images: Dict[str, str]) -> str:
             if tranche["per_product_code"] else "-",
         ]]),
     ]
+    if data.get("history"):
+        parts.append("<h2 id='history'>Tranches that fed the model</h2>")
+        parts.append(_table(["key", "sha256", "rows", "newest"], [
+            [h["key"], h["sha256"][:16] + "...", h["rows"], h["newest"]] for h in data["history"]
+        ] + [[h["key"], "-", "left out: " + h["reason"], False]
+             for h in data.get("history_left_out") or []]))
     contract = data["contract"]
     if contract["violations"]:
         parts.append("<h2 id='contract'>Data contract: broken rules</h2>")
@@ -412,6 +471,12 @@ def render_html(data: Dict[str, Any], images: Dict[str, str]) -> str:
                          f"src='data:image/png;base64,{images[name]}'>")
             if name == "accuracy":
                 parts.append(_accuracy_tables(data))
+            if name == "tail" and data["held_out"]:
+                by_basis = data["held_out"]["by_basis"]
+                parts.append(_table(["basis", "parts", "held-out rows", "MAE (h)", "R²",
+                                     "p90 coverage"], [
+                    [b, (data.get("bases") or {}).get(b, 0), m["rows"], m["mae"], m["r2"],
+                     m.get("coverage_p90")] for b, m in by_basis.items()]))
             if name == "drift" and data.get("drift"):
                 drift = data["drift"]
                 parts.append(_table(["feature", "PSI", "drifted (> threshold)"], [

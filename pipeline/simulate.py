@@ -1,4 +1,11 @@
-"""Simulated weekly tranches: realistic data with a known truth, for local runs and tests."""
+"""Simulated weekly tranches: realistic data with a known truth, for local runs and tests.
+
+Two worlds: five parts with plenty of rows each (``simulate_tranche``), and a long-tailed
+catalogue (``CatalogueWorld``, ``--catalogue N``): popularity falls as 1/rank, new parts appear
+every week, the whole warehouse gets slower or faster from week to week, and busy days are less
+predictable. Both give every row's true expected hours, so tests and benchmarks can score a
+model against the noise floor.
+"""
 from __future__ import annotations
 
 import argparse
@@ -94,6 +101,102 @@ def simulate_tranche(
     return SimulatedTranche(hours, orders, codes, expected)
 
 
+CATALOGUE_NEW_SHARE = 0.15
+CATALOGUE_PART_SPREAD = 0.35
+CATALOGUE_PART_SHIFT = 0.2
+CATALOGUE_WEEK_STEP = 0.05
+CATALOGUE_NOISE_SD = 0.5
+CATALOGUE_ORDERS_LEVEL = 100.0
+
+
+@dataclass(frozen=True)
+class CatalogueWorld:
+    """A long-tailed catalogue's truth; tranches are drawn from it, week by week.
+
+    Part ``p`` (rank ``p + 1``: its orders are proportional to ``1 / (p + 1)``) exists from week
+    ``introduced[p]`` on; most parts exist from week 0, the rest appear spread over the later
+    weeks. Its expected hours at ``x`` orders waiting in week ``w`` are
+    ``week_factor[w] * (part_factor[p] * shape(x) + part_shift[p])``: every part slows down or
+    speeds up together from week to week; parts differ mostly by a factor, a little by a shift.
+    The spread of dispatch times grows with the queue (busy days are less predictable).
+    """
+
+    codes: npt.NDArray[np.str_]
+    introduced: npt.NDArray[np.int64]
+    part_factor: npt.NDArray[np.float64]
+    part_shift: npt.NDArray[np.float64]
+    week_factor: npt.NDArray[np.float64]
+    rows: int
+    seed: int
+    shape: str = "saturating"
+    noise_sd: float = CATALOGUE_NOISE_SD
+
+    @property
+    def weeks(self) -> int:
+        """How many weeks the world spans."""
+        return int(len(self.week_factor))
+
+    def expected(
+        self, code_index: npt.NDArray[np.int64], orders: npt.NDArray[np.float64], week: int
+    ) -> npt.NDArray[np.float64]:
+        """The true mean hours for rows of some parts at some order counts in one week."""
+        shape = _catalogue_shape(np.asarray(orders, dtype=np.float64), self.shape)
+        result: npt.NDArray[np.float64] = self.week_factor[week] * (
+            self.part_factor[code_index] * shape + self.part_shift[code_index])
+        return result
+
+    def tranche(self, week: int, draw: int = 0) -> SimulatedTranche:
+        """One week's orders; ``draw`` > 0 gives a fresh draw of the same week (to score on)."""
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, week, draw, 15]))
+        alive = np.flatnonzero(self.introduced <= week)
+        popularity = 1.0 / (alive + 1.0)
+        index = alive[rng.choice(len(alive), size=self.rows, p=popularity / popularity.sum())]
+        busy = rng.uniform(0.1, 2.5, size=self.rows)
+        orders = rng.poisson(lam=CATALOGUE_ORDERS_LEVEL * busy).astype(np.int64)
+        expected = self.expected(index, orders.astype(np.float64), week)
+        spread = self.noise_sd * (0.2 + orders / 100.0)
+        hours = np.maximum(expected + rng.normal(0.0, 1.0, size=self.rows) * spread, 0.0)
+        return SimulatedTranche(hours, orders, self.codes[index], expected)
+
+
+def _catalogue_shape(orders: npt.NDArray[np.float64], shape: str) -> npt.NDArray[np.float64]:
+    """The catalogue-wide curve of a typical part (a part's factor scales it)."""
+    if shape == "linear":
+        result: npt.NDArray[np.float64] = 1.5 + 0.03 * orders
+    elif shape == "saturating":
+        result = 1.5 + 6.0 * (1.0 - np.exp(-orders / 120.0))
+    else:
+        raise ValueError(f"shape must be one of {SHAPES}, not {shape!r}")
+    return result
+
+
+def catalogue_world(
+    parts: int, rows: int, weeks: int, seed: int = 0, shape: str = "saturating",
+    new_share: float = CATALOGUE_NEW_SHARE,
+) -> CatalogueWorld:
+    """A long-tailed catalogue of ``parts`` parts, ``rows`` orders a week over ``weeks`` weeks.
+
+    ``new_share`` of the parts (at random ranks) are new, spread evenly over weeks 1 onwards.
+    """
+    if parts < 1 or rows < 1 or weeks < 1:
+        raise ValueError("parts, rows and weeks must be at least 1")
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 15]))
+    introduced = np.zeros(parts, dtype=np.int64)
+    if weeks > 1:
+        new = rng.random(parts) < new_share
+        new[0] = False
+        introduced[new] = rng.integers(1, weeks, size=int(new.sum()))
+    factor = np.exp(rng.normal(0.0, CATALOGUE_PART_SPREAD, size=parts))
+    shift = rng.normal(0.0, CATALOGUE_PART_SHIFT, size=parts)
+    shift = np.maximum(shift, -0.5 * factor * float(_catalogue_shape(np.zeros(1), shape)[0]))
+    steps = rng.normal(0.0, CATALOGUE_WEEK_STEP, size=weeks)
+    steps[0] = 0.0
+    week_factor = np.exp(np.cumsum(steps))
+    width = max(6, len(str(parts)))
+    codes = np.char.add("P", np.char.zfill(np.arange(1, parts + 1).astype(str), width))
+    return CatalogueWorld(codes, introduced, factor, shift, week_factor, rows, seed, shape)
+
+
 def noise_floor_mae(tranche: SimulatedTranche) -> float:
     """The MAE of the true expected value: the best any model can do on this tranche."""
     return float(np.mean(np.abs(tranche.hours_to_dispatch - tranche.expected_hours)))
@@ -145,6 +248,18 @@ def write_tranches(
     return keys
 
 
+def write_catalogue(
+    store: Store, world: CatalogueWorld, until: datetime
+) -> List[str]:
+    """Write the catalogue world's weekly tranches, oldest first, and return their keys."""
+    keys = []
+    for week, moment in enumerate(delivery_times(world.weeks, until)):
+        key = tranche_key(moment.strftime("%Y-%m-%dT%H:%M:%S"))
+        store.write_bytes(key, world.tranche(week).to_csv())
+        keys.append(key)
+    return keys
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI: write simulated weekly tranches into a store."""
     parser = argparse.ArgumentParser(
@@ -153,6 +268,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("store", metavar="STORE",
                         help="local directory, file:// URL or s3://bucket[/prefix]")
     parser.add_argument("--rows", type=int, default=1000, help="rows per tranche")
+    parser.add_argument("--catalogue", type=int, default=0, metavar="N",
+                        help="a long-tailed catalogue of N parts (popularity 1/rank, new parts "
+                             "each week, a warehouse-wide change from week to week, noise "
+                             "growing with the queue; --shape is its typical curve, --noise is "
+                             "ignored); 0: the five-part world")
     parser.add_argument("--weeks", type=int, default=1, help="how many weekly tranches")
     parser.add_argument("--seed", type=int, default=0, help="seed: same seed, same data")
     parser.add_argument("--shape", choices=SHAPES, default="linear",
@@ -168,8 +288,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     until = datetime.now(timezone.utc) if args.until is None else parse_timestamp(args.until)
     if until is None:
         parser.error(f"--until {args.until!r} is not an ISO timestamp")
-    if args.rows < 1 or args.weeks < 1:
-        parser.error("--rows and --weeks must be at least 1")
+    if args.rows < 1 or args.weeks < 1 or args.catalogue < 0:
+        parser.error("--rows and --weeks must be at least 1, --catalogue at least 0")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -179,8 +299,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             if latest is not None:
                 log.info("%s already holds tranche %s; nothing written", store.url, latest.key)
                 return 0
-        keys = write_tranches(store, args.rows, args.weeks, args.seed, args.shape, until,
-                              args.noise)
+        if args.catalogue:
+            world = catalogue_world(args.catalogue, args.rows, args.weeks, args.seed, args.shape)
+            keys = write_catalogue(store, world, until)
+        else:
+            keys = write_tranches(store, args.rows, args.weeks, args.seed, args.shape, until,
+                                  args.noise)
     except StoreError as exc:
         log.error("nothing more written: %s", exc)
         return EXIT_STORE

@@ -2,9 +2,12 @@
 
 Run as ``python -m pipeline.train_model STORE [options]`` or, as Bodywork does, as
 ``python train_model.py STORE [options]`` from ``pipeline/`` with PYTHONPATH at the
-repo root. Steps: find the newest tranche, check the data contract, measure drift
-against the previous tranche, split (seeded, stratified by product code), fit on
-the training rows, gate (held-out metrics, logic checks, champion vs challenger),
+repo root. Steps: find the newest tranche, check the data contract, read the older
+tranches within ``--history-weeks`` (one that breaks the contract is left out with a
+warning), measure drift against the previous tranche, split the newest tranche (seeded,
+stratified by product code), fit on its training rows and the history (parts with enough
+rows in the newest tranche get their own curve, the rest a pooled one: pipeline/pooling.py),
+gate (held-out metrics overall and per basis, logic checks, champion vs challenger),
 refit on all rows and re-check its logic, then publish artefact, metadata and pointer.
 Before training, the live model is scored on the new tranche (its realised accuracy),
 and a run on the very tranche the live model was trained on publishes nothing. Every
@@ -22,12 +25,13 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import joblib
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
+from pandas.api.types import union_categoricals
 from sklearn.model_selection import train_test_split
 
 from pipeline import artefacts, history
@@ -35,13 +39,14 @@ from pipeline.drift import DEFAULT_DRIFT_THRESHOLD, DriftSummary, tranche_drift
 from pipeline.gates import (
     DEFAULT_CHAMPION_TOLERANCE, DEFAULT_COVERAGE_MIN, DEFAULT_GRID_EXTEND, DEFAULT_LABEL_FACTOR,
     DEFAULT_MAE_MAX, DEFAULT_MAE_WARN, DEFAULT_R2_MIN, DEFAULT_R2_WARN, FAIL, KEEP, WARN, Decision,
-    Evaluation, LogicOptions, MetricThresholds, champion_gate, evaluate, logic_gates, metric_gates,
-    observed_ranges,
+    Evaluation, LogicOptions, MetricThresholds, basis_gates, champion_gate, evaluate, logic_gates,
+    metric_gates, observed_ranges,
 )
 from pipeline.estimator import (
     DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE, DispatchTimeRegressor, FitResult,
 )
-from pipeline.model import DispatchModel
+from pipeline.model import BASES, PRODUCT_BASIS, DispatchModel
+from pipeline.pooling import TRANCHE, PooledDispatchRegressor
 from pipeline.report import FAILED, KEPT, PUBLISHED, REJECTED, UNCHANGED, Points, RunRecord
 from pipeline.report import write_report
 from pipeline.store import (
@@ -62,6 +67,7 @@ EXIT_GATES = 6
 EXIT_CONCURRENT = 7
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_SEED = 0
+DEFAULT_HISTORY_WEEKS = 13
 
 log = logging.getLogger("train_model")
 
@@ -93,6 +99,7 @@ class TrainOptions:
     force: bool = False
     report: bool = True
     n_jobs: int = 1
+    history_weeks: int = DEFAULT_HISTORY_WEEKS
 
 
 class Split(NamedTuple):
@@ -144,6 +151,27 @@ def split_rows(code_index: npt.NDArray[np.int64], test_fraction: float, seed: in
     return Split(rows, rows[:0])
 
 
+class OlderTranche(NamedTuple):
+    """An older tranche within the history window that meets the data contract."""
+
+    key: str
+    sha256: str
+    rows: ValidTranche
+
+
+class History(NamedTuple):
+    """The older tranches that feed the model (newest first) and those left out, with why."""
+
+    tranches: Tuple[OlderTranche, ...] = ()
+    left_out: Tuple[Tuple[str, str], ...] = ()
+
+    def to_list(self, key: str, sha256: str, newest: ValidTranche) -> List[Dict[str, Any]]:
+        """Every tranche that fed the model, newest first: key, sha256 and rows."""
+        return [{"key": key, "sha256": sha256, "rows": newest.rows, "newest": True}] + [
+            {"key": t.key, "sha256": t.sha256, "rows": t.rows.rows, "newest": False}
+            for t in self.tranches]
+
+
 def features_of(rows: ValidTranche) -> pd.DataFrame:
     """The estimator's input for some rows: product code (categorical) and orders placed."""
     codes = pd.Categorical.from_codes(rows.code_index, categories=list(rows.product_codes))
@@ -158,24 +186,91 @@ def estimator(options: TrainOptions) -> DispatchTimeRegressor:
     )
 
 
-def fit(rows: ValidTranche, options: TrainOptions) -> FitResult:
-    """The model's fit on some rows, with the stage's settings."""
-    return estimator(options).fit(features_of(rows), rows.hours_to_dispatch).fit_result()
+def pooled_estimator(options: TrainOptions) -> PooledDispatchRegressor:
+    """The estimator of a run with history: own curves for common parts, pooled for the rest."""
+    return PooledDispatchRegressor(
+        folds=options.folds, min_rows_per_code=options.min_rows_per_code,
+        random_state=options.seed, n_jobs=options.n_jobs,
+    )
+
+
+def pooled_features(
+    rows: ValidTranche, history: History
+) -> Tuple[pd.DataFrame, npt.NDArray[np.float64]]:
+    """The pooled estimator's input: the newest rows (tranche 0) and the older ones (1, 2, ...)."""
+    parts = [rows] + [t.rows for t in history.tranches]
+    codes = union_categoricals([
+        pd.Categorical.from_codes(p.code_index, categories=list(p.product_codes)) for p in parts
+    ])
+    frame = pd.DataFrame({
+        "product_code": codes,
+        "orders_placed": np.concatenate([p.orders_placed for p in parts]),
+        TRANCHE: np.concatenate([np.full(p.rows, i, dtype=np.int64) for i, p in enumerate(parts)]),
+    })
+    return frame, np.concatenate([p.hours_to_dispatch for p in parts])
+
+
+def fit(rows: ValidTranche, options: TrainOptions, history: Optional[History] = None) -> FitResult:
+    """The model's fit on some rows (and, with a history window, the older tranches)."""
+    if options.history_weeks <= 0:
+        return estimator(options).fit(features_of(rows), rows.hours_to_dispatch).fit_result()
+    frame, hours = pooled_features(rows, history or History())
+    result = pooled_estimator(options).fit(frame, hours).fit_result()
+    log.info("curves: %d parts on their own rows (basis product), %d pooled; pooling: %s",
+             *((result.pooling or {}).get("parts", {}).get(b, 0) for b in BASES),
+             result.pooling)
+    return result
+
+
+def read_history(
+    store: Store, delivered: "Delivered", options: TrainOptions,
+    record: Optional[RunRecord] = None,
+) -> History:
+    """The older tranches within the history window; one that breaks the contract or cannot be
+    read is left out with one warning naming it, never fatal."""
+    kept: List[OlderTranche] = []
+    left_out: List[Tuple[str, str]] = []
+    for older in delivered.older:
+        try:
+            data = store.read_bytes(older.key)
+            kept.append(OlderTranche(older.key, artefacts.sha256_hex(data),
+                                     validate_tranche(data, options.contract)))
+        except (StoreError, DataContractError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning("older tranche %s left out of the history: %s",
+                        store.location(older.key), reason)
+            left_out.append((older.key, reason))
+    history = History(tuple(kept), tuple(left_out))
+    if options.history_weeks > 0:
+        log.info("history: %d older tranche(s) within %d weeks feed the model%s",
+                 len(kept), options.history_weeks,
+                 f", {len(left_out)} left out" if left_out else "")
+    if record is not None:
+        sha256 = artefacts.sha256_hex(delivered.data)
+        record.history = history.to_list(delivered.key, sha256, delivered.rows)
+        record.history_left_out = [{"key": k, "reason": r} for k, r in left_out]
+    return history
 
 
 def label_bound_gates(
-    model: DispatchModel, rows: ValidTranche, options: TrainOptions
+    model: DispatchModel, rows: ValidTranche, options: TrainOptions,
+    history: Optional[History] = None,
 ) -> Tuple[Decision, ...]:
-    """The logic checks of a model against the rows it was fitted on."""
-    label_max = float(rows.hours_to_dispatch.max())
-    return logic_gates(model, observed_ranges(rows), label_max, options.logic)
+    """The logic checks of every curve of a model against the rows it was fitted on."""
+    older = history.tranches if history is not None else ()
+    label_max = max([float(rows.hours_to_dispatch.max())] + [
+        float(t.rows.hours_to_dispatch.max()) for t in older if t.rows.rows])
+    ranges = {**model.ranges, **observed_ranges(rows)}
+    return logic_gates(model, ranges, label_max, options.logic)
 
 
-def train_and_gate(tranche: ValidTranche, split: Split, options: TrainOptions) -> Trained:
-    """Fit on the training rows; judge held-out metrics and logic."""
+def train_and_gate(
+    tranche: ValidTranche, split: Split, options: TrainOptions, history: Optional[History] = None
+) -> Trained:
+    """Fit on the training rows (and the history); judge held-out metrics and logic."""
     train, test = tranche.subset(split.train), tranche.subset(split.test)
     started = time.perf_counter()
-    result = fit(train, options)
+    result = fit(train, options, history)
     seconds = time.perf_counter() - started
     if not result.model.curves:
         raise StageFailure(EXIT_BAD_DATA, (
@@ -184,9 +279,9 @@ def train_and_gate(tranche: ValidTranche, split: Split, options: TrainOptions) -
         ))
     held_out = evaluate(result.model, test)
     log_coverage(held_out)
-    decisions = metric_gates(held_out.overall, options.thresholds) + label_bound_gates(
-        result.model, train, options
-    )
+    decisions = (metric_gates(held_out.overall, options.thresholds)
+                 + basis_gates(held_out, options.thresholds)
+                 + label_bound_gates(result.model, train, options, history))
     return Trained(result, held_out, decisions, seconds)
 
 
@@ -196,8 +291,10 @@ def log_coverage(held_out: Evaluation) -> None:
         return
     per_code = ", ".join(f"{code} {m.coverage_p90:.3f}" for code, m in sorted(
         held_out.per_code.items()) if m.coverage_p90 is not None)
-    log.info("held-out coverage of the p90 bound: %.3f overall; %s",
-             held_out.overall.coverage_p90, per_code)
+    by_basis = "".join(f"; {b} parts {m.coverage_p90:.3f} on {m.rows} rows"
+                       for b, m in held_out.by_basis.items() if m.coverage_p90 is not None)
+    log.info("held-out coverage of the p90 bound: %.3f overall%s; %s",
+             held_out.overall.coverage_p90, by_basis, per_code)
 
 
 def read_champion(store: Store) -> Champion:
@@ -290,8 +387,10 @@ def build_metadata(
     training_seconds: float,
     created_at: datetime,
     model_sha256: str,
+    history: Optional[History] = None,
 ) -> Dict[str, Any]:
     """Everything a reader needs to know about how the published model came to be."""
+    history = history or History()
     return {
         "model_version": artefacts.make_model_version(created_at, model_sha256),
         "model_sha256": model_sha256,
@@ -308,6 +407,11 @@ def build_metadata(
         },
         "metrics": {"held_out": trained.held_out.to_dict()},
         "fits": {code: asdict(f) for code, f in sorted(final.fits.items())},
+        "history": history.to_list(tranche_key, tranche_sha256, tranche),
+        "history_left_out": [{"key": k, "reason": r} for k, r in history.left_out],
+        "history_weeks": options.history_weeks,
+        "bases": bases_of(final.model),
+        "pooling": final.pooling,
         "published_model": "refit on all rows" if options.refit else "fitted on the training rows",
         "gates": [d.to_dict() for d in decisions],
         "drift": drift.to_dict(),
@@ -319,13 +423,23 @@ def build_metadata(
     }
 
 
+def bases_of(model: DispatchModel) -> Dict[str, Dict[str, int]]:
+    """Parts per basis; a model without bases rests on its parts' own rows throughout."""
+    counts = {basis: {"parts": 0} for basis in BASES}
+    for basis in model.bases.values() if model.bases else [PRODUCT_BASIS] * len(model.curves):
+        counts[basis]["parts"] += 1
+    return counts
+
+
 class Delivered(NamedTuple):
-    """The newest tranche's key and bytes, its valid rows, and the tranche before it."""
+    """The newest tranche's key and bytes, its valid rows, the tranche before it, and the older
+    tranches within the history window (newest first)."""
 
     key: str
     data: bytes
     rows: ValidTranche
     previous: Optional[Tranche]
+    older: Tuple[Tranche, ...] = ()
 
 
 def points(rows: ValidTranche) -> Points:
@@ -334,7 +448,8 @@ def points(rows: ValidTranche) -> Points:
 
 
 def read_newest_tranche(
-    store: Store, contract: ContractOptions, record: Optional[RunRecord] = None
+    store: Store, contract: ContractOptions, record: Optional[RunRecord] = None,
+    history_weeks: int = 0,
 ) -> Delivered:
     """Find the newest tranche and hold it to the data contract."""
     record = record if record is not None else RunRecord(store.url)
@@ -361,7 +476,7 @@ def read_newest_tranche(
     if rows.ignored_columns:
         log.warning("ignoring extra columns %s", ", ".join(rows.ignored_columns))
     record.points = points(rows)
-    return Delivered(key, data, rows, choice.previous)
+    return Delivered(key, data, rows, choice.previous, choice.within_weeks(history_weeks))
 
 
 def require_passed(decisions: Sequence[Decision], what: str) -> None:
@@ -381,14 +496,16 @@ class Refit(NamedTuple):
     seconds: float
 
 
-def refit_and_check(tranche: ValidTranche, options: TrainOptions) -> Refit:
+def refit_and_check(
+    tranche: ValidTranche, options: TrainOptions, history: Optional[History] = None
+) -> Refit:
     """The same fit on all rows, with the logic checks run again on it (named refit_*)."""
     started = time.perf_counter()
-    final = fit(tranche, options)
+    final = fit(tranche, options, history)
     seconds = time.perf_counter() - started
     checks = tuple(
         Decision(f"refit_{d.gate}", d.outcome, d.detail, d.value)
-        for d in label_bound_gates(final.model, tranche, options)
+        for d in label_bound_gates(final.model, tranche, options, history)
     )
     require_passed(checks, "the model refit on all rows")
     return Refit(final, checks, seconds)
@@ -422,6 +539,7 @@ def measure_realised(
         "mae": round(scored.overall.mae, 6),
         "r2": round(scored.overall.r2, 6),
         "per_product_code": scored.to_dict()["per_product_code"],
+        "by_basis": scored.to_dict().get("by_basis", {}),
         "heldout_mae": promised,
         "recorded_at": datetime.now(timezone.utc).isoformat(),
         "run_id": run_id,
@@ -457,62 +575,34 @@ def run(store_url: str, options: TrainOptions, record: Optional[RunRecord] = Non
     """The stage: returns EXIT_OK when published, kept or unchanged, else raises."""
     record = record if record is not None else RunRecord(store_url)
     store = open_store(store_url, options.store_attempts, options.store_timeout)
-    delivered = read_newest_tranche(store, options.contract, record)
-    tranche = delivered.rows
-    tranche_sha256 = artefacts.sha256_hex(delivered.data)
-
+    delivered = read_newest_tranche(store, options.contract, record, options.history_weeks)
+    tranche, tranche_sha256 = delivered.rows, artefacts.sha256_hex(delivered.data)
     champion = read_champion(store)
     record.live_version, record.live_model = champion.version, champion.model
     record.live_metadata = champion.metadata
-    same = trained_on_this(champion, tranche_sha256)
-    if same and not options.force:
-        record.outcome = UNCHANGED
-        record.summary = (f"the live model {champion.version} was trained on this very tranche "
-                          f"(sha256 {tranche_sha256[:12]}...); --force trains anyway")
-        log.info("nothing published: %s", record.summary)
+    if unchanged(champion, tranche_sha256, options, record):
         return EXIT_OK
-    realised = None if same else measure_realised(
-        store, champion, delivered.key, tranche_sha256, tranche, record.run_id)
-    record.realised = realised
+    realised = record.realised = None if trained_on_this(champion, tranche_sha256) else (
+        measure_realised(store, champion, delivered.key, tranche_sha256, tranche, record.run_id))
     drift = measure_drift(store, delivered.previous, tranche, options.drift_threshold, record)
     record.drift = drift.to_dict()
-
+    history = read_history(store, delivered, options, record)
     split = split_rows(tranche.code_index, options.test_fraction, options.seed)
-    trained = train_and_gate(tranche, split, options)
-    record.held_out = trained.held_out.to_dict()
+    trained = train_and_gate(tranche, split, options, history)
+    record.held_out, record.pooling = trained.held_out.to_dict(), trained.fit.pooling
     record.decisions = [d.to_dict() for d in trained.decisions]
     record.new_model = trained.fit.model
     require_passed(trained.decisions, "the model")
-
-    verdict = champion_gate(trained.fit.model, champion.model, champion.version,
-                            tranche.subset(split.test), options.champion_tolerance)
-    log_decisions([verdict])
-    record.decisions.append(verdict.to_dict())
+    verdict = challenge(trained, champion, tranche.subset(split.test), options, record)
     if verdict.outcome == KEEP:
-        record.outcome = KEPT
-        record.summary = (f"the live model {champion.version} was deliberately kept: "
-                          f"{verdict.detail}")
-        log.info("nothing published: the current model %s was deliberately kept", champion.version)
         return EXIT_OK
-    decisions = list(trained.decisions) + [verdict]
-
-    final, seconds = trained.fit, trained.seconds
-    if options.refit:
-        refit = refit_and_check(tranche, options)
-        final = refit.fit
-        decisions += refit.decisions
-        record.decisions += [d.to_dict() for d in refit.decisions]
-        seconds += refit.seconds
-    record.new_model = final.model
-    if final.skipped:
-        log.warning("product codes with fewer than %d rows are not learned (the API will reject "
-                    "them as unknown): %s", options.min_rows_per_code, final.skipped)
-
-    model_bytes = final.model.to_json()
+    final = finish(trained, verdict, tranche, options, history, record)
+    model_bytes = final.fit.model.to_json()
     created_at = datetime.now(timezone.utc)
     metadata = build_metadata(
-        store, delivered.key, tranche_sha256, tranche, split, trained,
-        final, decisions, drift, options, seconds, created_at, artefacts.sha256_hex(model_bytes),
+        store, delivered.key, tranche_sha256, tranche, split, trained, final.fit,
+        final.decisions, drift, options, final.seconds, created_at,
+        artefacts.sha256_hex(model_bytes), history,
     )
     metadata["previous_model"] = previous_model(champion, realised)
     html_key, json_key = record.report_keys()
@@ -521,9 +611,66 @@ def run(store_url: str, options: TrainOptions, record: Optional[RunRecord] = Non
     record.outcome, record.model_version = PUBLISHED, pointer.model_version
     record.summary = f"model {pointer.model_version} published" + (
         f", replacing {champion.version}" if champion.version else "")
-    log.info("published model %s (%s) for product codes %s", pointer.model_version,
-             store.location(pointer.model_key), ", ".join(final.model.product_codes))
+    log.info("published model %s (%s) for %d product codes", pointer.model_version,
+             store.location(pointer.model_key), len(final.fit.model.curves))
     return EXIT_OK
+
+
+def unchanged(
+    champion: Champion, tranche_sha256: str, options: TrainOptions, record: RunRecord
+) -> bool:
+    """Whether the live model was trained on this very tranche (and --force was not given)."""
+    if not trained_on_this(champion, tranche_sha256) or options.force:
+        return False
+    record.outcome = UNCHANGED
+    record.summary = (f"the live model {champion.version} was trained on this very tranche "
+                      f"(sha256 {tranche_sha256[:12]}...); --force trains anyway")
+    log.info("nothing published: %s", record.summary)
+    return True
+
+
+def challenge(
+    trained: Trained, champion: Champion, held_out: ValidTranche, options: TrainOptions,
+    record: RunRecord,
+) -> Decision:
+    """Champion vs challenger on the held-out rows; a kept champion is noted in the record."""
+    verdict = champion_gate(trained.fit.model, champion.model, champion.version,
+                            held_out, options.champion_tolerance)
+    log_decisions([verdict])
+    record.decisions.append(verdict.to_dict())
+    if verdict.outcome == KEEP:
+        record.outcome = KEPT
+        record.summary = (f"the live model {champion.version} was deliberately kept: "
+                          f"{verdict.detail}")
+        log.info("nothing published: the current model %s was deliberately kept", champion.version)
+    return verdict
+
+
+class Final(NamedTuple):
+    """The model to publish, every gate decision it passed and the seconds spent fitting."""
+
+    fit: FitResult
+    decisions: List[Decision]
+    seconds: float
+
+
+def finish(
+    trained: Trained, verdict: Decision, tranche: ValidTranche, options: TrainOptions,
+    history: History, record: RunRecord,
+) -> Final:
+    """The model to publish: refit on all rows (unless --no-refit), its logic re-checked."""
+    final = Final(trained.fit, list(trained.decisions) + [verdict], trained.seconds)
+    if options.refit:
+        refit = refit_and_check(tranche, options, history)
+        final = Final(refit.fit, final.decisions + list(refit.decisions),
+                      final.seconds + refit.seconds)
+        record.decisions += [d.to_dict() for d in refit.decisions]
+        record.pooling = refit.fit.pooling
+    record.new_model = final.fit.model
+    if final.fit.skipped:
+        log.warning("product codes with fewer than %d rows are not learned (the API will reject "
+                    "them as unknown): %s", options.min_rows_per_code, final.fit.skipped)
+    return final
 
 
 def publish_or_explain(
@@ -564,7 +711,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
     add("--max-hours", type=float, default=DEFAULT_MAX_HOURS,
         help="largest plausible hours_to_dispatch")
     add("--min-rows-per-code", type=int, default=DEFAULT_MIN_ROWS_PER_CODE,
-        help="product codes with fewer rows are not learned")
+        help="parts with at least this many rows in the newest tranche get their own curve; "
+             "rarer ones get a pooled curve (with --history-weeks 0: are not learned)")
+    add("--history-weeks", type=int, default=DEFAULT_HISTORY_WEEKS,
+        help="read the older tranches at most this many weeks before the newest: rare and "
+             "new parts borrow their rows and the whole catalogue's curve (partial pooling); "
+             "0: the newest tranche only, and rare parts are not learned")
     add("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
         help="share of every product code's rows held out for the gates")
     add("--seed", type=int, default=DEFAULT_SEED, help="seed of the split and the CV folds")
@@ -607,6 +759,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
             (args.min_rows_per_code < args.folds, "--min-rows-per-code must be >= --folds"),
             (args.folds < 2, "--folds must be at least 2"),
             (args.n_jobs < 1, "--n-jobs must be at least 1"),
+            (args.history_weeks < 0, "--history-weeks must be >= 0"),
             (not args.max_hours > 0, "--max-hours must be positive"),
             (args.r2_warn < args.r2_min, "--r2-warn must be >= --r2-min"),
             (args.mae_warn > args.mae_max, "--mae-warn must be <= --mae-max"),
@@ -637,6 +790,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
         force=args.force,
         report=args.report,
         n_jobs=args.n_jobs,
+        history_weeks=args.history_weeks,
     )
     return args.store, options, args.log_level
 

@@ -1,4 +1,5 @@
-"""Finding the weekly tranches in the store: the newest (to train on) and the one before (drift).
+"""Finding the weekly tranches in the store: the newest (to train on), the one before (drift)
+and those within the history window (rare parts borrow their rows).
 
 A tranche key is ``datasets/time_to_dispatch_<ISO timestamp>.csv``. Accepted
 timestamps, with the same result on every Python version: extended or compact
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Iterable, List, NamedTuple, Optional, Tuple
 
 from pipeline.artefacts import DATASETS_PREFIX
@@ -39,11 +40,26 @@ class Tranche(NamedTuple):
 
 
 class TrancheChoice(NamedTuple):
-    """The newest tranche, the one before it, and the keys ignored as unparseable."""
+    """The newest tranche, the one before it, the keys ignored as unparseable, and every
+    tranche found (oldest first)."""
 
     latest: Optional[Tranche]
     previous: Optional[Tranche]
     ignored: Tuple[str, ...]
+    found: Tuple[Tranche, ...] = ()
+
+    def within_weeks(self, weeks: int) -> Tuple[Tranche, ...]:
+        """The tranches before the newest, newest first, at most ``weeks`` weeks older than it.
+
+        A tranche exactly ``weeks`` x 7 days older is in; none when ``weeks`` is 0.
+        """
+        if self.latest is None or weeks <= 0:
+            return ()
+        start = self.latest.timestamp - timedelta(weeks=weeks)
+        return tuple(
+            t for t in reversed(self.found)
+            if t != self.latest and start <= t.timestamp <= self.latest.timestamp
+        )
 
 
 def parse_timestamp(text: str) -> Optional[datetime]:
@@ -87,7 +103,7 @@ def choose_tranches(keys: Iterable[str]) -> TrancheChoice:
     found.sort(key=lambda t: (t.timestamp, t.key))
     latest = found[-1] if found else None
     previous = found[-2] if len(found) > 1 else None
-    return TrancheChoice(latest, previous, tuple(ignored))
+    return TrancheChoice(latest, previous, tuple(ignored), tuple(found))
 
 
 def find_tranches(store: Store) -> TrancheChoice:

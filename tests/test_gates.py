@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from pipeline.gates import (
-    FAIL, KEEP, PASS, WARN, LogicOptions, Metrics, MetricThresholds, champion_gate, evaluate,
-    coverage_upper_limit, logic_gates, metric_gates, metrics, observed_ranges,
+    FAIL, KEEP, PASS, WARN, LogicOptions, Metrics, MetricThresholds, basis_gates, champion_gate,
+    coverage_upper_limit, evaluate, logic_gates, metric_gates, metrics, observed_ranges,
 )
 from pipeline.model import Curve, DispatchModel
 from pipeline.validation import ValidTranche
@@ -170,3 +170,27 @@ def test_champion_tolerance_boundary(worse_by: float, outcome: str) -> None:
 def test_a_champion_knowing_none_of_the_codes_loses() -> None:
     champion = DispatchModel({"OLD": line(1.0, 0.0)})
     assert champion_gate(TRUE, champion, "v1", HELD_OUT).outcome == PASS
+
+
+def test_held_out_rows_are_scored_and_gated_per_basis() -> None:
+    bases = {"A": "product", "B": "pooled", "C": "pooled"}
+    model = DispatchModel({c: line(1.0, 0.1) for c in bases},
+                          {c: line(2.0, 0.1) for c in bases}, bases=bases)
+    x = np.arange(100.0)
+    exact = 1.0 + 0.1 * x
+    held = rows(["A"] * 100 + ["B"] * 40 + ["C"] * 10,
+                np.concatenate([x, x[:40], x[:10]]),
+                np.concatenate([exact, exact[:40] + 3.0, exact[:10] + 3.0]))
+    scored = evaluate(model, held)
+    assert scored.by_basis["product"].mae == 0.0 and scored.by_basis["pooled"].rows == 50
+    assert scored.by_basis["pooled"].mae == pytest.approx(3.0)
+    assert scored.by_basis["pooled"].coverage_p90 == 0.0
+    assert set(scored.to_dict()["by_basis"]) == {"product", "pooled"}
+    decided = {d.gate: d.outcome for d in basis_gates(scored, THRESHOLDS)}
+    assert decided["mae_pooled"] == FAIL and decided["coverage_p90_pooled"] == FAIL
+    assert decided["mae_product"] == PASS
+    few = basis_gates(evaluate(model, held.subset(np.arange(120))), THRESHOLDS)
+    assert [(d.gate, d.outcome) for d in few if d.gate == "pooled"] == [("pooled", PASS)]
+    assert not any(d.gate.endswith("_pooled") for d in few)
+    assert basis_gates(evaluate(model, held.subset(np.arange(100))), THRESHOLDS) == ()
+    assert "by_basis" not in evaluate(DispatchModel({"A": line(1.0, 0.1)}), held).to_dict()

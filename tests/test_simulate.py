@@ -5,9 +5,10 @@ import subprocess
 from datetime import datetime, timedelta, timezone
 from typing import Dict
 
+import numpy as np
 import pytest
 
-from pipeline.simulate import delivery_times, last_delivery, main, week_seed
+from pipeline.simulate import catalogue_world, delivery_times, last_delivery, main, week_seed
 from pipeline.store import open_store
 from pipeline.tranches import choose_tranches, tranche_timestamp
 from pipeline.validation import validate_tranche
@@ -101,3 +102,28 @@ def test_queue_noise_spreads_busy_days_wider_than_quiet_ones() -> None:
     assert 0.8 < np.std(busy) / np.std(quiet) < 1.25
     with pytest.raises(ValueError, match="noise must be one of"):
         simulate_tranche(10, noise="loud")
+
+
+def test_the_catalogue_world_is_long_tailed_with_new_parts_and_a_known_truth(
+    local_url: str,
+) -> None:
+    world = catalogue_world(500, 4000, 4, seed=3)
+    weeks = [world.tranche(w) for w in range(4)]
+    assert weeks[0].to_csv() == catalogue_world(500, 4000, 4, seed=3).tranche(0).to_csv()
+    assert world.tranche(3, draw=1).to_csv() != weeks[3].to_csv()
+    names, counts = np.unique(weeks[3].product_code, return_counts=True)
+    top = counts[names == world.codes[0]][0]
+    assert top > 10 * np.median(counts) and (counts < 30).mean() > 0.9
+    first_seen = [set(np.unique(t.product_code)) for t in weeks]
+    assert all(first_seen[w] - set().union(*first_seen[:w]) for w in (1, 2, 3))
+    index = np.searchsorted(world.codes, weeks[2].product_code)
+    assert np.array_equal(world.expected(index, weeks[2].orders_placed.astype(float), 2),
+                          weeks[2].expected_hours)
+    assert len(set(np.round(world.week_factor, 6))) == 4
+    busy = weeks[3].orders_placed > 150
+    residual = weeks[3].hours_to_dispatch - weeks[3].expected_hours
+    assert residual[busy].std() > 2 * residual[weeks[3].orders_placed < 50].std()
+    args = ["--catalogue", "300", "--rows", "2000", "--weeks", "3", "--until", "2026-11-21"]
+    assert main([local_url, *args]) == 0
+    written = contents(local_url)
+    assert len(written) == 3 and all(validate_tranche(d).rows == 2000 for d in written.values())

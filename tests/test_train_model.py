@@ -234,16 +234,56 @@ def test_an_unreadable_champion_is_replaced_with_a_warning(
 def test_new_codes_are_learned_and_rare_ones_skipped_and_recorded(
     published: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    base = simulate_tranche(1000, seed=14).to_csv()
-    extra = "".join(f"{2 + i * 0.01:.2f},{90 + i},NEW001\n" for i in range(200))
-    rare = "".join(f"3.0,{100 + i},RARE01\n" for i in range(10))
-    put(published, NEW_WEEK, base + extra.encode() + rare.encode())
+    put(published, NEW_WEEK, with_new_and_rare_codes(14))
     with caplog.at_level(logging.INFO):
-        assert stage(published) == 0
+        assert stage(published, "--history-weeks", "0") == 0
     meta = artefacts.load_latest(open_store(published)).metadata
     assert "NEW001" in meta["product_codes"] and "RARE01" not in meta["product_codes"]
     assert meta["rows"]["skipped_product_codes"] == {"RARE01": 10}
+    assert meta["bases"] == {"product": {"parts": 6}, "pooled": {"parts": 0}}
     assert any("RARE01" in m for m in messages(caplog, logging.WARNING))
+
+
+def with_new_and_rare_codes(seed: int) -> bytes:
+    """A five-part tranche plus a new part with 200 rows and a rare one with 10."""
+    base = simulate_tranche(1000, seed=seed).to_csv()
+    extra = "".join(f"{2 + i * 0.01:.2f},{90 + i},NEW001\n" for i in range(200))
+    rare = "".join(f"3.0,{100 + i},RARE01\n" for i in range(10))
+    return base + extra.encode() + rare.encode()
+
+
+def test_with_history_a_rare_code_gets_a_pooled_curve(published: str) -> None:
+    put(published, NEW_WEEK, with_new_and_rare_codes(14))
+    assert stage(published) == 0
+    loaded = artefacts.load_latest(open_store(published))
+    meta, model = loaded.metadata, loaded.model
+    assert "RARE01" in meta["product_codes"] and meta["rows"]["skipped_product_codes"] == {}
+    assert model.bases["RARE01"] == "pooled" and model.bases["NEW001"] == "product"
+    assert meta["bases"] == {"product": {"parts": 6}, "pooled": {"parts": 1}}
+    assert set(meta["metrics"]["held_out"]["by_basis"]) == {"product", "pooled"}
+    assert model.catalogue is not None
+    assert [h["newest"] for h in meta["history"]] == [True, False]
+    assert meta["history"][1]["key"] == tranche_key(OLD_WEEK)
+    report = json.loads(open_store(published).read_bytes(meta["report"]["json"]))
+    assert "tail" in report["figures"] and report["history"] == meta["history"]
+    assert report["bases"] == {"product": 6, "pooled": 1}
+
+
+def test_a_broken_older_tranche_is_left_out_with_one_warning_and_the_window_holds(
+    local_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = put(local_url, "2026-11-06T23:00:00", HEADER + b"ten,x,SKU001\n")
+    good = put(local_url, OLD_WEEK, simulate_tranche(500, seed=31).to_csv())
+    put(local_url, "2026-08-14T23:00:00", simulate_tranche(500, seed=32).to_csv())
+    newest = put(local_url, NEW_WEEK, with_new_and_rare_codes(33))
+    with caplog.at_level(logging.INFO):
+        assert stage(local_url, "--history-weeks", "13", "--no-report") == 0
+    [warning] = [m for m in messages(caplog, logging.WARNING) if "older tranche" in m]
+    assert broken in warning and "left out" in warning
+    meta = artefacts.load_latest(open_store(local_url)).metadata
+    assert [h["key"] for h in meta["history"]] == [newest, good]
+    assert meta["history"][1]["rows"] == 500 and len(meta["history"][1]["sha256"]) == 64
+    assert [h["key"] for h in meta["history_left_out"]] == [broken]
 
 
 def test_no_refit_publishes_the_model_fitted_on_the_training_rows(local_url: str) -> None:
@@ -370,10 +410,13 @@ def test_an_unreachable_store_fails_in_one_plain_line(aws_env: Dict[str, str]) -
 def test_min_rows_per_code_boundary(edge_rows: int, learned: bool, local_url: str) -> None:
     edge = "".join(f"{2 + i * 0.01:.2f},{90 + i},EDGE\n" for i in range(edge_rows))
     put(local_url, NEW_WEEK, simulate_tranche(1000, seed=19).to_csv() + edge.encode())
-    assert stage(local_url, "--min-rows-per-code", "30") == 0
+    assert stage(local_url, "--min-rows-per-code", "30", "--history-weeks", "0") == 0
     meta = artefacts.load_latest(open_store(local_url)).metadata
     assert ("EDGE" in meta["product_codes"]) == learned
     assert meta["rows"]["skipped_product_codes"] == ({} if learned else {"EDGE": 29})
+    assert stage(local_url, "--min-rows-per-code", "30", "--force", "--no-report") == 0
+    model = artefacts.load_latest(open_store(local_url)).model
+    assert model.bases["EDGE"] == ("product" if learned else "pooled")
 
 
 class RacingStore:

@@ -84,3 +84,14 @@ def test_unparseable_keys_are_named_in_one_warning(
     assert choice.latest is not None
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and "time_to_dispatch_last-friday.csv" in warnings[0]
+
+
+def test_the_history_window_holds_the_older_tranches_within_n_weeks_newest_first() -> None:
+    weeks = [f"datasets/time_to_dispatch_2026-{m}T23:00:00.csv" for m in (
+        "08-21", "08-28", "11-06", "11-13", "11-20")]
+    choice = choose_tranches(list(reversed(weeks)) + ["datasets/notes.txt"])
+    assert choice.latest is not None and choice.latest.key == weeks[-1]
+    assert [t.key for t in choice.within_weeks(2)] == [weeks[3], weeks[2]]
+    assert [t.key for t in choice.within_weeks(12)] == [weeks[3], weeks[2], weeks[1]]
+    assert [t.key for t in choice.within_weeks(13)] == list(reversed(weeks[:-1]))
+    assert choice.within_weeks(0) == () and choose_tranches([]).within_weeks(13) == ()
