@@ -12,6 +12,13 @@ in some way (normal, S3 503 bursts, an outage then a re-run, stalls, a lost resp
 killed mid-publish then re-run, two runs at once, a rollback with the models command
 first); then checks the week's invariants. ``python -m tests.fridays loadgen`` is the
 load generator.
+
+With ``catalogue=N`` the shop is a long-tailed catalogue of N parts (``pipeline.simulate``'s
+``catalogue_world``: popularity 1/rank, new parts every week, a warehouse-wide change from week
+to week): every good week delivers that world's next week, the load generator's batches mix
+parts from the whole catalogue (some of them unknown to the model, answered null), and every
+week that publishes checks that every order of a fresh draw whose part appears in the model's
+history is answered, and measures the tail's accuracy against the known truth.
 """
 from __future__ import annotations
 
@@ -34,7 +41,9 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from pipeline.artefacts import MODELS_PREFIX, POINTER_KEY, ModelUnavailable, load_latest
-from pipeline.simulate import DEFAULT_PRODUCT_CODES, simulate_tranche, tranche_key
+from pipeline.simulate import (
+    DEFAULT_PRODUCT_CODES, CatalogueWorld, catalogue_world, simulate_tranche, tranche_key,
+)
 from pipeline.store import Store, open_store
 
 CORE_CODES = ("SKU001", "SKU002", "SKU003")  # in every tranche, so every model knows them
@@ -45,6 +54,8 @@ SINGLE_PATH = "/api/v0.1/time_to_dispatch"
 BATCH_PATH = "/api/v0.1/time_to_dispatch/batch"
 HEALTH_PATH = "/health"
 BATCH_ROWS = 20
+SCORE_BATCH_ROWS = 1000
+TAIL_ROWS = 30
 EXIT_OK, EXIT_STORE, EXIT_BAD_DATA, EXIT_CONCURRENT, EXIT_CRASHED = 0, 3, 5, 7, 86
 
 GOOD_KINDS = ("good", "drifted", "twice", "older", "new-code", "vanish-code")
@@ -244,8 +255,16 @@ def replica_version(port: int, timeout: float = 2.0) -> Optional[str]:
 # --- the load generator (a process of its own) ---------------------------------------------------
 
 
-def loadgen_main(ports: Sequence[int], out: str, pause: float, seed: int) -> None:
-    """Send valid single and batch requests to every port until SIGTERM; write a summary."""
+def loadgen_main(
+    ports: Sequence[int], out: str, pause: float, seed: int,
+    core: Sequence[str] = CORE_CODES, tail: Sequence[str] = (),
+) -> None:
+    """Send valid single and batch requests to every port until SIGTERM; write a summary.
+
+    Single requests and half of each batch ask for ``core`` parts, which every model knows;
+    the other half of a batch asks for ``tail`` parts (when given), which a model may not
+    know: those answers may be null, the core ones never.
+    """
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     lock = threading.Lock()
@@ -259,8 +278,9 @@ def loadgen_main(ports: Sequence[int], out: str, pause: float, seed: int) -> Non
         sent = 0
         while not stop.is_set():
             kind = "batch" if sent % 5 == 4 else "single"
-            rows = [{"product_code": rng.choice(CORE_CODES), "orders_placed": rng.randint(0, 400)}
-                    for _ in range(BATCH_ROWS if kind == "batch" else 1)]
+            rows = [{"product_code": rng.choice(tail if tail and i % 2 else core),
+                     "orders_placed": rng.randint(0, 400)}
+                    for i in range(BATCH_ROWS if kind == "batch" else 1)]
             body = json.dumps(rows if kind == "batch" else rows[0]).encode()
             started = time.perf_counter()
             problem = None
@@ -277,8 +297,11 @@ def loadgen_main(ports: Sequence[int], out: str, pause: float, seed: int) -> Non
                     answer = json.loads(data)
                     estimate = answer["est_hours_to_dispatch"]
                     estimates = estimate if kind == "batch" else [estimate]
+                    must = [e for e, row in zip(estimates, rows) if row["product_code"] in core]
+                    given = [e for e in estimates if e is not None]
                     if (len(estimates) != len(rows) or not answer.get("model_version")
-                            or not all(math.isfinite(e) and e >= 0 for e in estimates)):
+                            or None in must
+                            or not all(math.isfinite(e) and e >= 0 for e in given)):
                         problem = f"bad answer {data[:200]!r}"
                 if response.getheader("connection", "").lower() == "close":
                     connection.close()
@@ -314,6 +337,36 @@ def loadgen_main(ports: Sequence[int], out: str, pause: float, seed: int) -> Non
             "all_ms": percentiles(latencies["single"] + latencies["batch"]),
         }
     Path(out).write_text(json.dumps(summary))
+
+
+def tranche_codes(data: bytes) -> List[str]:
+    """The product code of every row of a tranche's CSV."""
+    lines = data.decode().splitlines()
+    column = lines[0].split(",").index("product_code")
+    return [line.split(",")[column] for line in lines[1:] if line]
+
+
+def batch_estimates(
+    port: int, codes: Sequence[str], orders: Sequence[int]
+) -> List[Optional[float]]:
+    """The service's estimate for every row (None where it does not know the part)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    estimates: List[Optional[float]] = []
+    try:
+        for start in range(0, len(codes), SCORE_BATCH_ROWS):
+            end = start + SCORE_BATCH_ROWS
+            rows = [{"product_code": c, "orders_placed": o}
+                    for c, o in zip(codes[start:end], orders[start:end])]
+            connection.request("POST", BATCH_PATH, body=json.dumps(rows).encode(),
+                               headers={"Content-Type": "application/json"})
+            response = connection.getresponse()
+            answer = json.loads(response.read())
+            if response.status != 200:
+                raise AssertionError(f"scoring batch answered {response.status}: {answer}")
+            estimates += answer["est_hours_to_dispatch"]
+    finally:
+        connection.close()
+    return estimates
 
 
 def percentiles(seconds: Sequence[float]) -> Dict[str, float]:
@@ -354,6 +407,7 @@ class Report:
     longest_stale: float = 0.0
     load: Dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    catalogue: List[str] = field(default_factory=list)
 
     def lines(self, refresh: float) -> List[str]:
         """The printed figures."""
@@ -382,6 +436,7 @@ class Report:
             f"p99 {lat.get('single', {}).get('p99', 0)} ms; batch p50 "
             f"{lat.get('batch', {}).get('p50', 0)} ms, p99 {lat.get('batch', {}).get('p99', 0)} "
             f"ms; all p99 {load.get('all_ms', {}).get('p99', 0)} ms",
+            *self.catalogue,
             f"broken invariants: {len(self.problems)}",
         ]
 
@@ -391,9 +446,11 @@ class Year:
 
     def __init__(
         self, endpoint: str, workdir: Path, weeks: int, seed: int, rows: int = 400,
-        refresh: float = 1.0, log: Callable[[str], None] = print,
+        refresh: float = 1.0, log: Callable[[str], None] = print, catalogue: int = 0,
     ) -> None:
         self.endpoint, self.workdir, self.seed, self.rows = endpoint, workdir, seed, rows
+        self.world: Optional[CatalogueWorld] = (
+            catalogue_world(catalogue, rows, weeks + 1, seed) if catalogue else None)
         self.refresh, self.log = refresh, log
         self.rollback = models_command_available()
         self.weeks = schedule(weeks, seed)
@@ -430,7 +487,7 @@ class Year:
         serve_env = stage_environment(dict(AWS_TEST_ENV, AWS_ENDPOINT_URL=self.serve_proxy.url))
         self.store = _direct_store(self.url, self.endpoint)
 
-        self._deliver(0, simulate_tranche(self.rows, seed=self.seed).to_csv(), good=True)
+        self._deliver(0, self._good_tranche(0, self.seed, DEFAULT_PRODUCT_CODES), good=True)
         first = self._train("bootstrap")
         if first.exit != EXIT_OK:
             raise RuntimeError(f"the first run did not publish:\n{first.stderr}")
@@ -447,7 +504,7 @@ class Year:
         self.load_out = self.workdir / "load.json"
         self.loadgen = subprocess.Popen(
             [sys.executable, "-m", "tests.fridays", "loadgen", "--out", str(self.load_out),
-             *(f"--port={s.port}" for s in self.replicas)],
+             *(f"--port={s.port}" for s in self.replicas), *self._loadgen_codes()],
             cwd=Path(__file__).resolve().parents[1], env=self.train_env,
         )
         self._cleanup.append(self._stop_loadgen)
@@ -526,7 +583,39 @@ class Year:
         problems += self._check_runs(week, runs, good, pointer_before)
         problems += self._check_store(before, good, pointer_before)
         problems += self._check_replicas(began)
+        if self.world is not None and good and week.tranche in FRESH_KINDS:
+            problems += self._score_catalogue(week.number)
         return problems
+
+    def _score_catalogue(self, number: int) -> List[str]:
+        """Every order of a fresh draw whose part the model's history holds is answered."""
+        assert self.world is not None
+        loaded = load_latest(self.store)
+        if loaded.metadata.get("tranche", {}).get("key") != self.newest_key:
+            return []
+        seen = set()
+        for entry in loaded.metadata.get("history", []):
+            seen |= set(tranche_codes(self.store.read_bytes(entry["key"])))
+        newest = Counter(tranche_codes(self.newest_good_bytes))
+        fresh = self.world.tranche(number, draw=1)
+        codes = [str(c) for c in fresh.product_code]
+        estimates = batch_estimates(self.replicas[0].port, codes,
+                                    [int(o) for o in fresh.orders_placed])
+        known = [c in seen for c in codes]
+        missing = sum(k and e is None for k, e in zip(known, estimates))
+        tail = [i for i, c in enumerate(codes)
+                if 0 < newest[c] < TAIL_ROWS and estimates[i] is not None]
+        error = sum(abs(fresh.hours_to_dispatch[i] - estimates[i]) for i in tail)  # type: ignore
+        floor = sum(abs(fresh.hours_to_dispatch[i] - fresh.expected_hours[i]) for i in tail)
+        answered = sum(e is not None for e in estimates) / len(codes)
+        self.report.catalogue.append(
+            f"week {number:2d}: answered {answered:.2%} of a fresh draw's orders "
+            f"({sum(known) / len(codes):.2%} have a part in the history); parts with 1-"
+            f"{TAIL_ROWS - 1} rows: {len(tail)} orders, MAE / noise floor "
+            f"{error / floor if floor else float('nan'):.3f}")
+        if missing:
+            return [f"{missing} orders of parts in the model's history were not answered"]
+        return []
 
     # -- deliveries
 
@@ -542,15 +631,32 @@ class Year:
                 self.newest_good_bytes = data
         return key
 
+    def _good_tranche(self, number: int, seed: int, codes: Sequence[str]) -> bytes:
+        """A week's good tranche: the catalogue's week ``number``, or the five-part world's."""
+        if self.world is not None:
+            return self.world.tranche(number).to_csv()
+        return simulate_tranche(self.rows, seed=seed, week=number, product_codes=codes).to_csv()
+
+    def _loadgen_codes(self) -> List[str]:
+        """The load generator's parts: three every model knows and, for a catalogue, the rest."""
+        if self.world is None:
+            return []
+        core = [str(c) for c in self.world.codes[self.world.introduced == 0][:3]]
+        return [f"--core={','.join(core)}", f"--tail={','.join(map(str, self.world.codes))}"]
+
     def _deliver_week(self, week: Week) -> None:
         n, seed, rows = week.number, week.seed, self.rows
         if week.tranche == "breach":
             self._deliver(n, self.cases[week.breach](), good=False)
         elif week.tranche == "twice":
             self._deliver(n, self.newest_good_bytes, good=True)
+        elif week.tranche == "older" and self.world is not None:
+            self._deliver(n, self.world.tranche(n - 1, draw=2).to_csv(), good=True, older=True)
         elif week.tranche == "older":
             self._deliver(n, simulate_tranche(rows, seed=seed, week=n).to_csv(), good=True,
                           older=True)
+        elif self.world is not None:
+            self._deliver(n, self._good_tranche(n, seed, DEFAULT_PRODUCT_CODES), good=True)
         else:
             codes = {"new-code": NEW_CODES, "vanish-code": FEWER_CODES}.get(
                 week.tranche, DEFAULT_PRODUCT_CODES)
@@ -779,8 +885,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     load.add_argument("--out", required=True)
     load.add_argument("--pause", type=float, default=0.005)
     load.add_argument("--seed", type=int, default=0)
+    load.add_argument("--core", default=",".join(CORE_CODES),
+                      help="comma-separated parts every model knows")
+    load.add_argument("--tail", default="", help="comma-separated parts a model may not know")
     args = parser.parse_args(argv)
-    loadgen_main(args.port, args.out, args.pause, args.seed)
+    loadgen_main(args.port, args.out, args.pause, args.seed, args.core.split(","),
+                 [code for code in args.tail.split(",") if code])
 
 
 if __name__ == "__main__":

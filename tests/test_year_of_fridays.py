@@ -39,3 +39,21 @@ def test_a_few_fridays_keep_every_invariant(
     assert report.load["failed"] == 0
     assert report.load["single"] > 0 and report.load["batch"] > 0
     assert report.published > 0
+
+
+CATALOGUE_WEEKS = 4
+CATALOGUE_SEED = 64  # a stall, a kill, a rollback, an older tranche and two runs at once
+
+
+def test_a_few_fridays_of_a_long_tailed_catalogue_answer_every_part_in_the_history(
+    s3_endpoint: str, aws_env: Dict[str, str], tmp_path: Path
+) -> None:
+    lines = []
+    with Year(s3_endpoint, tmp_path, CATALOGUE_WEEKS, CATALOGUE_SEED, rows=3000,
+              catalogue=300, log=lines.append) as year:
+        report = year.play()
+    print("\n".join(lines + report.lines(refresh=1.0)))
+    assert report.problems == [], "\n".join(lines)
+    assert report.load["failed"] == 0 and report.load["batch"] > 0
+    assert len(report.catalogue) >= 2, report.catalogue
+    assert all("answered" in line for line in report.catalogue)
