@@ -13,7 +13,8 @@ import numpy.typing as npt
 from scipy.stats import binomtest
 from sklearn.metrics import mean_absolute_error, r2_score
 
-from pipeline.model import DispatchModel
+from pipeline.listing import some
+from pipeline.model import DispatchModel, rows_by_code
 from pipeline.validation import ValidTranche
 
 PASS, WARN, FAIL, KEEP = "pass", "warn", "fail", "keep"
@@ -101,12 +102,12 @@ def predict_known(
     known = np.zeros(rows.rows, dtype=bool)
     predictions = np.full(rows.rows, np.nan)
     upper = np.full(rows.rows, np.nan) if model.bounds else None
-    for index, code in enumerate(rows.product_codes):
+    for index, mask in rows_by_code(rows.code_index, len(rows.product_codes)):
+        code = rows.product_codes[index]
         curve = model.curves.get(code)
         if curve is None:
             continue
-        mask = rows.code_index == index
-        known |= mask
+        known[mask] = True
         predictions[mask] = curve.predict(rows.orders_placed[mask])
         if upper is not None:
             upper[mask] = model.bounds[code].predict(rows.orders_placed[mask])
@@ -119,11 +120,9 @@ def evaluate(model: DispatchModel, rows: ValidTranche) -> Evaluation:
     actual = rows.hours_to_dispatch[known]
     codes = rows.code_index[known]
     per_code = {}
-    for index, code in enumerate(rows.product_codes):
-        mask = codes == index
-        if mask.any():
-            per_code[code] = metrics(actual[mask], predictions[mask],
-                                     None if upper is None else upper[mask])
+    for index, mask in rows_by_code(codes, len(rows.product_codes)):
+        per_code[rows.product_codes[index]] = metrics(
+            actual[mask], predictions[mask], None if upper is None else upper[mask])
     return Evaluation(metrics(actual, predictions, upper), per_code,
                       int(rows.rows - known.sum()))
 
@@ -243,18 +242,18 @@ def logic_gates(
             beyond.append(code)
     grid_words = f"orders 0 to {options.grid_extend:.0%} of the observed span past the largest"
     monotone = (
-        Decision("monotone", FAIL, f"predictions fall as orders grow for {', '.join(falling)}")
+        Decision("monotone", FAIL, f"predictions fall as orders grow for {some(falling)}")
         if falling else
         Decision("monotone", PASS, f"predictions never fall as orders grow ({grid_words})")
     )
     non_negative = (
-        Decision("non_negative", FAIL, f"negative predictions for {', '.join(negative)}")
+        Decision("non_negative", FAIL, f"negative predictions for {some(negative)}")
         if negative else
         Decision("non_negative", PASS, f"no negative predictions ({grid_words})")
     )
     bounded = (
         Decision("bounded", FAIL, f"predictions above {bound:.4g} h ({options.label_factor:g}x "
-                 f"the largest label) for {', '.join(beyond)}", highest)
+                 f"the largest label) for {some(beyond)}", highest)
         if beyond else
         Decision("bounded", PASS, f"largest prediction on the observed range {highest:.4g} h is "
                  f"within {bound:.4g} h ({options.label_factor:g}x the largest label)", highest)
@@ -291,6 +290,6 @@ def champion_gate(
         unknown = sorted(set(challenger.product_codes) - set(champion.product_codes))
         later = ""
         if unknown:
-            later = f"; new product codes {', '.join(unknown)} wait for a later model"
+            later = f"; new product codes {some(unknown)} wait for a later model"
         return Decision("champion", KEEP, f"{words}: the champion is kept{later}", challenger_mae)
     return Decision("champion", PASS, f"{words}: the challenger wins", challenger_mae)
