@@ -16,7 +16,7 @@ from __future__ import annotations
 import platform
 import sys
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, TypeVar
+from typing import Any, Callable, ContextManager, Dict, List, Optional, Sequence, TypeVar
 
 ADDRESS_ENV = "DASK_SCHEDULER_ADDRESS"
 CONNECT_TIMEOUT_KEY = "distributed.comm.timeouts.connect"
@@ -58,6 +58,17 @@ def _check_workers(client: Any, address: str) -> int:
             raise ClusterError(f"Dask worker {worker} runs other versions than this stage, so "
                                f"its fits could differ: {', '.join(differ)}")
     return sum(client.nthreads().values())
+
+
+def connect_timeout(seconds: float) -> ContextManager[Any]:
+    """Dask's setting of how long to wait for the scheduler, for the fits of a ``with`` block."""
+    # distributed adds its defaults to Dask's config when first imported: import it first, or
+    # leaving the block would drop them along with the setting.
+    import dask.config
+    import distributed  # noqa: F401
+
+    settings: ContextManager[Any] = dask.config.set({CONNECT_TIMEOUT_KEY: f"{seconds}s"})
+    return settings
 
 
 def _no_worker_seconds() -> float:

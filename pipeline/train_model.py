@@ -34,7 +34,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 
 from pipeline import artefacts, history
-from pipeline.cluster import ADDRESS_ENV, CONNECT_TIMEOUT_KEY, ClusterError
+from pipeline.cluster import ADDRESS_ENV, ClusterError, connect_timeout
 from pipeline.drift import DEFAULT_DRIFT_THRESHOLD, DriftSummary, tranche_drift
 from pipeline.gates import (
     DEFAULT_CHAMPION_TOLERANCE, DEFAULT_COVERAGE_MIN, DEFAULT_GRID_EXTEND, DEFAULT_LABEL_FACTOR,
@@ -171,12 +171,8 @@ def cluster_settings(options: TrainOptions) -> ContextManager[Any]:
     """Dask's settings for a fit on the cluster (nothing for a local fit)."""
     if not options.dask_scheduler:
         return contextlib.nullcontext()
-    import dask.config
-
     log.info("fitting the product codes on the Dask cluster of %s", options.dask_scheduler)
-    settings: ContextManager[Any] = dask.config.set(
-        {CONNECT_TIMEOUT_KEY: f"{options.dask_connect_timeout}s"})
-    return settings
+    return connect_timeout(options.dask_connect_timeout)
 
 
 def fit(rows: ValidTranche, options: TrainOptions) -> FitResult:
