@@ -174,6 +174,16 @@ def published_sha256(folder: str) -> str:
     return str(json.loads(open_store(folder).read_bytes(POINTER_KEY))["model_sha256"])
 
 
+def fitting_rate(folder: str, workers: int) -> str:
+    """The published model's fitting rate in words: parts fitted per second, and per core."""
+    pointer = json.loads(open_store(folder).read_bytes(POINTER_KEY))
+    metadata = json.loads(open_store(folder).read_bytes(pointer["metadata_key"]))
+    fitted = len(metadata["fits"]) + len(metadata["metrics"]["held_out"]["per_product_code"])
+    seconds = float(metadata["training_seconds"])
+    return (f"{fitted:,} part fits (split and refit) in {seconds:.1f} s: "
+            f"{fitted / seconds:.1f} parts/s, {fitted / seconds / workers:.1f} per core")
+
+
 def start_cluster(workers: int, env: Dict[str, str], folder: str) -> Tuple[str, List[Any]]:
     """A Dask scheduler and ``workers`` one-thread workers on loopback; address and processes."""
     scheduler_file = os.path.join(folder, "scheduler.json")
@@ -210,7 +220,8 @@ def catalogue(args: argparse.Namespace, env: Dict[str, str], extra: List[str]) -
                 ok = False
                 continue
             local_sha = published_sha256(folder)
-            print(f"  {label}: artefact sha256 {local_sha}", flush=True)
+            print(f"  {label}: artefact sha256 {local_sha}; "
+                  f"{fitting_rate(folder, args.n_jobs or os.cpu_count() or 1)}", flush=True)
             if points:
                 before = points[-1]
                 print(f"  growth since {before[0]:,} parts (x{parts / before[0]:g}): time "
@@ -237,6 +248,7 @@ def on_cluster(label: str, folder: str, env: Dict[str, str], extra: List[str], l
     if wall is None:
         return False
     same = published_sha256(folder) == local_sha
+    print(f"  Dask: {fitting_rate(folder, 2)}", flush=True)
     print(f"  Dask {wall:.1f} s beside local {local_wall:.1f} s; artefact "
           f"{'identical' if same else 'DIFFERENT'} (sha256 {published_sha256(folder)})",
           flush=True)
