@@ -290,7 +290,7 @@ def _read(data: bytes) -> _Read:
     fields = max(len(names), _most_fields(body))
     positional = [f"__c{i}" for i in range(fields)]
     # Product codes repeat: as a category, a million rows hold each distinct code's text once.
-    types = {name: str for name in positional}
+    types: Dict[str, Any] = {name: str for name in positional}
     types[f"__c{names.index(CODE)}"] = "category"
     try:
         raw = pd.read_csv(
