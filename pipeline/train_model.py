@@ -283,6 +283,7 @@ def library_versions() -> Dict[str, str]:
     for name, module_name in (
         ("pandas", "pandas"), ("pandera", "pandera"), ("scikit-learn", "sklearn"),
         ("scipy", "scipy"), ("joblib", "joblib"), ("boto3", "boto3"), ("botocore", "botocore"),
+        ("dask", "dask"), ("distributed", "distributed"),
     ):
         module = sys.modules.get(module_name)
         if module is not None:
@@ -595,7 +596,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
     add("--seed", type=int, default=DEFAULT_SEED, help="seed of the split and the CV folds")
     add("--folds", type=int, default=DEFAULT_FOLDS, help="cross-validation folds choosing curves")
     add("--n-jobs", type=int, default=joblib.cpu_count(),
-        help="processes fitting product codes in parallel (default: the usable CPUs)")
+        help="processes fitting product codes in parallel (default: the usable CPUs; unused "
+             "with --dask-scheduler)")
     add("--dask-scheduler", metavar="ADDRESS", default=os.environ.get(ADDRESS_ENV) or None,
         help=f"fit the product codes on the existing Dask cluster of this scheduler, e.g. "
              f"tcp://dask-scheduler:8786, instead of in --n-jobs local processes (same model, "
