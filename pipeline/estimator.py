@@ -434,6 +434,8 @@ class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc
     its family chosen by ``folds``-fold cross-validated MAE, and an upper bound within which
     a ``bound_level`` share of dispatches fall (``predict_upper``); ``predict`` raises KeyError
     for a code it has not learned; ``to_dispatch_model`` exports the published artefact.
+    Codes are fitted in ``n_jobs`` local processes or, given ``dask_scheduler`` (an address
+    such as ``tcp://host:8786``), as tasks on that Dask cluster, with the same result.
     """
 
     def __init__(
