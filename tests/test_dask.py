@@ -178,3 +178,26 @@ def test_a_cluster_that_loses_every_worker_fails_the_run_and_publishes_nothing(
     assert status == [EXIT_CLUSTER]
     assert open_store(url).read_versioned(artefacts.POINTER_KEY) is None
     assert not open_store(url).list_keys("models/")
+
+
+class StubClient:
+    """What _check_workers asks of a client: each worker's versions and thread counts."""
+
+    def __init__(self, versions: Dict[str, Dict[str, str]]) -> None:
+        self.versions = versions
+
+    def run(self, function: Any) -> Dict[str, Dict[str, str]]:
+        return self.versions
+
+    def nthreads(self) -> Dict[str, int]:
+        return {worker: 1 for worker in self.versions}
+
+
+def test_a_worker_with_other_library_versions_is_refused_before_any_fit() -> None:
+    from pipeline.cluster import ClusterError, _check_workers, fit_versions
+
+    same = fit_versions()
+    assert _check_workers(StubClient({"tcp://a:1": same, "tcp://b:1": same}), "tcp://s:1") == 2
+    older = dict(same, numpy="1.26.4")
+    with pytest.raises(ClusterError, match=r"tcp://b:1 .*numpy 1\.26\.4 \(here "):
+        _check_workers(StubClient({"tcp://a:1": same, "tcp://b:1": older}), "tcp://s:1")
