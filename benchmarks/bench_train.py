@@ -1,7 +1,8 @@
 """Benchmark of the train_model stage as a whole process: wall time and peak memory.
 
-Usage: python benchmarks/bench_train.py [--scenarios rows codes] [--rows 1000 1000000]
-       [--codes 20 200 2000] [--repeat 3] [--n-jobs N] [--cold]
+Usage: python benchmarks/bench_train.py [--scenarios rows codes catalogue] [--rows 1000 1000000]
+       [--codes 20 200 2000] [--parts 1000 10000 100000] [--weekly-rows 1000000] [--dask]
+       [--repeat 3] [--n-jobs N] [--cold]
 
 ``rows``: a tranche of each size over the 5 simulated product codes, against the goals
 1,000 rows within 5 s and 1,000,000 rows within 15 s and 1 GB. ``codes``: tranches of
@@ -9,6 +10,12 @@ Usage: python benchmarks/bench_train.py [--scenarios rows codes] [--rows 1000 10
 codes (1,000,000 rows) within 120 s and 2 GB; it prints the time per code and the time per
 code added between sizes: the latter stays flat when time grows linearly with the codes (the
 former falls as the process's fixed start-up is shared by more codes).
+``catalogue``: two weeks of ``--weekly-rows`` orders over a long-tailed catalogue of each
+``--parts`` count (benchmarks/catalogue.py: popularity 1/rank), one timed run each, against the
+goal 100,000 parts within 600 s and 4 GB; it prints how time and memory grow between sizes and
+the published artefact's sha256. ``--dask`` then runs the largest catalogue again on a real
+cluster started here (``dask scheduler`` and two ``dask worker`` processes on loopback, one
+thread each) and prints its time beside the local run's and whether the artefacts are identical.
 
 For each tranche it writes two weekly tranches into a temporary local store, runs
 ``python -m pipeline.train_model STORE`` once untimed (a warm-up that also lets Python
@@ -22,6 +29,7 @@ The stage writes its run report as in production; ``--no-report`` times it witho
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -31,21 +39,24 @@ import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from pipeline.artefacts import POINTER_KEY  # noqa: E402
 from pipeline.simulate import (  # noqa: E402
     CSV_HEADER, DEFAULT_PRODUCT_CODES, delivery_times, simulate_tranche, tranche_key,
     write_tranches,
 )
 from pipeline.store import open_store  # noqa: E402
+from benchmarks.catalogue import write_catalogue  # noqa: E402
 
 ROW_GOALS: Dict[int, Tuple[float, float]] = {1_000: (5.0, 1024.0), 1_000_000: (15.0, 1024.0)}
 CODE_GOALS: Dict[int, Tuple[float, float]] = {2_000: (120.0, 2048.0)}
+CATALOGUE_GOALS: Dict[int, Tuple[float, float]] = {100_000: (600.0, 4096.0)}
 ROWS_PER_CODE = 500
 UNTIL = datetime(2026, 11, 21, tzinfo=timezone.utc)
 
@@ -126,9 +137,17 @@ def write_many_codes(folder: str, codes: int, seed: int) -> None:
 
 
 def measure(label: str, folder: str, repeat: int, env: Dict[str, str], extra: List[str],
-            goal: Optional[Tuple[float, float]]) -> Optional[float]:
+            goal: Optional[Tuple[float, float]], warm_up: bool = True) -> Optional[float]:
     """Warm up, time ``repeat`` runs and print one line; the median seconds, None on failure."""
-    run_stage(folder, env, extra)
+    return measured(label, folder, repeat, env, extra, goal, warm_up)[0]
+
+
+def measured(label: str, folder: str, repeat: int, env: Dict[str, str], extra: List[str],
+             goal: Optional[Tuple[float, float]], warm_up: bool = True
+             ) -> Tuple[Optional[float], float]:
+    """As measure, with the peak memory of the process tree (MB) beside the median seconds."""
+    if warm_up:
+        run_stage(folder, env, extra)
     walls: List[float] = []
     peaks: List[float] = []
     trees: List[float] = []
@@ -136,7 +155,7 @@ def measure(label: str, folder: str, repeat: int, env: Dict[str, str], extra: Li
         seconds, peak, tree, status = run_stage(folder, env, extra)
         if status != 0:
             print(f"{label}: the stage exited {status}")
-            return None
+            return None, 0.0
         walls.append(seconds)
         peaks.append(peak)
         trees.append(tree)
@@ -147,18 +166,110 @@ def measure(label: str, folder: str, repeat: int, env: Dict[str, str], extra: Li
         verdict = f"  goal {goal[0]:g} s and {goal[1]:g} MB: {'met' if ok else 'MISSED'}"
     print(f"{label}: wall median {wall:.2f} s (worst {worst:.2f} s of {repeat}), "
           f"peak RSS {peak:.0f} MB (process tree {tree:.0f} MB){verdict}", flush=True)
-    return wall
+    return wall, tree
+
+
+def published_sha256(folder: str) -> str:
+    """The sha256 of the model the latest-model pointer names."""
+    return str(json.loads(open_store(folder).read_bytes(POINTER_KEY))["model_sha256"])
+
+
+def fitting_rate(folder: str, workers: int) -> str:
+    """The published model's fitting rate in words: parts fitted per second, and per core."""
+    pointer = json.loads(open_store(folder).read_bytes(POINTER_KEY))
+    metadata = json.loads(open_store(folder).read_bytes(pointer["metadata_key"]))
+    fitted = len(metadata["fits"]) + len(metadata["metrics"]["held_out"]["per_product_code"])
+    seconds = float(metadata["training_seconds"])
+    return (f"{fitted:,} part fits (split and refit) in {seconds:.1f} s: "
+            f"{fitted / seconds:.1f} parts/s, {fitted / seconds / workers:.1f} per core")
+
+
+def start_cluster(workers: int, env: Dict[str, str], folder: str) -> Tuple[str, List[Any]]:
+    """A Dask scheduler and ``workers`` one-thread workers on loopback; address and processes."""
+    scheduler_file = os.path.join(folder, "scheduler.json")
+    quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL, "env": env, "cwd": folder}
+    processes = [subprocess.Popen(
+        [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
+         "--no-dashboard", "--scheduler-file", scheduler_file], **quiet)]
+    deadline = time.time() + 60
+    while not os.path.exists(scheduler_file) and time.time() < deadline:
+        time.sleep(0.2)
+    with open(scheduler_file) as handle:
+        address = str(json.load(handle)["address"])
+    processes += [subprocess.Popen(
+        [sys.executable, "-m", "dask", "worker", address, "--nthreads", "1", "--no-dashboard",
+         "--name", f"bench-{i}"], **quiet) for i in range(workers)]
+    from distributed import Client
+
+    with Client(address, set_as_default=False) as client:
+        client.wait_for_workers(workers, timeout=120)
+    return address, processes
+
+
+def catalogue(args: argparse.Namespace, env: Dict[str, str], extra: List[str]) -> bool:
+    """The long-tailed catalogue scenario (and, with --dask, the largest on a cluster)."""
+    points: List[Tuple[int, float, float]] = []
+    ok = True
+    for parts in args.parts:
+        with tempfile.TemporaryDirectory(prefix="bench-train-") as folder:
+            write_catalogue(open_store(folder), parts, args.weekly_rows, 2, 1, UNTIL)
+            label = f"catalogue {parts:>7,} parts, {args.weekly_rows:,} rows a week"
+            wall, tree = measured(label, folder, 1, env, extra, CATALOGUE_GOALS.get(parts),
+                                  warm_up=False)
+            if wall is None:
+                ok = False
+                continue
+            local_sha = published_sha256(folder)
+            print(f"  {label}: artefact sha256 {local_sha}; "
+                  f"{fitting_rate(folder, args.n_jobs or os.cpu_count() or 1)}", flush=True)
+            if points:
+                before = points[-1]
+                print(f"  growth since {before[0]:,} parts (x{parts / before[0]:g}): time "
+                      f"x{wall / before[1]:.2f}, peak memory x{tree / before[2]:.2f}", flush=True)
+            points.append((parts, wall, tree))
+            if args.dask and parts == max(args.parts):
+                ok = on_cluster(label, folder, env, extra, wall, local_sha) and ok
+    return ok
+
+
+def on_cluster(label: str, folder: str, env: Dict[str, str], extra: List[str], local_wall: float,
+               local_sha: str) -> bool:
+    """The same tranche on a two-worker Dask cluster: its time and artefact against the local."""
+    with tempfile.TemporaryDirectory(prefix="bench-dask-") as cluster_folder:
+        address, processes = start_cluster(2, env, cluster_folder)
+        try:
+            wall, _ = measured(f"{label} on Dask (2 workers x 1 thread)", folder, 1, env,
+                               extra + ["--dask-scheduler", address], None, warm_up=False)
+        finally:
+            for process in reversed(processes):
+                process.terminate()
+            for process in processes:
+                process.wait(30)
+    if wall is None:
+        return False
+    same = published_sha256(folder) == local_sha
+    print(f"  Dask: {fitting_rate(folder, 2)}", flush=True)
+    print(f"  Dask {wall:.1f} s beside local {local_wall:.1f} s; artefact "
+          f"{'identical' if same else 'DIFFERENT'} (sha256 {published_sha256(folder)})",
+          flush=True)
+    return same
 
 
 def main() -> int:
     """Run the requested scenarios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--scenarios", nargs="+", choices=("rows", "codes"),
+    parser.add_argument("--scenarios", nargs="+", choices=("rows", "codes", "catalogue"),
                         default=["rows", "codes"])
     parser.add_argument("--rows", type=int, nargs="+", default=sorted(ROW_GOALS),
                         help="tranche sizes over 5 product codes")
     parser.add_argument("--codes", type=int, nargs="+", default=[20, 200, 2000],
                         help="product code counts, 500 rows each")
+    parser.add_argument("--parts", type=int, nargs="+", default=[1_000, 10_000, 100_000],
+                        help="catalogue sizes (parts) of the catalogue scenario")
+    parser.add_argument("--weekly-rows", type=int, default=1_000_000,
+                        help="orders a week in the catalogue scenario")
+    parser.add_argument("--dask", action="store_true",
+                        help="run the largest catalogue again on a two-worker Dask cluster")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per tranche size")
     parser.add_argument("--n-jobs", type=int, default=None,
                         help="passed to train_model (default: its own, the usable CPUs)")
@@ -204,6 +315,8 @@ def main() -> int:
             steps = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(points, points[1:])]
             print("growth: ms per code added: " + " -> ".join(f"{1000 * x:.1f}" for x in steps)
                   + f" (ratio {steps[-1] / steps[0]:.2f}; 1 = linear)")
+    if "catalogue" in args.scenarios:
+        ok = catalogue(args, env, extra) and ok
     print(f"load average {os.getloadavg()[0]:.1f} at the end")
     return 0 if ok else 1
 

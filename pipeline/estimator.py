@@ -14,7 +14,8 @@ no curve falls as orders grow and none starts below 0. The simplest family whose
 MAE is within 1% of the lowest, or within floating-point noise of it (1e-9 of the
 labels' scale), wins: rounding never makes the choice. Codes with more rows than
 ``cv_max_rows`` choose on a seeded sample of that many rows and fit the chosen family
-on all of them. Codes are fitted in parallel through joblib (``n_jobs``).
+on all of them. Codes are fitted in parallel through joblib (``n_jobs``), or as tasks on an
+existing Dask cluster (``dask_scheduler``, see ``pipeline.cluster``) with the same result.
 
 The same out-of-fold predictions of the chosen family calibrate each code's upper bound
 (``pipeline.bound``: split-conformal, scaled by a spread that grows with the queue), so the
@@ -51,6 +52,8 @@ DEFAULT_CV_MAX_ROWS = 20_000
 SIMPLER_TOLERANCE = 0.01
 ROUNDING_TOLERANCE = 1e-9
 CODES_PER_WORKER = 50
+# Codes per Dask task: enough to amortise a task's overhead, few enough to rerun cheaply.
+CODES_PER_TASK = 25
 CURVE_GRID_POINTS = 129
 QUANTILE_GRID = np.linspace(0.0, 1.0, 33)
 CURVED_PARAMETERS: Dict[str, npt.NDArray[np.float64]] = {
@@ -353,6 +356,48 @@ def fit_code(
     return FittedCode(best.curve_, bound.curve, fitted)
 
 
+class CodeSettings(NamedTuple):
+    """fit_code's settings, the same for every product code of a fit."""
+
+    families: Tuple[str, ...]
+    folds: int
+    random_state: int
+    cv_max_rows: int
+    relative_tolerance: float
+    rounding_tolerance: float
+    bound_level: float
+
+
+CodeRows = Tuple[FloatArray, FloatArray]
+
+
+def fit_batch(batch: Tuple[Sequence[CodeRows], CodeSettings]) -> List[FittedCode]:
+    """fit_code on each code's orders and hours of a batch: one task of a fit on Dask."""
+    codes, settings = batch
+    return [fit_code(orders, hours, *settings) for orders, hours in codes]
+
+
+def fit_codes(
+    codes: Sequence[CodeRows], settings: CodeSettings, n_jobs: Optional[int],
+    dask_scheduler: Optional[str] = None,
+) -> List[FittedCode]:
+    """Every code's fit, in order: in ``n_jobs`` local processes, or on a Dask cluster."""
+    if dask_scheduler:
+        from pipeline.cluster import map_on_cluster
+
+        batches = [(codes[start:start + CODES_PER_TASK], settings)
+                   for start in range(0, len(codes), CODES_PER_TASK)]
+        return [fitted for batch in map_on_cluster(dask_scheduler, fit_batch, batches)
+                for fitted in batch]
+    # A worker process costs about a second to start (it imports this module): only
+    # enough codes per worker pay for it, so small tranches are fitted in this process.
+    jobs = min(effective_n_jobs(n_jobs), max(1, len(codes) // CODES_PER_WORKER))
+    fitted: List[FittedCode] = Parallel(n_jobs=jobs)(
+        delayed(fit_code)(orders, hours, *settings) for orders, hours in codes
+    )
+    return fitted
+
+
 def features(product_codes: Any, orders_placed: Any) -> pd.DataFrame:
     """The estimator's input: a frame with ``product_code`` and ``orders_placed``."""
     return pd.DataFrame({
@@ -400,6 +445,8 @@ class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc
     its family chosen by ``folds``-fold cross-validated MAE, and an upper bound within which
     a ``bound_level`` share of dispatches fall (``predict_upper``); ``predict`` raises KeyError
     for a code it has not learned; ``to_dispatch_model`` exports the published artefact.
+    Codes are fitted in ``n_jobs`` local processes or, given ``dask_scheduler`` (an address
+    such as ``tcp://host:8786``), as tasks on that Dask cluster, with the same result.
     """
 
     def __init__(
@@ -413,6 +460,7 @@ class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc
         random_state: int = 0,
         n_jobs: Optional[int] = None,
         bound_level: float = BOUND_QUANTILE,
+        dask_scheduler: Optional[str] = None,
     ) -> None:
         self.families = families
         self.folds = folds
@@ -423,6 +471,7 @@ class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.bound_level = bound_level
+        self.dask_scheduler = dask_scheduler
 
     def fit(self, X: pd.DataFrame, y: Any) -> "DispatchTimeRegressor":
         """Fit a curve per product code with enough rows, in parallel over codes."""
@@ -438,16 +487,13 @@ class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc
             raise ValueError(f"X has {len(orders)} rows but y has {len(hours)}")
         groups = list(rows_by_code(index, len(names)))
         learned = [(names[p], rows) for p, rows in groups if len(rows) >= self.min_rows_per_code]
-        # A worker process costs about a second to start (it imports this module): only
-        # enough codes per worker pay for it, so small tranches are fitted in this process.
-        jobs = min(effective_n_jobs(self.n_jobs), max(1, len(learned) // CODES_PER_WORKER))
-        fitted = Parallel(n_jobs=jobs)(
-            delayed(fit_code)(
-                orders[rows], hours[rows], tuple(self.families), self.folds, self.random_state,
-                self.cv_max_rows, self.relative_tolerance, self.rounding_tolerance,
-                self.bound_level,
-            )
-            for _, rows in learned
+        settings = CodeSettings(
+            tuple(self.families), self.folds, self.random_state, self.cv_max_rows,
+            self.relative_tolerance, self.rounding_tolerance, self.bound_level,
+        )
+        fitted = fit_codes(
+            [(orders[rows], hours[rows]) for _, rows in learned], settings, self.n_jobs,
+            self.dask_scheduler,
         )
         self.curves_: Dict[str, Curve] = {}
         self.bounds_: Dict[str, Curve] = {}

@@ -13,6 +13,7 @@ import numpy.typing as npt
 from scipy.stats import binomtest
 from sklearn.metrics import mean_absolute_error, r2_score
 
+from pipeline.listing import some
 from pipeline.model import BASES, DispatchModel, rows_by_code
 from pipeline.validation import ValidTranche
 
@@ -279,18 +280,18 @@ def logic_gates(
             beyond.append(code)
     grid_words = f"orders 0 to {options.grid_extend:.0%} of the observed span past the largest"
     monotone = (
-        Decision("monotone", FAIL, f"predictions fall as orders grow for {', '.join(falling)}")
+        Decision("monotone", FAIL, f"predictions fall as orders grow for {some(falling)}")
         if falling else
         Decision("monotone", PASS, f"predictions never fall as orders grow ({grid_words})")
     )
     non_negative = (
-        Decision("non_negative", FAIL, f"negative predictions for {', '.join(negative)}")
+        Decision("non_negative", FAIL, f"negative predictions for {some(negative)}")
         if negative else
         Decision("non_negative", PASS, f"no negative predictions ({grid_words})")
     )
     bounded = (
         Decision("bounded", FAIL, f"predictions above {bound:.4g} h ({options.label_factor:g}x "
-                 f"the largest label) for {', '.join(beyond)}", highest)
+                 f"the largest label) for {some(beyond)}", highest)
         if beyond else
         Decision("bounded", PASS, f"largest prediction on the observed range {highest:.4g} h is "
                  f"within {bound:.4g} h ({options.label_factor:g}x the largest label)", highest)
@@ -331,7 +332,7 @@ def champion_gate(
         unknown = sorted(set(challenger.product_codes) - set(champion.product_codes))
         later = ""
         if unknown:
-            later = f"; new product codes {', '.join(unknown)} wait for a later model"
+            later = f"; new product codes {some(unknown)} wait for a later model"
         return Decision("champion", KEEP, f"{words}: the champion is kept{later}", challenger_mae)
     return Decision("champion", PASS, f"{words}: the challenger wins", challenger_mae)
 

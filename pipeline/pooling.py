@@ -229,6 +229,7 @@ class PooledDispatchRegressor(RegressorMixin, BaseEstimator):  # type: ignore[mi
         rounding_tolerance: float = ROUNDING_TOLERANCE,
         random_state: int = 0,
         n_jobs: Optional[int] = None,
+        dask_scheduler: Optional[str] = None,
         bound_level: float = BOUND_QUANTILE,
         catalogue_knots: int = DEFAULT_CATALOGUE_KNOTS,
         level_iterations: int = DEFAULT_LEVEL_ITERATIONS,
@@ -241,6 +242,7 @@ class PooledDispatchRegressor(RegressorMixin, BaseEstimator):  # type: ignore[mi
         self.rounding_tolerance = rounding_tolerance
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.dask_scheduler = dask_scheduler
         self.bound_level = bound_level
         self.catalogue_knots = catalogue_knots
         self.level_iterations = level_iterations

@@ -23,6 +23,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.artefacts import create_once
+from pipeline.listing import counts_summary
 from pipeline.model import DispatchModel
 
 if TYPE_CHECKING:
@@ -37,8 +38,14 @@ REJECTED = "rejected"
 UNCHANGED = "unchanged"
 FAILED = "failed"
 MAX_POINTS_PER_CODE = 1500
-# Per-code figures draw the codes with the most rows; every code stays in the page's tables.
+# Per-code figures draw the codes with the most rows and those with the worst held-out MAE, and
+# per-code tables list as many of each: the page costs the same at 5 or 100,000 codes (every
+# code stays in the JSON twin).
 MAX_CODES_DRAWN = 12
+MAX_WORST_DRAWN = 4
+MAX_CODES_TABLED = 20
+# A code's held-out MAE on fewer rows is too noisy to call it one of the worst.
+MIN_ROWS_WORST = 5
 DRIFT_BINS = 30
 FloatArray = npt.NDArray[np.float64]
 
@@ -142,16 +149,30 @@ def _sample(orders: FloatArray, hours: FloatArray, limit: int) -> Tuple[FloatArr
     return orders[keep], hours[keep]
 
 
-def drawn_codes(codes: Sequence[str], rows: Dict[str, int]) -> List[str]:
-    """The codes a per-code figure draws: at most MAX_CODES_DRAWN, those with the most rows."""
-    busiest = sorted(codes, key=lambda code: (-rows.get(code, 0), code))[:MAX_CODES_DRAWN]
-    return sorted(busiest)
+def worst_codes(held_out: Optional[Dict[str, Any]], limit: int) -> List[str]:
+    """The codes of highest held-out MAE (on at least MIN_ROWS_WORST rows), worst first."""
+    per_code = (held_out or {}).get("per_product_code", {})
+    judged = sorted((-float(m["mae"]), str(code)) for code, m in per_code.items()
+                    if int(m.get("rows", 0)) >= MIN_ROWS_WORST)
+    return [code for _, code in judged[:limit]]
+
+
+def drawn_codes(
+    codes: Sequence[str], rows: Dict[str, int], worst: Sequence[str] = ()
+) -> List[str]:
+    """The codes a per-code figure draws: all of a few, else the busiest and a few ``worst``."""
+    if len(codes) <= MAX_CODES_DRAWN:
+        return sorted(codes)
+    present = set(codes)
+    chosen = [code for code in worst if code in present][:MAX_WORST_DRAWN]
+    busiest = sorted(set(codes) - set(chosen), key=lambda code: (-rows.get(code, 0), code))
+    return sorted(busiest[:MAX_CODES_DRAWN - len(chosen)] + chosen)
 
 
 def _not_all(figure: "Figure", drawn: int, total: int) -> None:
     if drawn < total:
-        figure.suptitle(f"the {drawn} of {total} product codes with the most rows "
-                        f"(every code is in the tables below)", fontsize=9)
+        figure.suptitle(f"{drawn} of {total:,} product codes: those with the most rows and the "
+                        f"worst held-out MAE (the JSON twin has every code)", fontsize=9)
 
 
 def curves_figure(record: RunRecord) -> Optional[str]:
@@ -160,7 +181,7 @@ def curves_figure(record: RunRecord) -> Optional[str]:
     if points is None or len(points.codes) == 0:
         return None
     counts = points.code_counts()
-    codes = drawn_codes(list(counts), counts)
+    codes = drawn_codes(list(counts), counts, worst_codes(record.held_out, MAX_WORST_DRAWN))
     columns = min(3, len(codes))
     rows = (len(codes) + columns - 1) // columns
     figure = _figure(4.0 * columns, 3.0 * rows)
@@ -205,7 +226,7 @@ def accuracy_figure(record: RunRecord) -> Optional[str]:
         return None
     every = sorted({c for _, values in series for c in values if c != "overall"})
     counts = record.points.code_counts() if record.points is not None else {}
-    codes = drawn_codes(every, counts) + ["overall"]
+    codes = drawn_codes(every, counts, worst_codes(record.held_out, MAX_WORST_DRAWN)) + ["overall"]
     figure = _figure(max(8.0, 1.1 * len(codes) + 2), 3.6)
     _not_all(figure, len(codes) - 1, len(every))
     ax = figure.subplots()
@@ -251,18 +272,30 @@ def drift_figure(record: RunRecord) -> Optional[str]:
         ax.legend(fontsize=7)
     shares_a, shares_b = before.code_counts(), now.code_counts()
     codes = sorted(set(shares_a) | set(shares_b))
-    x = np.arange(len(codes))
-    total_a, total_b = max(sum(shares_a.values()), 1), max(sum(shares_b.values()), 1)
-    axes[2].bar(x - 0.2, [shares_a.get(c, 0) / total_a for c in codes], 0.4, alpha=0.7,
-                label="previous tranche")
-    axes[2].bar(x + 0.2, [shares_b.get(c, 0) / total_b for c in codes], 0.4, alpha=0.7,
-                label="this tranche")
-    axes[2].set_xticks(x, [_label(c) for c in codes], fontsize=7)
+    if len(codes) > MAX_CODES_DRAWN:
+        _share_by_rank(axes[2], shares_a, shares_b)
+    else:
+        x = np.arange(len(codes))
+        total_a, total_b = max(sum(shares_a.values()), 1), max(sum(shares_b.values()), 1)
+        axes[2].bar(x - 0.2, [shares_a.get(c, 0) / total_a for c in codes], 0.4, alpha=0.7,
+                    label="previous tranche")
+        axes[2].bar(x + 0.2, [shares_b.get(c, 0) / total_b for c in codes], 0.4, alpha=0.7,
+                    label="this tranche")
+        axes[2].set_xticks(x, [_label(c) for c in codes], fontsize=7)
     axes[2].set_title(f"product_code share (PSI {psi.get('product_code', float('nan')):.3f})",
                       fontsize=10, y=1.0)
     axes[2].tick_params(labelsize=7)
     axes[2].legend(fontsize=7)
     return _png(figure)
+
+
+def _share_by_rank(ax: Any, before: Dict[str, int], now: Dict[str, int]) -> None:
+    """Many codes' shares as one curve per tranche: share of rows against the code's rank."""
+    for counts, label in ((before, "previous tranche"), (now, "this tranche")):
+        values = np.sort(np.fromiter(counts.values(), dtype=np.float64, count=len(counts)))[::-1]
+        values = values[values > 0]
+        ax.loglog(np.arange(1, len(values) + 1), values / max(values.sum(), 1.0), label=label)
+    ax.set_xlabel(f"product code by rank (of {len(set(before) | set(now)):,})", fontsize=8)
 
 
 def violations_figure(record: RunRecord) -> Optional[str]:
@@ -440,8 +473,7 @@ def render_html(data: Dict[str, Any], images: Dict[str, str]) -> str:
         "<h2>Tranche</h2>",
         _table(["key", "sha256", "rows", "rows per product code"], [[
             tranche["key"], (tranche["sha256"] or "")[:16] + "...", tranche["rows"],
-            ", ".join(f"{code} {n}" for code, n in tranche["per_product_code"].items())
-            if tranche["per_product_code"] else "-",
+            counts_summary(tranche["per_product_code"]) if tranche["per_product_code"] else "-",
         ]]),
     ]
     if data.get("history"):
@@ -501,13 +533,19 @@ def _accuracy_tables(data: Dict[str, Any]) -> str:
     parts = []
     held = data.get("held_out")
     if held:
+        per_code = held.get("per_product_code", {})
+        shown, which = _tabled_codes(held), ""
+        if len(shown) < len(per_code):
+            which = (f" Of {len(per_code):,} product codes, the {MAX_CODES_TABLED} with the most "
+                     f"held-out rows and the {MAX_CODES_TABLED} with the highest MAE (on at least "
+                     f"{MIN_ROWS_WORST} rows); the JSON twin has every code.")
         rows = [[code, m["rows"], m["mae"], m["r2"], m.get("coverage_p90")]
-                for code, m in held.get("per_product_code", {}).items()]
+                for code, m in ((c, per_code[c]) for c in shown)]
         overall = held["overall"]
         rows.append(["overall", overall["rows"], overall["mae"], overall["r2"],
                      overall.get("coverage_p90")])
         parts.append("<p>New model on the held-out rows (coverage: the share dispatched within "
-                     "its p90 bound):</p>"
+                     f"its p90 bound).{_e(which)}</p>"
                      + _table(["product code", "rows", "MAE (h)", "R²", "p90 coverage"], rows))
     live = data.get("live_model")
     if live:
@@ -523,6 +561,16 @@ def _accuracy_tables(data: Dict[str, Any]) -> str:
                      f"tranche.")
         parts.append(f"<p id='realised'>{words}</p>")
     return "".join(parts)
+
+
+def _tabled_codes(held_out: Dict[str, Any]) -> List[str]:
+    """The codes a per-code table lists: all of a few, else the busiest and the worst."""
+    per_code = held_out.get("per_product_code", {})
+    if len(per_code) <= 2 * MAX_CODES_TABLED:
+        return list(per_code)
+    busiest = sorted(per_code, key=lambda code: (-int(per_code[code]["rows"]), code))
+    chosen = set(busiest[:MAX_CODES_TABLED]) | set(worst_codes(held_out, MAX_CODES_TABLED))
+    return [code for code in per_code if code in chosen]
 
 
 def build_report(record: RunRecord) -> Tuple[str, Dict[str, Any]]:

@@ -9,6 +9,8 @@ stratified by product code), fit on its training rows and the history (parts wit
 rows in the newest tranche get their own curve, the rest a pooled one: pipeline/pooling.py),
 gate (held-out metrics overall and per basis, logic checks, champion vs challenger),
 refit on all rows and re-check its logic, then publish artefact, metadata and pointer.
+The per-code fits run in local processes or, with ``--dask-scheduler``, on an existing Dask
+cluster (pipeline/cluster.py); every other step stays in this process.
 Before training, the live model is scored on the new tranche (its realised accuracy),
 and a run on the very tranche the live model was trained on publishes nothing. Every
 run that read a tranche writes a report (pipeline/report.py) under reports/.
@@ -16,6 +18,7 @@ run that read a tranche writes a report (pipeline/report.py) under reports/.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import platform
@@ -25,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, ContextManager, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import joblib
 import numpy as np
@@ -35,6 +38,7 @@ from pandas.api.types import union_categoricals
 from sklearn.model_selection import train_test_split
 
 from pipeline import artefacts, history
+from pipeline.cluster import ADDRESS_ENV, ClusterError, connect_timeout
 from pipeline.drift import DEFAULT_DRIFT_THRESHOLD, DriftSummary, tranche_drift
 from pipeline.gates import (
     DEFAULT_CHAMPION_TOLERANCE, DEFAULT_COVERAGE_MIN, DEFAULT_GRID_EXTEND, DEFAULT_LABEL_FACTOR,
@@ -45,6 +49,7 @@ from pipeline.gates import (
 from pipeline.estimator import (
     DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE, DispatchTimeRegressor, FitResult,
 )
+from pipeline.listing import counts_summary, some
 from pipeline.model import BASES, PRODUCT_BASIS, DispatchModel
 from pipeline.pooling import TRANCHE, PooledDispatchRegressor
 from pipeline.report import FAILED, KEPT, PUBLISHED, REJECTED, UNCHANGED, Points, RunRecord
@@ -61,6 +66,7 @@ from pipeline.validation import (
 
 EXIT_OK = 0
 EXIT_STORE = 3
+EXIT_CLUSTER = 3
 EXIT_NO_TRANCHE = 4
 EXIT_BAD_DATA = 5
 EXIT_GATES = 6
@@ -68,6 +74,7 @@ EXIT_CONCURRENT = 7
 DEFAULT_TEST_FRACTION = 0.2
 DEFAULT_SEED = 0
 DEFAULT_HISTORY_WEEKS = 13
+DEFAULT_DASK_CONNECT_SECONDS = 10.0
 
 log = logging.getLogger("train_model")
 
@@ -100,6 +107,8 @@ class TrainOptions:
     report: bool = True
     n_jobs: int = 1
     history_weeks: int = DEFAULT_HISTORY_WEEKS
+    dask_scheduler: Optional[str] = None
+    dask_connect_timeout: float = DEFAULT_DASK_CONNECT_SECONDS
 
 
 class Split(NamedTuple):
@@ -182,15 +191,23 @@ def estimator(options: TrainOptions) -> DispatchTimeRegressor:
     """The model's estimator with the stage's settings."""
     return DispatchTimeRegressor(
         folds=options.folds, min_rows_per_code=options.min_rows_per_code,
-        random_state=options.seed, n_jobs=options.n_jobs,
+        random_state=options.seed, n_jobs=options.n_jobs, dask_scheduler=options.dask_scheduler,
     )
+
+
+def cluster_settings(options: TrainOptions) -> ContextManager[Any]:
+    """Dask's settings for a fit on the cluster (nothing for a local fit)."""
+    if not options.dask_scheduler:
+        return contextlib.nullcontext()
+    log.info("fitting the product codes on the Dask cluster of %s", options.dask_scheduler)
+    return connect_timeout(options.dask_connect_timeout)
 
 
 def pooled_estimator(options: TrainOptions) -> PooledDispatchRegressor:
     """The estimator of a run with history: own curves for common parts, pooled for the rest."""
     return PooledDispatchRegressor(
         folds=options.folds, min_rows_per_code=options.min_rows_per_code,
-        random_state=options.seed, n_jobs=options.n_jobs,
+        random_state=options.seed, n_jobs=options.n_jobs, dask_scheduler=options.dask_scheduler,
     )
 
 
@@ -211,11 +228,15 @@ def pooled_features(
 
 
 def fit(rows: ValidTranche, options: TrainOptions, history: Optional[History] = None) -> FitResult:
-    """The model's fit on some rows (and, with a history window, the older tranches)."""
-    if options.history_weeks <= 0:
-        return estimator(options).fit(features_of(rows), rows.hours_to_dispatch).fit_result()
-    frame, hours = pooled_features(rows, history or History())
-    result = pooled_estimator(options).fit(frame, hours).fit_result()
+    """The model's fit on some rows (and, with a history window, the older tranches).
+
+    The per-code fits run on the Dask cluster when the options name a scheduler.
+    """
+    with cluster_settings(options):
+        if options.history_weeks <= 0:
+            return estimator(options).fit(features_of(rows), rows.hours_to_dispatch).fit_result()
+        frame, hours = pooled_features(rows, history or History())
+        result = pooled_estimator(options).fit(frame, hours).fit_result()
     log.info("curves: %d parts on their own rows (basis product), %d pooled; pooling: %s",
              *((result.pooling or {}).get("parts", {}).get(b, 0) for b in BASES),
              result.pooling)
@@ -275,7 +296,7 @@ def train_and_gate(
     if not result.model.curves:
         raise StageFailure(EXIT_BAD_DATA, (
             f"no product code has {options.min_rows_per_code} training rows "
-            f"(rows per code in the training split: {train.rows_by_code()}); nothing to learn"
+            f"(the training split has {counts_summary(train.rows_by_code())}); nothing to learn"
         ))
     held_out = evaluate(result.model, test)
     log_coverage(held_out)
@@ -286,15 +307,18 @@ def train_and_gate(
 
 
 def log_coverage(held_out: Evaluation) -> None:
-    """One line: the p90 bound's held-out coverage overall and per product code."""
+    """One line: the p90 bound's held-out coverage overall and for the least covered codes."""
     if held_out.overall.coverage_p90 is None:
         return
-    per_code = ", ".join(f"{code} {m.coverage_p90:.3f}" for code, m in sorted(
-        held_out.per_code.items()) if m.coverage_p90 is not None)
+    covered = sorted(((m.coverage_p90, code) for code, m in held_out.per_code.items()
+                      if m.coverage_p90 is not None))
+    lowest = "per product code" if len(covered) <= 10 else (
+        f"lowest of {len(covered):,} product codes")
     by_basis = "".join(f"; {b} parts {m.coverage_p90:.3f} on {m.rows} rows"
                        for b, m in held_out.by_basis.items() if m.coverage_p90 is not None)
-    log.info("held-out coverage of the p90 bound: %.3f overall%s; %s",
-             held_out.overall.coverage_p90, by_basis, per_code)
+    log.info("held-out coverage of the p90 bound: %.3f overall%s; %s: %s",
+             held_out.overall.coverage_p90, by_basis, lowest,
+             some(f"{code} {value:.3f}" for value, code in covered))
 
 
 def read_champion(store: Store) -> Champion:
@@ -359,6 +383,7 @@ def library_versions() -> Dict[str, str]:
     for name, module_name in (
         ("pandas", "pandas"), ("pandera", "pandera"), ("scikit-learn", "sklearn"),
         ("scipy", "scipy"), ("joblib", "joblib"), ("boto3", "boto3"), ("botocore", "botocore"),
+        ("dask", "dask"), ("distributed", "distributed"),
     ):
         module = sys.modules.get(module_name)
         if module is not None:
@@ -471,8 +496,8 @@ def read_newest_tranche(
         raise StageFailure(
             EXIT_BAD_DATA, f"tranche {store.location(key)} breaks the data contract: {exc}"
         ) from None
-    log.info("tranche meets the data contract: %d rows, product codes %s",
-             rows.rows, rows.rows_by_code())
+    log.info("tranche meets the data contract: %d rows, %s",
+             rows.rows, counts_summary(rows.rows_by_code()))
     if rows.ignored_columns:
         log.warning("ignoring extra columns %s", ", ".join(rows.ignored_columns))
     record.points = points(rows)
@@ -611,8 +636,9 @@ def run(store_url: str, options: TrainOptions, record: Optional[RunRecord] = Non
     record.outcome, record.model_version = PUBLISHED, pointer.model_version
     record.summary = f"model {pointer.model_version} published" + (
         f", replacing {champion.version}" if champion.version else "")
-    log.info("published model %s (%s) for %d product codes", pointer.model_version,
-             store.location(pointer.model_key), len(final.fit.model.curves))
+    log.info("published model %s (%s) for %s product code(s): %s", pointer.model_version,
+             store.location(pointer.model_key), f"{len(final.fit.model.curves):,}",
+             some(final.fit.model.product_codes))
     return EXIT_OK
 
 
@@ -668,8 +694,10 @@ def finish(
         record.pooling = refit.fit.pooling
     record.new_model = final.fit.model
     if final.fit.skipped:
-        log.warning("product codes with fewer than %d rows are not learned (the API will reject "
-                    "them as unknown): %s", options.min_rows_per_code, final.fit.skipped)
+        log.warning("%s product code(s) with fewer than %d rows are not learned (the API will "
+                    "reject them as unknown): %s", f"{len(final.fit.skipped):,}",
+                    options.min_rows_per_code,
+                    some(f"{code} ({n} rows)" for code, n in final.fit.skipped.items()))
     return final
 
 
@@ -701,7 +729,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
                     "and publish it.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog=f"exit status: {EXIT_OK} published or current model deliberately kept, "
-               f"2 bad options, {EXIT_STORE} store unavailable, {EXIT_NO_TRANCHE} no tranche, "
+               f"2 bad options, {EXIT_STORE} store or Dask cluster unavailable, "
+               f"{EXIT_NO_TRANCHE} no tranche, "
                f"{EXIT_BAD_DATA} tranche breaks the data contract, {EXIT_GATES} model failed the "
                f"gates, {EXIT_CONCURRENT} another run published meanwhile",
     )
@@ -722,7 +751,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
     add("--seed", type=int, default=DEFAULT_SEED, help="seed of the split and the CV folds")
     add("--folds", type=int, default=DEFAULT_FOLDS, help="cross-validation folds choosing curves")
     add("--n-jobs", type=int, default=joblib.cpu_count(),
-        help="processes fitting product codes in parallel (default: the usable CPUs)")
+        help="processes fitting product codes in parallel (default: the usable CPUs; unused "
+             "with --dask-scheduler)")
+    add("--dask-scheduler", metavar="ADDRESS", default=os.environ.get(ADDRESS_ENV) or None,
+        help=f"fit the product codes on the existing Dask cluster of this scheduler, e.g. "
+             f"tcp://dask-scheduler:8786, instead of in --n-jobs local processes (same model, "
+             f"byte for byte; the workers need this repository and the train stage's lock); "
+             f"default: ${ADDRESS_ENV}, else fit locally")
+    add("--dask-connect-timeout", type=float, default=DEFAULT_DASK_CONNECT_SECONDS,
+        metavar="SECONDS", help="seconds to reach the Dask scheduler before the run fails (exit 3)")
     add("--r2-min", type=float, default=DEFAULT_R2_MIN, help="fail when held-out R² is below")
     add("--r2-warn", type=float, default=DEFAULT_R2_WARN, help="warn when held-out R² is below")
     add("--mae-max", type=float, default=DEFAULT_MAE_MAX,
@@ -769,6 +806,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
             (args.grid_extend < 0, "--grid-extend must be >= 0"),
             (args.store_attempts < 1, "--store-attempts must be at least 1"),
             (not args.store_timeout > 0, "--store-timeout must be positive"),
+            (not args.dask_connect_timeout > 0, "--dask-connect-timeout must be positive"),
         ) if bad
     ]
     if problems:
@@ -791,6 +829,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
         report=args.report,
         n_jobs=args.n_jobs,
         history_weeks=args.history_weeks,
+        dask_scheduler=args.dask_scheduler or None,
+        dask_connect_timeout=args.dask_connect_timeout,
     )
     return args.store, options, args.log_level
 
@@ -822,6 +862,8 @@ def run_and_record(store_url: str, options: TrainOptions, record: RunRecord) -> 
         status = EXIT_CONCURRENT
     except StoreError as exc:
         failure, status = f"the store is unavailable: {exc}", EXIT_STORE
+    except ClusterError as exc:
+        failure, status = str(exc), EXIT_CLUSTER
     if failure is not None:
         log.error("nothing published: %s", failure)
         record.outcome = REJECTED if status in (EXIT_BAD_DATA, EXIT_GATES) else FAILED

@@ -289,9 +289,12 @@ def _read(data: bytes) -> _Read:
         raise DataContractError(problems)
     fields = max(len(names), _most_fields(body))
     positional = [f"__c{i}" for i in range(fields)]
+    # Product codes repeat: as a category, a million rows hold each distinct code's text once.
+    types: Dict[str, Any] = {name: str for name in positional}
+    types[f"__c{names.index(CODE)}"] = "category"
     try:
         raw = pd.read_csv(
-            io.BytesIO(body), header=None, skiprows=1, names=positional, dtype=str,
+            io.BytesIO(body), header=None, skiprows=1, names=positional, dtype=types,
             na_filter=False, skip_blank_lines=False, encoding="utf-8", engine="c",
         )
     except (ValueError, pd.errors.ParserError) as exc:

@@ -27,9 +27,11 @@ def _data(
 
 
 def test_clone_and_params_round_trip() -> None:
-    regressor = DispatchTimeRegressor(folds=3, min_rows_per_code=10, random_state=7, n_jobs=2)
+    regressor = DispatchTimeRegressor(folds=3, min_rows_per_code=10, random_state=7, n_jobs=2,
+                                      dask_scheduler="tcp://127.0.0.1:8786")
     params = regressor.get_params()
     assert params["folds"] == 3 and params["random_state"] == 7 and params["n_jobs"] == 2
+    assert params["dask_scheduler"] == "tcp://127.0.0.1:8786"
     copy = clone(regressor)
     assert copy is not regressor and copy.get_params() == params
     copy.set_params(folds=4, families=("linear", "pieces-2"))

@@ -17,7 +17,8 @@ import pytest
 
 from pipeline import train_model
 from pipeline.report import (
-    MAX_CODES_DRAWN, REPORTS_PREFIX, Points, RunRecord, build_report, drawn_codes,
+    MAX_CODES_DRAWN, MAX_CODES_TABLED, MAX_WORST_DRAWN, REPORTS_PREFIX, Points, RunRecord,
+    build_report, drawn_codes, worst_codes,
 )
 from pipeline.simulate import simulate_tranche, tranche_key
 from pipeline.store import open_store
@@ -191,6 +192,43 @@ def test_per_code_figures_draw_only_the_busiest_codes_of_many() -> None:
     page, data = build_report(rejected_with_points(list(rows), 30_000, seed=1))
     assert data["figures"] == ["curves"]
     assert len(page) < 400_000, "a figure of 300 panels would not fit"
+
+
+def catalogue_record(codes: int, seed: int) -> RunRecord:
+    """A published run's record over a long-tailed catalogue: points, drift and held-out MAE."""
+    names = [f"PART{i:06d}" for i in range(codes)]
+    record = rejected_with_points(names, 20 * codes, seed)
+    popular = np.array(names)[np.minimum(
+        np.random.default_rng(seed).zipf(1.5, 20 * codes) - 1, codes - 1)]
+    record.points = Points(popular, record.points.orders, record.points.hours)
+    record.previous_key, record.previous_points = "datasets/before.csv", record.points
+    record.outcome, record.drift = "published", {"psi": {"product_code": 0.0}, "drifted": []}
+    counts = record.points.code_counts()
+    record.held_out = {
+        "overall": {"rows": 100, "mae": 0.5, "r2": 0.9},
+        "per_product_code": {code: {"rows": n, "mae": 0.5 + (i % 97) / 100, "r2": 0.9}
+                             for i, (code, n) in enumerate(sorted(counts.items()))},
+    }
+    return record
+
+
+def test_the_report_of_a_big_catalogue_draws_and_tables_the_busiest_and_the_worst() -> None:
+    record = catalogue_record(5000, seed=3)
+    assert record.points is not None and record.held_out is not None
+    page, data = build_report(record)
+    assert data["figures"] == ["curves", "accuracy", "drift"]
+    assert len(data["held_out"]["per_product_code"]) == len(record.points.code_counts()) > 1000
+    tabled = [cell for cell in Page(page).text if cell.startswith("PART")]
+    assert len(tabled) <= 2 * MAX_CODES_TABLED < 1000
+    busiest = max(record.points.code_counts().items(), key=lambda item: item[1])[0]
+    worst = worst_codes(record.held_out, MAX_CODES_TABLED)
+    assert busiest in tabled and set(worst) <= set(tabled)
+    assert f"Of {len(data['held_out']['per_product_code']):,} product codes, the " in page
+    small, _ = build_report(catalogue_record(500, seed=3))
+    assert len(page) < 1.5 * len(small), "the page grows with the figures' detail, not the codes"
+    counts = record.points.code_counts()
+    drawn = drawn_codes(list(counts), counts, worst)
+    assert len(drawn) == MAX_CODES_DRAWN and set(worst[:MAX_WORST_DRAWN]) <= set(drawn)
 
 
 @pytest.mark.skipif(browser_support.chromium() is None,

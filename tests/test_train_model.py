@@ -286,6 +286,25 @@ def test_a_broken_older_tranche_is_left_out_with_one_warning_and_the_window_hold
     assert [h["key"] for h in meta["history_left_out"]] == [broken]
 
 
+def test_log_lines_stay_short_however_many_product_codes(
+    local_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """3,000 rare codes: lines that once listed every code name ten and count the rest."""
+    base = simulate_tranche(1000, seed=21).to_csv()
+    rare = "".join(f"3.0,{100 + i % 7},RARE-PART-{i // 2:05d}\n" for i in range(6000))
+    put(local_url, NEW_WEEK, base + rare.encode())
+    with caplog.at_level(logging.INFO):
+        assert stage(local_url, "--no-report", "--history-weeks", "0") == 0
+    meta = artefacts.load_latest(open_store(local_url)).metadata
+    assert len(meta["rows"]["skipped_product_codes"]) == 3000, "the metadata keeps every code"
+    lines = [r.getMessage() for r in caplog.records]
+    assert max(len(line) for line in lines) < 2000
+    [skipped] = [m for m in messages(caplog, logging.WARNING) if "not learned" in m]
+    assert "3,000 product code(s)" in skipped and "and 2,990 more" in skipped
+    [contract] = [m for m in lines if "meets the data contract" in m]
+    assert "3,005 product codes" in contract and "busiest SKU" in contract
+
+
 def test_no_refit_publishes_the_model_fitted_on_the_training_rows(local_url: str) -> None:
     put(local_url, NEW_WEEK, simulate_tranche(1000, seed=15).to_csv())
     assert stage(local_url, "--no-refit") == 0
@@ -506,7 +525,8 @@ def test_help_lists_the_options_and_bad_options_are_refused(local_url: str) -> N
     assert done.returncode == 0
     for option in ("--min-rows", "--max-hours", "--test-fraction", "--seed", "--r2-min",
                    "--r2-warn", "--mae-max", "--mae-warn", "--champion-tolerance",
-                   "--drift-threshold", "--min-rows-per-code", "--no-refit"):
+                   "--drift-threshold", "--min-rows-per-code", "--no-refit", "--dask-scheduler",
+                   "--dask-connect-timeout", "DASK_SCHEDULER_ADDRESS"):
         assert option in done.stdout
     with pytest.raises(SystemExit) as exited:
         main([local_url, "--r2-min", "0.9", "--r2-warn", "0.8"])
