@@ -13,7 +13,7 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from pipeline.artefacts import make_model_version, publish, sha256_hex  # noqa: E402
+from pipeline.artefacts import make_model_version, publish, read_pointer, sha256_hex  # noqa: E402
 from pipeline.estimator import fit_model  # noqa: E402
 from pipeline.model import FORMAT, trained_ranges, upper_bound_curve, with_bounds  # noqa: E402
 from pipeline.simulate import simulate_tranche  # noqa: E402
@@ -40,12 +40,18 @@ def publish_model(store_url: str) -> str:
         for code, curve in fit.model.curves.items()
     }
     ranges = trained_ranges(list(tranche.product_code), tranche.orders_placed)
-    data = with_bounds(fit.model, bounds, ranges).to_json()
+    return publish_artefact(store_url, with_bounds(fit.model, bounds, ranges).to_json())
+
+
+def publish_artefact(store_url: str, data: bytes) -> str:
+    """Publish artefact bytes into the store (pointer last, replacing any); its version."""
+    store = open_store(store_url)
     now = datetime.now(timezone.utc)
     version = make_model_version(now, sha256_hex(data))
     metadata = {"model_version": version, "model_sha256": sha256_hex(data),
                 "created_at": now.isoformat()}
-    publish(open_store(store_url), data, metadata, now, None)
+    found = read_pointer(store)
+    publish(store, data, metadata, now, None if found is None else found[1])
     return version
 
 

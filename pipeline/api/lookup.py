@@ -15,11 +15,14 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing
+import os
+import pickle
+import subprocess
+import sys
 from bisect import bisect_right
-from concurrent.futures import ProcessPoolExecutor
 from difflib import SequenceMatcher
 from itertools import chain
+from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
@@ -50,6 +53,7 @@ MATCH_CUTOFF = 0.6
 BUILD_CHUNK = 10_000
 SUMMARY_ITEMS = 64
 SUMMARY_NODES = 2_000
+PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
 class MetadataMismatch(ModelFormatError):
@@ -151,11 +155,43 @@ def prepare(model_bytes: bytes, metadata_bytes: bytes, model_sha256: str) -> Pre
     )
 
 
-def prepare_isolated(model_bytes: bytes, metadata_bytes: bytes, model_sha256: str) -> Prepared:
-    """:func:`prepare` in a fresh child process: its memory and CPU never touch this one's."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(prepare, model_bytes, metadata_bytes, model_sha256).result()
+def prepare_isolated(
+    model_bytes: bytes, metadata_bytes: bytes, model_sha256: str, background: bool = False
+) -> Prepared:
+    """:func:`prepare` in a fresh child process: its memory and CPU never touch this one's.
+
+    The child (``python -m pipeline.api.lookup``) imports only numpy, orjson and the model
+    module; ``background`` lowers its scheduling priority, so that on a shared CPU the
+    requests being answered meanwhile come first. Raises what :func:`prepare` raises, or
+    ChildProcessError when the child dies (killed, out of memory).
+    """
+    command = [sys.executable, "-m", "pipeline.api.lookup"] + (["--background"] if background else [])
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
+    child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
+    request = pickle.dumps((model_bytes, metadata_bytes, model_sha256), pickle.HIGHEST_PROTOCOL)
+    output, _ = child.communicate(request)
+    if child.returncode != 0 or not output:
+        raise ChildProcessError(f"the model parser exited with {child.returncode}")
+    outcome, value = pickle.loads(output)  # our own child's answer
+    if outcome == "error":
+        raise value
+    prepared: Prepared = value
+    return prepared
+
+
+def _child(argv: Sequence[str]) -> int:
+    """The child of :func:`prepare_isolated`: read the request on stdin, answer on stdout."""
+    if "--background" in argv:
+        os.nice(19)
+    model_bytes, metadata_bytes, model_sha256 = pickle.loads(sys.stdin.buffer.read())
+    try:
+        answer: Tuple[str, Any] = ("ok", prepare(model_bytes, metadata_bytes, model_sha256))
+    except ModelFormatError as exc:
+        answer = ("error", exc)
+    sys.stdout.buffer.write(pickle.dumps(answer, pickle.HIGHEST_PROTOCOL))
+    sys.stdout.buffer.flush()
+    return 0
 
 
 def _document(data: bytes) -> Dict[str, Any]:
@@ -516,3 +552,9 @@ def _at(views: Views, i: int, orders: float) -> float:
     slope = (values[j + 1] - v0) / (knots[j + 1] - t0)
     return max(v0 + slope * (orders - t0), 0.0)
 
+
+if __name__ == "__main__":
+    # Through the importable module, so what is pickled names pipeline.api.lookup, not __main__.
+    from pipeline.api.lookup import _child as child
+
+    sys.exit(child(sys.argv[1:]))

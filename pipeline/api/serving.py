@@ -13,7 +13,6 @@ import json
 import logging
 import math
 import time
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
@@ -369,24 +368,29 @@ def load_serving(
     max_batch_rows: int,
     unknown_products: str = UNKNOWN_REJECT,
     isolate: bool = True,
+    background: bool = False,
 ) -> ServingModel:
     """Read, verify, parse and check the model a pointer names, ready to serve.
 
     With ``isolate`` the parsing runs in a child process, so this process's memory and
-    interpreter stay free for requests. ModelUnavailable says why a model is invalid,
+    interpreter stay free for requests (``background``: at low priority, for refreshes). ModelUnavailable says why a model is invalid,
     StoreError or LoadFailed why it could not be read this time.
     """
     model_bytes, metadata_bytes = read_verified(store, pointer)
-    run = prepare_isolated if isolate else prepare
     try:
-        prepared = run(model_bytes, metadata_bytes, pointer.model_sha256)
+        if isolate:
+            prepared = prepare_isolated(
+                model_bytes, metadata_bytes, pointer.model_sha256, background=background
+            )
+        else:
+            prepared = prepare(model_bytes, metadata_bytes, pointer.model_sha256)
     except MetadataMismatch as exc:
         where = store.location(pointer.metadata_key)
         raise ModelUnavailable(f"{where} does not describe the artefact it sits beside: {exc}")
     except ModelFormatError as exc:
         where = store.location(pointer.model_key)
         raise ModelUnavailable(f"{where} is unreadable: {exc}") from exc
-    except (BrokenProcessPool, OSError) as exc:
+    except OSError as exc:  # ChildProcessError included
         raise LoadFailed(f"the process parsing the model failed: {exc!r}") from exc
     del model_bytes, metadata_bytes
     return serving_from(prepared, pointer, max_batch_rows, unknown_products)
@@ -434,7 +438,8 @@ def refresh_step(
         return RefreshOutcome(current, "unchanged", pointer.model_version, rejected)
     try:
         fresh = load_serving(
-            store, pointer, current.max_batch_rows, current.unknown_products, isolate
+            store, pointer, current.max_batch_rows, current.unknown_products, isolate,
+            background=isolate,
         )
     except (StoreError, LoadFailed) as exc:
         return _kept(current, "failed", f"model refresh failed: {exc}", rejected)
