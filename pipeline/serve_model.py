@@ -2,9 +2,10 @@
 
 The port opens only once a verified model is in memory, because Bodywork's probes
 are TCP. The model is parsed and checked in a child process and served from flat
-arrays, so a catalogue of 100,000 parts starts in seconds and stays small. On SIGTERM (a rolling update, with no preStop hook) the server keeps
-accepting and answering for a drain window, then stops accepting, answers every
-request it has received and exits 0 well inside Kubernetes' grace period.
+arrays, so a catalogue of 100,000 parts starts in seconds and stays small. On SIGTERM
+(a rolling update, with no preStop hook) the server keeps accepting and answering for a
+drain window, then stops accepting, answers every request it has received and exits 0
+well inside Kubernetes' grace period.
 
 Run as ``python -m pipeline.serve_model STORE`` or, as Bodywork does, as
 ``python serve_model.py STORE`` from ``pipeline/`` with the repo root on PYTHONPATH.

@@ -240,7 +240,8 @@ unknown_codes = st.text(max_size=8).filter(lambda c: c not in CODES)
 def test_an_unknown_code_alone_is_a_422_listing_the_codes(
     client: TestClient, code: str, orders: Any
 ) -> None:
-    response = client.post(SINGLE, content=_raw_body({"product_code": code, "orders_placed": orders}))
+    row = {"product_code": code, "orders_placed": orders}
+    response = client.post(SINGLE, content=_raw_body(row))
     _assert_names_a_field(response)
     issue = _finite_json(response.text)["detail"][0]
     assert (issue["type"], issue["loc"]) == ("literal_error", ["body", "product_code"])
@@ -255,8 +256,8 @@ def test_unknown_codes_in_a_batch_get_nulls_and_the_rest_is_answered(
 ) -> None:
     rows = list(good)
     for code in unknown:
-        rows.insert(data.draw(st.integers(0, len(rows))), {"product_code": code,
-                                                            "orders_placed": orders})
+        row = {"product_code": code, "orders_placed": orders}
+        rows.insert(data.draw(st.integers(0, len(rows))), row)
     response = client.post(BATCH, content=_raw_body(rows))
     assert response.status_code == 200, response.text
     body = _finite_json(response.text)

@@ -55,7 +55,8 @@ def test_a_100000_part_model_is_served_small_and_refreshed_under_load(tmp_path: 
         status, health = get_json(port, "/health")
         assert (status, health["product_codes"]) == (200, PARTS)
 
-        status, body = _raw(port, "POST", SINGLE_PATH, {"product_code": "P01234", "orders_placed": 3})
+        typo = {"product_code": "P01234", "orders_placed": 3}
+        status, body = _raw(port, "POST", SINGLE_PATH, typo)
         assert status == 422 and len(body) <= 4096
         issue = json.loads(body)["detail"][0]
         assert "P001234" in issue["ctx"]["close_matches"] and PAGE in issue["msg"]

@@ -61,7 +61,7 @@ class MetadataMismatch(ModelFormatError):
 
 
 class Segments(NamedTuple):
-    """Piecewise-linear curves, one per code: code i's knots are ``knots[offsets[i]:offsets[i + 1]]``."""
+    """Piecewise-linear curves, one per code: code i's are ``knots[offsets[i]:offsets[i + 1]]``."""
 
     knots: FloatArray
     values: FloatArray
@@ -165,7 +165,9 @@ def prepare_isolated(
     requests being answered meanwhile come first. Raises what :func:`prepare` raises, or
     ChildProcessError when the child dies (killed, out of memory).
     """
-    command = [sys.executable, "-m", "pipeline.api.lookup"] + (["--background"] if background else [])
+    command = [sys.executable, "-m", "pipeline.api.lookup"]
+    if background:
+        command.append("--background")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
     child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
@@ -447,9 +449,9 @@ class Lookup:
         start = 0
         # In chunks, so a thread building this never holds the interpreter for long.
         for chunk in range(0, len(ends), BUILD_CHUNK):
-            piece = [text[a:b] for a, b in zip([start] + ends[chunk:chunk + BUILD_CHUNK - 1],
-                                                ends[chunk:chunk + BUILD_CHUNK])]
-            start = ends[min(chunk + BUILD_CHUNK, len(ends)) - 1]
+            stops = ends[chunk:chunk + BUILD_CHUNK]
+            piece = [text[a:b] for a, b in zip([start] + stops[:-1], stops)]
+            start = stops[-1]
             index.update(zip(piece, range(len(codes), len(codes) + len(piece))))
             codes.extend(piece)
         self.codes: Tuple[str, ...] = tuple(codes)
@@ -464,7 +466,8 @@ class Lookup:
         self.heads, self.tails = prepared.heads, prepared.tails
         self._curve = _views(prepared.curves)
         self._bound = None if prepared.bounds is None else _views(prepared.bounds)
-        self._ranges = None if prepared.ranges is None else np.ascontiguousarray(prepared.ranges).ravel().data
+        ranges = prepared.ranges
+        self._ranges = None if ranges is None else np.ascontiguousarray(ranges).ravel().data
         self._bases = None if prepared.bases is None else prepared.bases.tolist()
         catalogue = prepared.catalogue
         self._catalogue = None if catalogue is None else (

@@ -373,7 +373,8 @@ def load_serving(
     """Read, verify, parse and check the model a pointer names, ready to serve.
 
     With ``isolate`` the parsing runs in a child process, so this process's memory and
-    interpreter stay free for requests (``background``: at low priority, for refreshes). ModelUnavailable says why a model is invalid,
+    interpreter stay free for requests (``background``: at low priority, for refreshes).
+    ModelUnavailable says why a model is invalid,
     StoreError or LoadFailed why it could not be read this time.
     """
     model_bytes, metadata_bytes = read_verified(store, pointer)
