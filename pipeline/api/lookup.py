@@ -20,6 +20,7 @@ import pickle
 import subprocess
 import sys
 from bisect import bisect_right
+from contextlib import suppress
 from difflib import SequenceMatcher
 from itertools import chain
 from pathlib import Path
@@ -53,6 +54,7 @@ MATCH_CUTOFF = 0.6
 BUILD_CHUNK = 10_000
 SUMMARY_ITEMS = 64
 SUMMARY_NODES = 2_000
+BACKGROUND_NICENESS = 10
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -161,18 +163,23 @@ def prepare_isolated(
     """:func:`prepare` in a fresh child process: its memory and CPU never touch this one's.
 
     The child (``python -m pipeline.api.lookup``) imports only numpy, orjson and the model
-    module; ``background`` lowers its scheduling priority, so that on a shared CPU the
-    requests being answered meanwhile come first. Raises what :func:`prepare` raises, or
-    ChildProcessError when the child dies (killed, out of memory).
+    module. ``background`` lowers its scheduling priority and lets it run on any CPU this
+    process may use, so the requests being answered meanwhile come first. Raises what
+    :func:`prepare` raises, or ChildProcessError when the child dies (killed, out of memory).
     """
-    command = [sys.executable, "-m", "pipeline.api.lookup"]
+    command = [sys.executable, "-m", "pipeline.api.lookup", model_sha256]
     if background:
         command.append("--background")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [PACKAGE_ROOT, env.get("PYTHONPATH")]))
     child = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env)
-    request = pickle.dumps((model_bytes, metadata_bytes, model_sha256), pickle.HIGHEST_PROTOCOL)
-    output, _ = child.communicate(request)
+    assert child.stdin is not None and child.stdout is not None
+    with child.stdin:  # the child answers only once it has read everything
+        child.stdin.write(b"%d\n" % len(model_bytes))
+        child.stdin.write(model_bytes)
+        child.stdin.write(metadata_bytes)
+    output = child.stdout.read()
+    child.wait()
     if child.returncode != 0 or not output:
         raise ChildProcessError(f"the model parser exited with {child.returncode}")
     outcome, value = pickle.loads(output)  # our own child's answer
@@ -183,12 +190,18 @@ def prepare_isolated(
 
 
 def _child(argv: Sequence[str]) -> int:
-    """The child of :func:`prepare_isolated`: read the request on stdin, answer on stdout."""
+    """The child of :func:`prepare_isolated`: read the artefact on stdin, answer on stdout."""
     if "--background" in argv:
-        os.nice(19)
-    model_bytes, metadata_bytes, model_sha256 = pickle.loads(sys.stdin.buffer.read())
+        os.nice(BACKGROUND_NICENESS)
+        if hasattr(os, "sched_setaffinity"):
+            with suppress(OSError):
+                os.sched_setaffinity(0, range(os.cpu_count() or 1))
+    given = sys.stdin.buffer
+    size = int(given.readline())
+    model_bytes = given.read(size)
+    metadata_bytes = given.read()
     try:
-        answer: Tuple[str, Any] = ("ok", prepare(model_bytes, metadata_bytes, model_sha256))
+        answer: Tuple[str, Any] = ("ok", prepare(model_bytes, metadata_bytes, argv[0]))
     except ModelFormatError as exc:
         answer = ("error", exc)
     sys.stdout.buffer.write(pickle.dumps(answer, pickle.HIGHEST_PROTOCOL))
