@@ -19,6 +19,7 @@ import math
 import signal
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar
@@ -26,7 +27,6 @@ from typing import Any, Callable, Optional, Sequence, Tuple, TypeVar
 import uvicorn
 from pydantic import ValidationError
 
-from pipeline.api.app import create_app
 from pipeline.api.serving import ServingModel, load_latest_serving
 from pipeline.api.settings import ServeSettings
 from pipeline.artefacts import ModelUnavailable
@@ -299,6 +299,8 @@ def configure_logging(level: str) -> None:
 
 def serve(options: ServeOptions, store: Store, loaded: ServingModel) -> int:
     """Run the server until it has drained and stopped; the process exit code."""
+    from pipeline.api.app import create_app
+
     app = create_app(options.settings, store, loaded)
     server = DrainingServer(server_config(app, options), options.settings.drain_seconds)
     server.run()
@@ -314,7 +316,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         options = parse_options(argv)
         configure_logging(options.log_level)
-        store, loaded = load_model(options.store_url, options.settings)
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            loading = pool.submit(load_model, options.store_url, options.settings)
+            # While a child process parses the model, import the web framework.
+            import pipeline.api.app  # noqa: F401
+            store, loaded = loading.result()
     except StartupError as exc:
         log.error("%s", exc)
         return 1

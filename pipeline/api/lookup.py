@@ -23,6 +23,7 @@ from bisect import bisect_right
 from contextlib import suppress
 from difflib import SequenceMatcher
 from itertools import chain
+from operator import methodcaller
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -135,15 +136,15 @@ def prepare(model_bytes: bytes, metadata_bytes: bytes, model_sha256: str) -> Pre
     curves = _segments(codes, specs, "")
     bounds = ranges = bases = catalogue = None
     if version >= 2:
-        bound_specs = _covering(codes, [spec.get(BOUND_KEY) for spec in specs], "bounds")
+        bound_specs = _covering(codes, _field(specs, BOUND_KEY), "bounds")
         if bound_specs is not None:
             bounds = _segments(codes, bound_specs, f" {BOUND_KEY}")
             _check_bounds(codes, curves, bounds)
-        range_specs = _covering(codes, [spec.get(RANGE_KEY) for spec in specs], "ranges")
+        range_specs = _covering(codes, _field(specs, RANGE_KEY), "ranges")
         if range_specs is not None:
             ranges = _ranges(codes, range_specs)
     if version >= 3:
-        basis_specs = _covering(codes, [spec.get(BASIS_KEY) for spec in specs], "bases")
+        basis_specs = _covering(codes, _field(specs, BASIS_KEY), "bases")
         if basis_specs is not None:
             bases = _bases(codes, basis_specs)
         if document.get(CATALOGUE_KEY) is not None:
@@ -178,11 +179,18 @@ def prepare_isolated(
         child.stdin.write(b"%d\n" % len(model_bytes))
         child.stdin.write(model_bytes)
         child.stdin.write(metadata_bytes)
-    output = child.stdout.read()
+    # The arrays come out of band (pickle protocol 5) and are used where they land.
+    answer: Any = child.stdout
+    sizes = [int(size) for size in answer.readline().split()] or [-1]
+    data = answer.read(max(sizes[0], 0))
+    buffers = [bytearray(size) for size in sizes[1:]]
+    complete = len(data) == sizes[0] and all(
+        answer.readinto(buffer) == len(buffer) for buffer in buffers
+    )
     child.wait()
-    if child.returncode != 0 or not output:
+    if child.returncode != 0 or not complete:
         raise ChildProcessError(f"the model parser exited with {child.returncode}")
-    outcome, value = pickle.loads(output)  # our own child's answer
+    outcome, value = pickle.loads(data, buffers=buffers)  # our own child's answer
     if outcome == "error":
         raise value
     prepared: Prepared = value
@@ -204,8 +212,14 @@ def _child(argv: Sequence[str]) -> int:
         answer: Tuple[str, Any] = ("ok", prepare(model_bytes, metadata_bytes, argv[0]))
     except ModelFormatError as exc:
         answer = ("error", exc)
-    sys.stdout.buffer.write(pickle.dumps(answer, pickle.HIGHEST_PROTOCOL))
-    sys.stdout.buffer.flush()
+    buffers: List[pickle.PickleBuffer] = []
+    data = pickle.dumps(answer, protocol=5, buffer_callback=buffers.append)
+    parts: List[Any] = [data] + [buffer.raw() for buffer in buffers]
+    out = sys.stdout.buffer
+    out.write(" ".join(str(len(part)) for part in parts).encode() + b"\n")
+    for part in parts:
+        out.write(part)
+    out.flush()
     return 0
 
 
@@ -225,6 +239,11 @@ def _document(data: bytes) -> Dict[str, Any]:
     if not isinstance(raw, dict) or not raw:
         raise ModelFormatError("model artefact has no curves")
     return document
+
+
+def _field(specs: Sequence[Dict[str, Any]], key: str) -> List[Any]:
+    """Each spec's value for ``key`` (None where absent)."""
+    return list(map(methodcaller("get", key), specs))
 
 
 def _covering(codes: Sequence[str], found: List[Any], name: str) -> Optional[List[Any]]:
@@ -251,8 +270,7 @@ def _segments(codes: Sequence[str], specs: Sequence[Any], suffix: str) -> Segmen
 
     if set(map(type, specs)) != {dict}:
         first(np.array([type(spec) is not dict for spec in specs]), "curve for {} is not an object")
-    knots = [spec.get("knots") for spec in specs]
-    values = [spec.get("values") for spec in specs]
+    knots, values = _field(specs, "knots"), _field(specs, "values")
     if set(map(type, knots)) | set(map(type, values)) != {list}:
         first(np.array([type(k) is not list or type(v) is not list
                         for k, v in zip(knots, values)]), "curve for {} lacks knots or values")
