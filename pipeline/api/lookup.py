@@ -55,7 +55,7 @@ MATCH_CUTOFF = 0.6
 BUILD_CHUNK = 10_000
 SUMMARY_ITEMS = 64
 SUMMARY_NODES = 2_000
-BACKGROUND_NICENESS = 10
+BACKGROUND_NICENESS = 5
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -248,10 +248,11 @@ def _field(specs: Sequence[Dict[str, Any]], key: str) -> List[Any]:
 
 def _covering(codes: Sequence[str], found: List[Any], name: str) -> Optional[List[Any]]:
     """The per-code values if every code has one, None if none has; else ModelFormatError."""
-    missing = [code for code, value in zip(codes, found) if value is None]
-    if len(missing) == len(codes):
+    absent = found.count(None)
+    if absent == len(codes):
         return None
-    if missing:
+    if absent:
+        missing = [code for code, value in zip(codes, found) if value is None]
         raise ModelFormatError(
             f"{name} must cover every product code or none (differ in {missing[:5]})"
         )
@@ -499,7 +500,7 @@ class Lookup:
         self._bound = None if prepared.bounds is None else _views(prepared.bounds)
         ranges = prepared.ranges
         self._ranges = None if ranges is None else np.ascontiguousarray(ranges).ravel().data
-        self._bases = None if prepared.bases is None else prepared.bases.tolist()
+        self._bases = None if prepared.bases is None else prepared.bases.data
         catalogue = prepared.catalogue
         self._catalogue = None if catalogue is None else (
             _views(catalogue.curve), _views(catalogue.bound)
@@ -571,11 +572,13 @@ class Lookup:
         return [found for _, found in sorted(scored)[:limit]]
 
 
-Views = Tuple[memoryview, memoryview, List[int]]
+Views = Tuple[memoryview, memoryview, memoryview]
 
 
 def _views(segments: Segments) -> Views:
-    return segments.knots.data, segments.values.data, segments.offsets.tolist()
+    # Memoryviews, not lists: items come out as Python numbers, and the collector never
+    # walks 100,000 entries.
+    return segments.knots.data, segments.values.data, segments.offsets.data
 
 
 def _at(views: Views, i: int, orders: float) -> float:
