@@ -38,10 +38,9 @@ from pipeline.model import (
     BOUND_TOLERANCE,
     CATALOGUE_BASIS,
     CATALOGUE_KEY,
-    FORMAT,
     RANGE_KEY,
-    READABLE_FORMAT_VERSIONS,
     ModelFormatError,
+    checked_document,
 )
 
 FloatArray = npt.NDArray[np.float64]
@@ -228,17 +227,7 @@ def _document(data: bytes) -> Dict[str, Any]:
         document = orjson.loads(data)
     except orjson.JSONDecodeError as exc:
         raise ModelFormatError(f"model artefact is not JSON: {exc}") from exc
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ModelFormatError(f"model artefact is not of format {FORMAT!r}")
-    version = document.get("format_version")
-    if type(version) is not int or version not in READABLE_FORMAT_VERSIONS:
-        raise ModelFormatError(
-            f"model format version {version!r} is not one of {list(READABLE_FORMAT_VERSIONS)}"
-        )
-    raw = document.get("curves")
-    if not isinstance(raw, dict) or not raw:
-        raise ModelFormatError("model artefact has no curves")
-    return document
+    return checked_document(document)
 
 
 def _field(specs: Sequence[Dict[str, Any]], key: str) -> List[Any]:
