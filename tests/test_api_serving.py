@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from pipeline.api.lookup import summarise
+from pipeline.api.lookup import summarise, summarise_metadata
 from pipeline.api.serving import BatchRows, RequestRejected, ServingModel, build_serving_model
 from pipeline.artefacts import load_latest
 from tests.api_support import CODES, new_store
@@ -176,3 +176,17 @@ def test_summarise_makes_metadata_strict_json_and_small() -> None:
     assert summarise(big) == {"per_product_code": "<object with 1000 keys>", "rows": 7}
     wide = [[list(range(60)) for _ in range(60)]]
     assert len(json.dumps(summarise(wide))) < 20_000
+
+
+def test_metadata_summary_keeps_what_the_api_reads_and_fits_its_budget() -> None:
+    metadata = {
+        "notes": {f"k{i}": "x" * 5000 for i in range(60)},
+        "metrics": {"held_out": {"overall": {"mae": 0.4},
+                                 "per_product_code": {f"P{i}": {} for i in range(1000)}}},
+        "model_sha256": "abc",
+    }
+    summary = summarise_metadata(metadata)
+    assert len(json.dumps(summary)) <= 32_768
+    assert summary["metrics"]["held_out"]["overall"] == {"mae": 0.4}
+    assert summary["metrics"]["held_out"]["per_product_code"] == "<object with 1000 keys>"
+    assert list(summary) == list(metadata)

@@ -54,6 +54,10 @@ MATCH_CUTOFF = 0.6
 BUILD_CHUNK = 10_000
 SUMMARY_ITEMS = 64
 SUMMARY_NODES = 2_000
+SUMMARY_TEXT = 1_000
+SUMMARY_BYTES = 32_768
+PRIORITY_KEYS = ("model_version", "model_sha256", "created_at", "trained_at", "metrics", "bases",
+                 "previous_model", "tranche")
 BACKGROUND_NICENESS = 5
 PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -153,7 +157,7 @@ def prepare(model_bytes: bytes, metadata_bytes: bytes, model_sha256: str) -> Pre
     heads, tails = match_matrices(codes)
     return Prepared(
         version, "".join(codes), np.cumsum(lengths), curves, bounds, ranges, bases, catalogue,
-        summarise(metadata), _coverage(metadata, codes), heads, tails,
+        summarise_metadata(metadata), _coverage(metadata, codes), heads, tails,
     )
 
 
@@ -419,28 +423,45 @@ def _coverage(metadata: Dict[str, Any], codes: Sequence[str]) -> FloatArray:
     return np.fromiter((math.nan if v is None else v for v in found), np.float64, len(codes))
 
 
-def summarise(value: Any, budget: Optional[List[int]] = None) -> Any:
+def summarise(value: Any, budget: Optional[List[int]] = None, items: int = SUMMARY_ITEMS) -> Any:
     """Parsed JSON made small and strict: big containers become a note saying their size.
 
-    Containers of more than ``SUMMARY_ITEMS`` entries, and anything past ``SUMMARY_NODES``
-    values in all, are replaced by a string such as ``"<object with 100000 keys>"``; NaN
-    and infinities become null and integers beyond 64 bits strings.
+    Containers of more than ``items`` entries, and anything past the budget of values
+    (``SUMMARY_NODES``), are replaced by a string such as ``"<object with 100000 keys>"``;
+    long strings are clipped, NaN and infinities become null and integers beyond 64 bits
+    strings.
     """
     left = [SUMMARY_NODES] if budget is None else budget
     left[0] -= 1
     if isinstance(value, dict):
-        if len(value) > SUMMARY_ITEMS or left[0] < len(value):
+        if len(value) > items or left[0] < len(value):
             return f"<object with {len(value)} keys>"
-        return {str(k): summarise(v, left) for k, v in value.items()}
+        return {str(k): summarise(v, left, items) for k, v in value.items()}
     if isinstance(value, list):
-        if len(value) > SUMMARY_ITEMS or left[0] < len(value):
+        if len(value) > items or left[0] < len(value):
             return f"<array of {len(value)} items>"
-        return [summarise(v, left) for v in value]
+        return [summarise(v, left, items) for v in value]
+    if isinstance(value, str) and len(value) > SUMMARY_TEXT:
+        return value[:SUMMARY_TEXT] + "..."
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
         return str(value)
     return value
+
+
+def summarise_metadata(metadata: Dict[str, Any]) -> Dict[str, Any]:
+    """The metadata summarised, what the API reads first (metrics, bases) summarised first,
+    and smaller still if it would not fit ``SUMMARY_BYTES`` of JSON."""
+    first = [key for key in PRIORITY_KEYS if key in metadata]
+    order = first + [key for key in metadata if key not in first]
+    for items, nodes in ((SUMMARY_ITEMS, SUMMARY_NODES), (16, 400), (4, 60)):
+        budget = [nodes]
+        done = {str(key): summarise(metadata[key], budget, items) for key in order}
+        summary = {str(key): done[str(key)] for key in metadata}
+        if len(orjson.dumps(summary)) <= SUMMARY_BYTES:
+            break
+    return summary
 
 
 def match_matrices(codes: Sequence[str]) -> Tuple[ByteMatrix, ByteMatrix]:
