@@ -46,10 +46,10 @@ from pipeline.model import (
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]
-ByteMatrix = npt.NDArray[np.uint8]
 NO_BASIS = -1
-MATCH_WIDTH = 24
-MATCH_CANDIDATES = 48
+MATCH_WIDTH = 32
+MATCH_WINDOW = 12
+MATCH_VARIANT_WINDOW = 3
 MATCH_CUTOFF = 0.6
 BUILD_CHUNK = 10_000
 SUMMARY_ITEMS = 64
@@ -125,8 +125,7 @@ class Prepared(NamedTuple):
     catalogue: Optional[Catalogue]
     metadata: Dict[str, Any]
     coverage: FloatArray
-    heads: ByteMatrix
-    tails: ByteMatrix
+    matches: "MatchIndex"
 
 
 def prepare(model_bytes: bytes, metadata_bytes: bytes, model_sha256: str) -> Prepared:
@@ -154,10 +153,9 @@ def prepare(model_bytes: bytes, metadata_bytes: bytes, model_sha256: str) -> Pre
             catalogue = _catalogue(document[CATALOGUE_KEY])
     metadata = _metadata(metadata_bytes, model_sha256)
     lengths = np.fromiter(map(len, codes), dtype=np.int64, count=len(codes))
-    heads, tails = match_matrices(codes)
     return Prepared(
         version, "".join(codes), np.cumsum(lengths), curves, bounds, ranges, bases, catalogue,
-        summarise_metadata(metadata), _coverage(metadata, codes), heads, tails,
+        summarise_metadata(metadata), _coverage(metadata, codes), match_index(codes),
     )
 
 
@@ -464,20 +462,39 @@ def summarise_metadata(metadata: Dict[str, Any]) -> Dict[str, Any]:
     return summary
 
 
-def match_matrices(codes: Sequence[str]) -> Tuple[ByteMatrix, ByteMatrix]:
-    """Each code's casefolded first and (reversed) last ``MATCH_WIDTH`` bytes, as matrices."""
-    folded = [code.casefold().encode() for code in codes]
+class MatchIndex(NamedTuple):
+    """The codes casefolded and sorted by their start and by their (reversed) end."""
+
+    heads: npt.NDArray[np.bytes_]
+    head_order: IntArray
+    tails: npt.NDArray[np.bytes_]
+    tail_order: IntArray
+
+
+def _keys(texts: Sequence[str]) -> Tuple[npt.NDArray[np.bytes_], npt.NDArray[np.bytes_]]:
+    """Each text's casefolded first and (reversed) last ``MATCH_WIDTH`` bytes."""
+    folded = [text.casefold().encode() for text in texts]
     width = f"S{MATCH_WIDTH}"
-    heads = np.array([f[:MATCH_WIDTH] for f in folded], dtype=width).view(np.uint8)
-    tails = np.array([f[::-1][:MATCH_WIDTH] for f in folded], dtype=width).view(np.uint8)
-    return heads.reshape(len(codes), MATCH_WIDTH), tails.reshape(len(codes), MATCH_WIDTH)
+    heads = np.array([f[:MATCH_WIDTH] for f in folded], dtype=width)
+    tails = np.array([f[::-1][:MATCH_WIDTH] for f in folded], dtype=width)
+    return heads, tails
 
 
-def _run_lengths(matrix: ByteMatrix, probe: ByteMatrix) -> IntArray:
-    """Per row, how many leading bytes equal the probe's."""
-    same = (matrix == probe).astype(np.uint8)
-    runs: IntArray = np.cumprod(same, axis=1).sum(axis=1)
-    return runs
+def match_index(codes: Sequence[str]) -> MatchIndex:
+    """The sorted keys in which close matches of a code are looked up."""
+    heads, tails = _keys(codes)
+    head_order = np.argsort(heads, kind="stable").astype(np.int64)
+    tail_order = np.argsort(tails, kind="stable").astype(np.int64)
+    return MatchIndex(heads[head_order], head_order, tails[tail_order], tail_order)
+
+
+def _near(keys: npt.NDArray[np.bytes_], order: IntArray, probes: npt.NDArray[np.bytes_],
+          windows: IntArray) -> IntArray:
+    """Positions of the codes within ``windows`` places of each probe in sorted order."""
+    at = np.searchsorted(keys, probes)
+    spans = [np.arange(max(a - w, 0), min(a + w, len(keys))) for a, w in zip(at, windows)]
+    found: IntArray = order[np.concatenate(spans)] if spans else order[:0]
+    return found
 
 
 class Lookup:
@@ -505,7 +522,7 @@ class Lookup:
         self.bases = prepared.bases
         self.catalogue = prepared.catalogue
         self.coverage = prepared.coverage
-        self.heads, self.tails = prepared.heads, prepared.tails
+        self.matches = prepared.matches
         self._curve = _views(prepared.curves)
         self._bound = None if prepared.bounds is None else _views(prepared.bounds)
         ranges = prepared.ranges
@@ -561,24 +578,28 @@ class Lookup:
     def close_matches(self, code: str, limit: int = 5) -> List[str]:
         """Up to ``limit`` known codes most like ``code`` (a typo's likely intent), best first.
 
-        Candidates are chosen cheaply over all codes at once (the longest common start and
-        end, and the most bytes in place, compared casefolded); only they are scored with
-        difflib's ratio.
+        A few binary searches find the candidates: the codes nearest in sorted order by
+        their start and by their end (casefolded), for the code and for each variant of it
+        with one character left out; only those are ranked, by difflib's ratio (>= 0.6).
         """
         if not self.codes:
             return []
-        heads, tails = match_matrices([code])
-        ends = _run_lengths(self.heads, heads) + _run_lengths(self.tails, tails)
-        in_place = (self.heads == heads).sum(axis=1)
-        take = min(MATCH_CANDIDATES, len(self.codes))
-        picked = set(np.argpartition(-ends, take - 1)[:take].tolist())
-        picked.update(np.argpartition(-in_place, take - 1)[:take].tolist())
-        wanted = code.casefold()
+        folded = code.casefold()
+        shorter = range(min(len(folded), MATCH_WIDTH))
+        variants = [folded] + [folded[:i] + folded[i + 1:] for i in shorter]
+        heads, tails = _keys(variants)
+        windows = np.full(len(variants), MATCH_VARIANT_WINDOW)
+        windows[0] = MATCH_WINDOW
+        index = self.matches
+        picked = set(_near(index.heads, index.head_order, heads, windows).tolist())
+        picked.update(_near(index.tails, index.tail_order, tails, windows).tolist())
         scored = []
         for i in picked:
-            ratio = SequenceMatcher(None, wanted, self.codes[i].casefold()).ratio()
-            if ratio >= MATCH_CUTOFF:
-                scored.append((-ratio, self.codes[i]))
+            matcher = SequenceMatcher(None, folded, self.codes[i].casefold())
+            if matcher.real_quick_ratio() >= MATCH_CUTOFF and matcher.quick_ratio() >= MATCH_CUTOFF:
+                ratio = matcher.ratio()
+                if ratio >= MATCH_CUTOFF:
+                    scored.append((-ratio, self.codes[i]))
         return [found for _, found in sorted(scored)[:limit]]
 
 
