@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import bench_serve  # noqa: E402
 from benchmarks.bench_serve import (  # noqa: E402
-    LoadResult, median_result, run_python_load, start_service, stop, wait_for_port,
+    LoadResult, cpu_seconds, median_result, run_python_load, start_service, stop, wait_for_port,
 )
 from benchmarks.serving_support import (  # noqa: E402
     catalogue_artefact, free_port, publish_artefact, publish_model,
@@ -170,8 +170,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 load(service.port, 2.0, args.connections, bodies_for(codes[name]))
             for _ in range(args.rounds):
                 for name, service in services.items():
-                    results[name].append(load(service.port, args.seconds / args.rounds,
-                                              args.connections, bodies_for(codes[name])))
+                    before = cpu_seconds(service.process.pid)
+                    found = load(service.port, args.seconds / args.rounds, args.connections,
+                                 bodies_for(codes[name]))
+                    used = cpu_seconds(service.process.pid) - before
+                    results[name].append(found._replace(
+                        cpu_us_per_request=used / max(found.requests, 1) * 1e6))
             memory = {name: memory_mb(s.process.pid) for name, s in services.items()}
             sizes = {
                 "unknown-part 422": fetch(big.port, "POST", SINGLE_PATH,
@@ -202,17 +206,20 @@ def report(
     small, big = list(services)
     medians = {name: median_result(found) for name, found in results.items()}
     print(f"{'':14}{'start s':>9}{'RSS MB':>8}{'peak MB':>9}{'req/s':>9}{'p50 ms':>8}"
-          f"{'p99 ms':>8}{'non-2xx':>9}")
+          f"{'p99 ms':>8}{'non-2xx':>9}{'CPU us/req':>12}")
     for name, service in services.items():
         m = medians[name]
         print(f"{name:14}{service.seconds_to_port:>9.2f}{memory[name][0]:>8.0f}"
               f"{memory[name][1]:>9.0f}{m.requests_per_second:>9.0f}{m.p50_ms:>8.2f}"
-              f"{m.p99_ms:>8.2f}{m.errors:>9}")
+              f"{m.p99_ms:>8.2f}{m.errors:>9}{m.cpu_us_per_request:>12.1f}")
     ratios = [b.requests_per_second / s.requests_per_second
               for s, b in zip(results[small], results[big])]
     ratio = medians[big].requests_per_second / medians[small].requests_per_second
     p99_ratio = medians[big].p99_ms / medians[small].p99_ms
     print("throughput ratio per round: " + ", ".join(f"{r:.0%}" for r in ratios))
+    cpu_ratio = medians[small].cpu_us_per_request / medians[big].cpu_us_per_request
+    print(f"CPU time per request, {small}/{big}: {cpu_ratio:.0%} (the throughput ratio a "
+          "dedicated core would give; less disturbed by other load)")
     print(f"throughput {big}/{small}: {ratio:.0%} (goal >= {GOAL_RATIO:.0%}); "
           f"p99 {p99_ratio:.0%} of the small service's (goal <= {2 - GOAL_RATIO:.0%})")
     print(f"refresh under load: {refresh.requests} requests, {refresh.errors} failed, "
