@@ -101,11 +101,13 @@ def start_floor(port: int) -> "subprocess.Popen[bytes]":
     return subprocess.Popen(SERVER_CPU + command, cwd=REPO_ROOT, env=_env({}))
 
 
-def start_service(port: int, store_url: str, request_log: str) -> "subprocess.Popen[bytes]":
+def start_service(
+    port: int, store_url: str, request_log: str, extra: Sequence[str] = ()
+) -> "subprocess.Popen[bytes]":
     """The real service, as the stage runs it."""
     command = [
         sys.executable, "-m", "pipeline.serve_model", store_url,
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
+        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra,
     ]
     return subprocess.Popen(
         SERVER_CPU + command, cwd=REPO_ROOT, env=_env({"TTD_REQUEST_LOG": request_log})
@@ -171,13 +173,16 @@ def _wrk_ms(match: Optional["re.Match[str]"]) -> float:
     return float(match.group(1)) * scale
 
 
-def run_python_load(port: int, seconds: float, connections: int) -> LoadResult:
+def run_python_load(
+    port: int, seconds: float, connections: int, bodies: Optional[List[bytes]] = None
+) -> LoadResult:
     """Drive a server with keep-alive asyncio connections (when wrk is not installed)."""
-    return asyncio.run(_python_load(port, seconds, connections))
+    return asyncio.run(_python_load(port, seconds, connections, bodies or request_bodies()))
 
 
-async def _python_load(port: int, seconds: float, connections: int) -> LoadResult:
-    bodies = request_bodies()
+async def _python_load(
+    port: int, seconds: float, connections: int, bodies: List[bytes]
+) -> LoadResult:
     requests = [
         (
             f"POST {SINGLE_PATH} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"

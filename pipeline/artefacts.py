@@ -126,10 +126,17 @@ def _verified(store: Store, key: str, expected_sha256: str) -> bytes:
     return data
 
 
+def read_verified(store: Store, pointer: Pointer) -> Tuple[bytes, bytes]:
+    """The artefact and metadata bytes a pointer names, each checked against its sha256."""
+    return (
+        _verified(store, pointer.model_key, pointer.model_sha256),
+        _verified(store, pointer.metadata_key, pointer.metadata_sha256),
+    )
+
+
 def load_pointed(store: Store, pointer: Pointer) -> LoadedModel:
     """Load the model a pointer names, verifying both checksums before parsing anything."""
-    model_bytes = _verified(store, pointer.model_key, pointer.model_sha256)
-    metadata_bytes = _verified(store, pointer.metadata_key, pointer.metadata_sha256)
+    model_bytes, metadata_bytes = read_verified(store, pointer)
     try:
         model = DispatchModel.from_json(model_bytes)
         metadata = json.loads(metadata_bytes)

@@ -248,19 +248,12 @@ class DispatchModel:
     def from_json(cls, data: bytes) -> "DispatchModel":
         """Parse and check an artefact; ModelFormatError says what is wrong with it."""
         try:
-            document = json.loads(data)
+            parsed = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ModelFormatError(f"model artefact is not JSON: {exc}") from exc
-        if not isinstance(document, dict) or document.get("format") != FORMAT:
-            raise ModelFormatError(f"model artefact is not of format {FORMAT!r}")
-        version = document.get("format_version")
-        if type(version) is not int or version not in READABLE_FORMAT_VERSIONS:
-            raise ModelFormatError(
-                f"model format version {version!r} is not one of {list(READABLE_FORMAT_VERSIONS)}"
-            )
-        raw = document.get("curves")
-        if not isinstance(raw, dict) or not raw:
-            raise ModelFormatError("model artefact has no curves")
+        document = checked_document(parsed)
+        version = document["format_version"]
+        raw = document["curves"]
         curves = {str(code): _parse_curve(str(code), spec) for code, spec in raw.items()}
         bounds: Dict[str, Curve] = {}
         ranges: Dict[str, OrdersRange] = {}
@@ -279,6 +272,21 @@ class DispatchModel:
             if document.get(CATALOGUE_KEY) is not None:
                 catalogue = _parse_catalogue(document[CATALOGUE_KEY])
         return cls(curves, bounds, ranges, bases, catalogue)
+
+
+def checked_document(document: Any) -> Dict[str, Any]:
+    """A parsed artefact whose format, version and curves object are as this module reads."""
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ModelFormatError(f"model artefact is not of format {FORMAT!r}")
+    version = document.get("format_version")
+    if type(version) is not int or version not in READABLE_FORMAT_VERSIONS:
+        raise ModelFormatError(
+            f"model format version {version!r} is not one of {list(READABLE_FORMAT_VERSIONS)}"
+        )
+    raw = document.get("curves")
+    if not isinstance(raw, dict) or not raw:
+        raise ModelFormatError("model artefact has no curves")
+    return document
 
 
 def bound_violation(estimate: Curve, bound: Curve) -> Optional[str]:

@@ -111,14 +111,21 @@ def publish_model(
 
 
 def publish_raw(
-    store: Store, version: str, artefact: bytes, metadata_sha: Optional[str] = None
+    store: Store,
+    version: str,
+    artefact: bytes,
+    metadata_sha: Optional[str] = None,
+    extra: Optional[Dict[str, Any]] = None,
 ) -> None:
     """Publish arbitrary artefact bytes (e.g. a broken model) under a version.
 
     With ``metadata_sha`` the metadata and pointer record that checksum instead of the
-    artefact's, as a corrupted or tampered artefact would look.
+    artefact's, as a corrupted or tampered artefact would look; ``extra`` adds metadata.
     """
-    metadata = {"model_version": version, "model_sha256": metadata_sha or sha256_hex(artefact)}
+    metadata: Dict[str, Any] = {
+        "model_version": version, "model_sha256": metadata_sha or sha256_hex(artefact),
+        **(extra or {}),
+    }
     found = read_pointer(store)
     token = found[1] if found else None
     if metadata_sha is None:

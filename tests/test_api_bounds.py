@@ -1,4 +1,4 @@
-"""The p90 bound and extrapolation through the API: answers, format 1 models, /api/v0.1/model."""
+"""The p90 bound, extrapolation and basis through the API: answers, format 1 models, listings."""
 from __future__ import annotations
 
 import json
@@ -14,6 +14,7 @@ from pipeline.store import Store
 from tests.api_support import BATCH, CODES, SINGLE, make_app, new_store, publish_model, rows
 
 MODEL = "/api/v0.1/model"
+CODES_PAGE = "/api/v0.1/model/product_codes"
 
 
 @pytest.fixture(scope="module")
@@ -49,8 +50,10 @@ def test_single_answers_carry_the_bound_and_the_extrapolated_flag(
         body = client.post(SINGLE, json=row).json()
         code, orders = row["product_code"], row["orders_placed"]
         assert list(body) == [
-            "est_hours_to_dispatch", "p90_hours_to_dispatch", "extrapolated", "model_version"
+            "est_hours_to_dispatch", "p90_hours_to_dispatch", "extrapolated", "basis",
+            "model_version",
         ]
+        assert body["basis"] is None  # a format 2 model records no basis
         assert body["est_hours_to_dispatch"] == model.predict_one(code, orders)
         assert body["p90_hours_to_dispatch"] == model.upper_one(code, orders)
         assert body["p90_hours_to_dispatch"] >= body["est_hours_to_dispatch"]
@@ -66,8 +69,9 @@ def test_batch_answers_are_parallel_arrays_equal_to_the_single_answers(
     batch = probes(store)
     body = client.post(BATCH, json=batch).json()
     singles = [client.post(SINGLE, json=row).json() for row in batch]
-    for key in ("est_hours_to_dispatch", "p90_hours_to_dispatch", "extrapolated"):
+    for key in ("est_hours_to_dispatch", "p90_hours_to_dispatch", "extrapolated", "basis"):
         assert body[key] == [single[key] for single in singles]
+    assert body["unknown_product_codes"] == []
     assert body["model_version"] == singles[0]["model_version"]
 
 
@@ -80,15 +84,18 @@ def test_an_empty_batch_gets_empty_arrays(client: TestClient) -> None:
     assert body["model_version"]
 
 
-def test_model_endpoint_lists_each_codes_trained_range(client: TestClient, store: Store) -> None:
-    body = client.get(MODEL).json()
+def test_the_code_listing_gives_each_codes_trained_range(client: TestClient, store: Store) -> None:
     model = load_latest(store).model
-    assert body["orders_placed_range"] == {
-        code: {"min": low, "max": high} for code, (low, high) in model.ranges.items()
-    }
-    assert body["coverage_p90"] == {
-        "overall": None, "per_product_code": {code: None for code in CODES}
-    }
+    body = client.get(MODEL).json()
+    lows, highs = zip(*model.ranges.values())
+    assert body["orders_placed_range"] == {"min": min(lows), "max": max(highs)}
+    assert body["coverage_p90"] == {"overall": None}
+    listed = client.get(CODES_PAGE).json()["product_codes"]
+    assert listed == [
+        {"product_code": code, "orders_placed_range": {"min": low, "max": high},
+         "basis": None, "coverage_p90": None}
+        for code, (low, high) in sorted(model.ranges.items())
+    ]
 
 
 @pytest.mark.parametrize("fast_path", [True, False])
@@ -109,6 +116,7 @@ def test_a_format_1_model_still_serves_with_null_bound_and_flag(
     assert many.json()["p90_hours_to_dispatch"] == [None, None]
     assert many.json()["extrapolated"] == [None, None]
     assert info["orders_placed_range"] is None
+    assert info["format_version"] == 1
 
 
 def test_a_swap_from_format_1_to_format_2_brings_the_bound(tmp_path: Path) -> None:
@@ -144,10 +152,12 @@ def test_model_endpoint_reads_held_out_coverage_from_the_metadata(
     publish_model(store, seed=4, extra={"metrics": {"held_out": held_out}})
     with TestClient(make_app(store)) as client:
         body = json.loads(client.get(MODEL).text)
-    assert body["coverage_p90"]["overall"] == overall
-    assert body["coverage_p90"]["per_product_code"]["SKU001"] == sku001
-    assert body["coverage_p90"]["per_product_code"]["SKU002"] is None
-    assert set(body["coverage_p90"]["per_product_code"]) == set(CODES)
+        listed = json.loads(client.get(CODES_PAGE).text)["product_codes"]
+    assert body["coverage_p90"] == {"overall": overall}
+    coverage = {entry["product_code"]: entry["coverage_p90"] for entry in listed}
+    assert coverage["SKU001"] == sku001
+    assert coverage["SKU002"] is None
+    assert set(coverage) == set(CODES)
 
 
 def test_new_fields_are_in_the_openapi_document(store: Store) -> None:
@@ -156,11 +166,13 @@ def test_new_fields_are_in_the_openapi_document(store: Store) -> None:
     schemas = document["components"]["schemas"]
     single = schemas["PredictionResponse"]
     assert set(single["required"]) == {
-        "est_hours_to_dispatch", "p90_hours_to_dispatch", "extrapolated", "model_version"
+        "est_hours_to_dispatch", "p90_hours_to_dispatch", "extrapolated", "basis",
+        "model_version",
     }
     assert "90%" in single["properties"]["p90_hours_to_dispatch"]["description"]
     batch = schemas["BatchPredictionResponse"]["properties"]
     assert batch["p90_hours_to_dispatch"]["type"] == batch["extrapolated"]["type"] == "array"
+    assert batch["basis"]["type"] == batch["unknown_product_codes"]["type"] == "array"
     info = schemas["ModelInfo"]["properties"]
-    assert {"orders_placed_range", "coverage_p90"} <= set(info)
+    assert {"orders_placed_range", "coverage_p90", "bases", "product_codes_path"} <= set(info)
     assert "more_errors" in schemas["ValidationErrorResponse"]["properties"]

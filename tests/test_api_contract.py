@@ -103,6 +103,7 @@ def test_single_prediction_matches_the_model(client: TestClient, store: Store) -
         "est_hours_to_dispatch": loaded.model.predict_one("SKU002", 112.0),
         "p90_hours_to_dispatch": loaded.model.upper_one("SKU002", 112.0),
         "extrapolated": loaded.model.extrapolated_one("SKU002", 112.0),
+        "basis": None,
         "model_version": loaded.version,
     }
     assert body["p90_hours_to_dispatch"] > body["est_hours_to_dispatch"]
@@ -169,7 +170,9 @@ def test_empty_batch_gives_empty_estimates(client: TestClient) -> None:
         (b'[{"product_code": "SKU001", "orders_placed": 1}, {"product_code": "SKU001"}]',
          ["body", 1, "orders_placed"], "missing"),
         (b'[{"product_code": "SKU001", "orders_placed": 1}, {"product_code": "X", '
-         b'"orders_placed": 1}]', ["body", 1, "product_code"], "literal_error"),
+         b'"orders_placed": -1}]', ["body", 1, "orders_placed"], "greater_than_equal"),
+        (b'[{"product_code": "SKU001", "orders_placed": 1}, {"product_code": 7, '
+         b'"orders_placed": 1}]', ["body", 1, "product_code"], "string_type"),
         (b'[{"product_code": "SKU001", "orders_placed": NaN}]',
          ["body", 0, "orders_placed"], "finite_number"),
         (b'[{"product_code": "SKU001", "orders_placed": 1e999}]',
@@ -262,7 +265,8 @@ def test_model_endpoint_gives_metadata(client: TestClient, store: Store) -> None
     body = strict_json(client.get("/api/v0.1/model").text)
     loaded = load_latest(store)
     assert body["model_version"] == loaded.version
-    assert body["product_codes"] == list(CODES)
+    assert body["product_codes"] == len(CODES)
+    assert body["product_codes_path"] == "/api/v0.1/model/product_codes"
     assert body["metrics"] == {"mae": 0.41, "r2": 0.93}
     assert body["tranche"]["rows"] == 1000
     assert body["trained_at"].startswith("2026-11-20T23:00:00")
@@ -427,15 +431,15 @@ def test_a_client_gone_before_its_body_gets_no_answer_and_a_499_log_line(
 
 
 def test_a_defect_is_a_logged_500_with_the_request_id(store: Store, tmp_path: Path) -> None:
-    def broken(orders: float) -> float:
-        raise RuntimeError("defect")
+    class Broken:
+        index = {code: i for i, code in enumerate(CODES)}
+
+        def estimate(self, i: int, orders: float) -> float:
+            raise RuntimeError("defect")
 
     log_path = tmp_path / "requests.log"
     app = make_app(store, log_path)
-    serving = app.state.serving
-    app.state.serving = dataclasses.replace(
-        serving, predictors={code: broken for code in serving.product_codes}
-    )
+    app.state.serving = dataclasses.replace(app.state.serving, lookup=Broken())
     with TestClient(app) as client:
         response = client.post(SINGLE, json={"product_code": "SKU001", "orders_placed": 1},
                                headers={"X-Request-ID": "bad-1"})

@@ -1,4 +1,4 @@
-"""The served-model bundle: the fast batch parser agrees with pydantic, batch equals single."""
+"""The served-model bundle: the fast parsers agree with pydantic, batch equals single."""
 from __future__ import annotations
 
 import json
@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from pipeline.api.serving import BatchRows, ServingModel, build_serving_model, jsonable
+from pipeline.api.lookup import summarise, summarise_metadata
+from pipeline.api.serving import BatchRows, RequestRejected, ServingModel, build_serving_model
 from pipeline.artefacts import load_latest
 from tests.api_support import CODES, new_store
 
@@ -71,7 +72,7 @@ def reference(serving: ServingModel, body: bytes) -> Optional[BatchRows]:
 def test_batch_parser_agrees_with_pydantic(serving: ServingModel, body: bytes) -> None:
     expected = reference(serving, body)
     if expected is None:
-        with pytest.raises(ValidationError):
+        with pytest.raises(RequestRejected):
             serving.parse_batch(body)
         return
     got = serving.parse_batch(body)
@@ -85,9 +86,13 @@ def test_single_parser_agrees_with_pydantic(serving: ServingModel, body: bytes) 
     try:
         row = serving.validators.single.validate_json(body)
     except ValidationError as exc:
-        with pytest.raises(ValidationError) as raised:
+        with pytest.raises(RequestRejected) as raised:
             serving.parse_single(body)
-        assert raised.value.errors() == exc.errors()
+        found = raised.value.errors
+        if found[0]["type"] == "literal_error":  # a valid string the model does not know
+            assert found[0]["loc"] == ("product_code",) and found[0]["input"] not in CODES
+            found = found[1:]
+        assert found == exc.errors(include_url=False)
         return
     assert serving.parse_single(body) == (row["product_code"], row["orders_placed"])
 
@@ -106,7 +111,7 @@ def test_single_parser_edge_cases(serving: ServingModel, body: bytes) -> None:
     try:
         row = serving.validators.single.validate_json(body)
     except ValidationError:
-        with pytest.raises(ValidationError):
+        with pytest.raises(RequestRejected):
             serving.parse_single(body)
         return
     assert serving.parse_single(body) == (row["product_code"], row["orders_placed"])
@@ -122,7 +127,7 @@ def test_single_parser_edge_cases(serving: ServingModel, body: bytes) -> None:
 def test_batch_parser_edge_numbers(serving: ServingModel, body: bytes) -> None:
     expected = reference(serving, body)
     if expected is None:
-        with pytest.raises(ValidationError):
+        with pytest.raises(RequestRejected):
             serving.parse_batch(body)
     else:
         assert serving.parse_batch(body).product_codes == expected.product_codes
@@ -134,8 +139,9 @@ def test_batch_cap_boundary(serving: ServingModel, n: int, ok: bool) -> None:
     if ok:
         assert len(serving.parse_batch(body).product_codes) == n
     else:
-        with pytest.raises(ValidationError, match=f"at most {CAP} items"):
+        with pytest.raises(RequestRejected) as raised:
             serving.parse_batch(body)
+        assert f"at most {CAP} items" in raised.value.errors[0]["msg"]
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=FIXTURE_OK)
@@ -147,7 +153,7 @@ def test_batch_cap_boundary(serving: ServingModel, n: int, ok: bool) -> None:
 def test_batch_estimates_equal_single_estimates(serving: ServingModel, pairs: List[Any]) -> None:
     codes = [c for c, _ in pairs]
     orders = np.array([o for _, o in pairs], dtype=np.float64)
-    batch = serving.predict_batch(BatchRows(codes, orders)).tolist()
+    batch = serving.predict_batch(BatchRows(codes, orders)).estimates.tolist()
     single = [serving.predict_one(c, float(o)) for c, o in pairs]
     assert batch == single
     assert all(math.isfinite(v) and v >= 0 for v in batch)
@@ -161,8 +167,26 @@ def test_model_facts_from_metadata(tmp_path: Path) -> None:
     assert serving.metadata["model_version"] == serving.version
 
 
-def test_jsonable_makes_metadata_strict_json() -> None:
+def test_summarise_makes_metadata_strict_json_and_small() -> None:
     raw = {"a": [1.5, float("nan"), float("inf")], "b": {"c": 2**70, "d": True, "e": -(2**63)}}
-    assert jsonable(raw) == {
+    assert summarise(raw) == {
         "a": [1.5, None, None], "b": {"c": str(2**70), "d": True, "e": str(-(2**63))}
     }
+    big = {"per_product_code": {f"P{i}": {"mae": 1.0} for i in range(1000)}, "rows": 7}
+    assert summarise(big) == {"per_product_code": "<object with 1000 keys>", "rows": 7}
+    wide = [[list(range(60)) for _ in range(60)]]
+    assert len(json.dumps(summarise(wide))) < 20_000
+
+
+def test_metadata_summary_keeps_what_the_api_reads_and_fits_its_budget() -> None:
+    metadata = {
+        "notes": {f"k{i}": "x" * 5000 for i in range(60)},
+        "metrics": {"held_out": {"overall": {"mae": 0.4},
+                                 "per_product_code": {f"P{i}": {} for i in range(1000)}}},
+        "model_sha256": "abc",
+    }
+    summary = summarise_metadata(metadata)
+    assert len(json.dumps(summary)) <= 32_768
+    assert summary["metrics"]["held_out"]["overall"] == {"mae": 0.4}
+    assert summary["metrics"]["held_out"]["per_product_code"] == "<object with 1000 keys>"
+    assert list(summary) == list(metadata)

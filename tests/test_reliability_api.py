@@ -12,6 +12,7 @@ that names a field, never a 5xx and never a non-finite number.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import tempfile
@@ -29,6 +30,7 @@ from pipeline.api.app import create_app
 from pipeline.api.schemas import ORDERS_PLACED_MAX, PRODUCT_CODE_MAX_LENGTH
 from pipeline.api.settings import ServeSettings
 from pipeline.artefacts import LoadedModel, load_latest
+from pipeline.model import CatalogueCurve, Curve
 from pipeline.store import open_store
 from tests.api_support import with_test_bounds
 from tests.reliability_support import publish_model, simple_model
@@ -50,19 +52,25 @@ CHECKS = [
     st_checks.missing_required_header,
     st_checks.unsupported_method,
 ]
+# A schema-valid code the model does not know is a documented 422 unless the service answers
+# unknown parts from the catalogue curve (as the open app below does).
+REJECTING_CHECKS = [check for check in CHECKS if check is not st_checks.positive_data_acceptance]
 
 
 def _loaded(root: Path) -> LoadedModel:
     store = open_store(str(root))
     model = simple_model(1.0, codes=("SKU001", "SKU002", "SKU003"))
-    publish_model(store, with_test_bounds(model, {code: (10.0, 150.0) for code in model.curves}))
+    bounded = with_test_bounds(model, {code: (10.0, 150.0) for code in model.curves})
+    catalogue = CatalogueCurve(Curve((0.0, 100.0), (1.0, 3.0)), Curve((0.0, 100.0), (3.0, 9.0)))
+    bases = {code: "pooled" if code == "SKU003" else "product" for code in model.curves}
+    publish_model(store, dataclasses.replace(bounded, bases=bases, catalogue=catalogue))
     return load_latest(store)
 
 
-def _app(root: Path, api_key: str = "") -> Any:
+def _app(root: Path, api_key: str = "", unknown_products: str = "reject") -> Any:
     settings = ServeSettings(
         request_log="", max_batch_rows=MAX_BATCH_ROWS, api_key=api_key or None,
-        model_refresh_seconds=0,
+        model_refresh_seconds=0, unknown_products=unknown_products,
     )
     store = open_store(str(root))
     return create_app(settings, store, load_latest(store))
@@ -81,7 +89,7 @@ def _schema(app: Any) -> Any:
     return schema
 
 
-open_api = _schema(_app(MODEL_ROOT))
+open_api = _schema(_app(MODEL_ROOT, unknown_products="catalogue"))
 keyed_api = _schema(_app(MODEL_ROOT, API_KEY))
 
 
@@ -103,7 +111,7 @@ def test_open_api_holds_against_its_schema(case: Any) -> None:
           suppress_health_check=list(HealthCheck))
 def test_keyed_api_holds_against_its_schema(case: Any) -> None:
     case.call_and_validate(
-        checks=CHECKS + [st_checks.ignored_auth], headers={"X-API-Key": API_KEY}
+        checks=REJECTING_CHECKS + [st_checks.ignored_auth], headers={"X-API-Key": API_KEY}
     )
 
 
@@ -171,7 +179,6 @@ bad_orders = st.one_of(
     st.integers(min_value=int(ORDERS_PLACED_MAX) + 1),
 )
 bad_codes = st.one_of(
-    st.text(max_size=8).filter(lambda c: c not in CODES),
     st.text(min_size=PRODUCT_CODE_MAX_LENGTH + 1, max_size=PRODUCT_CODE_MAX_LENGTH + 3),
     st.integers(),
     st.none(),
@@ -223,6 +230,49 @@ def test_one_invalid_row_rejects_the_whole_batch(
     rows = good[:at] + [bad] + good[at:]
     response = client.post(BATCH, content=_raw_body(rows))
     _assert_names_a_field(response)
+
+
+unknown_codes = st.text(max_size=8).filter(lambda c: c not in CODES)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(code=unknown_codes, orders=valid_orders)
+def test_an_unknown_code_alone_is_a_422_listing_the_codes(
+    client: TestClient, code: str, orders: Any
+) -> None:
+    row = {"product_code": code, "orders_placed": orders}
+    response = client.post(SINGLE, content=_raw_body(row))
+    _assert_names_a_field(response)
+    issue = _finite_json(response.text)["detail"][0]
+    assert (issue["type"], issue["loc"]) == ("literal_error", ["body", "product_code"])
+    assert all(known in issue["msg"] for known in CODES)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURE_OK)
+@given(good=st.lists(valid_rows, max_size=5), unknown=st.lists(unknown_codes, min_size=1,
+       max_size=3), orders=valid_orders, data=st.data())
+def test_unknown_codes_in_a_batch_get_nulls_and_the_rest_is_answered(
+    client: TestClient, good: List[Dict[str, Any]], unknown: List[str], orders: Any, data: Any
+) -> None:
+    rows = list(good)
+    for code in unknown:
+        row = {"product_code": code, "orders_placed": orders}
+        rows.insert(data.draw(st.integers(0, len(rows))), row)
+    response = client.post(BATCH, content=_raw_body(rows))
+    assert response.status_code == 200, response.text
+    body = _finite_json(response.text)
+    listed = [(u["index"], u["product_code"]) for u in body["unknown_product_codes"]]
+    assert listed == [(i, r["product_code"]) for i, r in enumerate(rows)
+                      if r["product_code"] not in CODES]
+    for i, row in enumerate(rows):
+        answers = [body[key][i] for key in ("est_hours_to_dispatch", "p90_hours_to_dispatch",
+                                            "extrapolated", "basis")]
+        if row["product_code"] in CODES:
+            single = _finite_json(client.post(SINGLE, content=_raw_body(row)).text)
+            assert answers == [single[key] for key in ("est_hours_to_dispatch",
+                               "p90_hours_to_dispatch", "extrapolated", "basis")]
+        else:
+            assert answers == [None] * 4
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=FIXTURE_OK)

@@ -12,6 +12,7 @@ import pytest
 import uvicorn
 
 from pipeline import serve_model
+from pipeline.api.settings import ServeSettings
 from pipeline.serve_model import (
     CLOSE_HEADER,
     MAX_DRAIN_SECONDS,
@@ -121,7 +122,7 @@ def test_bad_store_url_is_one_clear_error(
 
 def test_load_model_names_the_store_when_nothing_is_published(local_url: str) -> None:
     with pytest.raises(StartupError, match="no model is published") as refused:
-        load_model(local_url)
+        load_model(local_url, ServeSettings(api_key=None))
     assert local_url in str(refused.value)
 
 
@@ -254,6 +255,7 @@ def test_port_opens_only_once_the_model_is_loaded(
         assert body == {"est_hours_to_dispatch": pytest.approx(model.predict_one("SKU002", 112)),
                         "p90_hours_to_dispatch": pytest.approx(model.upper_one("SKU002", 112)),
                         "extrapolated": model.extrapolated_one("SKU002", 112),
+                        "basis": None,
                         "model_version": version}
         assert body["p90_hours_to_dispatch"] > body["est_hours_to_dispatch"]
         server.terminate()

@@ -1,29 +1,32 @@
 """The application factory: FastAPI for docs, schema and operations, a lean layer for predictions.
 
 ``create_app(settings, store, initial)`` returns an ASGI app for uvicorn. FastAPI
-declares every route (so ``/openapi.json`` and ``/docs`` are accurate, the request
-schema listing the served model's product codes) and serves ``/health``,
-``/api/v0.1/model``, ``/metrics`` and the docs (``/docs`` and ``/redoc``, their
+declares every route (so ``/openapi.json`` and ``/docs`` are accurate, and the same
+whatever model is served) and serves ``/health``, ``/api/v0.1/model``, the paged
+``/api/v0.1/model/product_codes``, ``/metrics`` and the docs (``/docs`` and ``/redoc``, their
 JavaScript and CSS served from the pinned ``fastapi-offline`` package, never a CDN);
 the two prediction routes are
 answered by :class:`~pipeline.api.fastpath.PredictionLayer` in front of it, with
 the same schemas and error shape. With ``model_refresh_seconds > 0`` the lifespan
-polls the store and swaps in newly published models off the request path.
+polls the store and swaps in newly published models off the request path: a new model
+is parsed in a child process and its index built in a thread, then swapped in with one
+reference assignment.
 """
 
 import asyncio
 import gc
 import logging
+import math
 import time
 from contextlib import asynccontextmanager, suppress
 from importlib.resources import files
-from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional
+from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Union
 
+import numpy as np
 import orjson
-from fastapi import Depends, FastAPI, Header, HTTPException, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import (
     FileResponse,
     HTMLResponse,
@@ -50,7 +53,9 @@ from pipeline.api.fastpath import (
     is_json_content_type,
     unsupported_media_type,
 )
+from pipeline.api.lookup import number
 from pipeline.api.schemas import (
+    BasisSummary,
     BatchPredictionResponse,
     CoverageP90,
     ErrorMessage,
@@ -59,9 +64,12 @@ from pipeline.api.schemas import (
     OrdersPlacedRange,
     PredictionRequest,
     PredictionResponse,
+    ProductCodeEntry,
+    ProductCodePage,
     ValidationErrorResponse,
 )
 from pipeline.api.serving import (
+    PRODUCT_CODES_PATH,
     RefreshOutcome,
     ServingModel,
     build_serving_model,
@@ -74,13 +82,14 @@ from pipeline.api.state import (
     accuracy_facts,
     heldout_coverage,
     iso_utc,
-    number_at,
 )
 from pipeline.artefacts import LoadedModel
+from pipeline.model import BASES
 from pipeline.store import Store
 
 API_VERSION = "0.1"
 MODEL_PATH = "/api/v0.1/model"
+PAGE_LIMIT = 1000
 HEALTH_PATH = "/health"
 METRICS_PATH = "/metrics"
 DOCS_PATH = "/docs"
@@ -96,11 +105,14 @@ DOCS_ASSET_TYPES = {
 TITLE = "time-to-dispatch"
 DESCRIPTION = (
     "Estimated hours to dispatch an order, from the product code and the orders placed. "
-    "The request schema's `product_code` enum lists the codes the served model knows "
-    "(it changes when a new model is swapped in). Each estimate comes with "
-    "`p90_hours_to_dispatch`, the hours within which 90% of such orders are dispatched, "
-    "and `extrapolated`, true when `orders_placed` is outside the range the product code "
-    "was trained on (both null for a model of artefact format 1). Send bodies as JSON "
+    "`GET /api/v0.1/model/product_codes` lists, page by page, the codes the served model "
+    "knows (they change when a new model is swapped in; this schema does not). Each "
+    "estimate comes with `p90_hours_to_dispatch`, the hours within which 90% of such "
+    "orders are dispatched, `extrapolated`, true when `orders_placed` is outside the range "
+    "the product code was trained on (both null for a model of artefact format 1), and "
+    "`basis`, what the estimate rests on. An unknown product code is a 422 on the single "
+    "endpoint; in a batch its row gets nulls and is listed in `unknown_product_codes` "
+    "while the other rows are answered. Send bodies as JSON "
     "(`Content-Type: application/json` or none; other types are a 415). Send "
     "`X-Request-ID` to have it echoed and logged; otherwise one is generated."
 )
@@ -117,9 +129,15 @@ class StrictJSONResponse(JSONResponse):
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def create_app(settings: ServeSettings, store: Store, initial: LoadedModel) -> PredictionLayer:
+def create_app(
+    settings: ServeSettings, store: Store, initial: Union[LoadedModel, ServingModel]
+) -> PredictionLayer:
     """The ASGI app serving ``initial`` (already verified) and, if enabled, its successors."""
-    state = ServiceState(settings, store, build_serving_model(initial, settings.max_batch_rows))
+    if isinstance(initial, LoadedModel):
+        initial = build_serving_model(
+            initial, settings.max_batch_rows, settings.unknown_products
+        )
+    state = ServiceState(settings, store, initial)
     api = _fastapi(state)
     known = frozenset(getattr(route, "path", "") for route in api.routes) - {""}
     return PredictionLayer(api, state, known)
@@ -133,13 +151,18 @@ def refresh_once(state: ServiceState) -> RefreshOutcome:
 
 
 async def refresh_forever(state: ServiceState) -> None:
-    """Poll the store every ``model_refresh_seconds``, loading off the event loop."""
+    """Poll the store every ``model_refresh_seconds``, loading off the event loop.
+
+    A new model is parsed in a child process; this process only reads it, verifies its
+    checksum and builds the code index in a thread, in steps short enough never to hold
+    the interpreter for long.
+    """
     interval = state.settings.model_refresh_seconds
     while True:
         await asyncio.sleep(interval)
         try:
             result = await asyncio.to_thread(
-                refresh_step, state.store, state.serving, state.rejected
+                refresh_step, state.store, state.serving, state.rejected, True
             )
         except Exception:  # noqa: BLE001 - the loop must outlive any one failed check
             log.exception("model refresh check failed; still serving %s", state.serving.version)
@@ -319,7 +342,7 @@ def _fastapi(state: ServiceState) -> FastAPI:
             status="ok",
             model_version=serving.version,
             model_trained_at=serving.trained_at.isoformat() if serving.trained_at else None,
-            model_published_at=serving.loaded.pointer.published_at,
+            model_published_at=serving.pointer.published_at,
             model_age_seconds=model_age_seconds(serving, now),
             model_loaded_at=iso_utc(serving.loaded_at),
             product_codes=len(serving.product_codes),
@@ -329,31 +352,47 @@ def _fastapi(state: ServiceState) -> FastAPI:
 
     @app.get(MODEL_PATH, response_model=ModelInfo, tags=["operations"])
     async def model_info() -> ModelInfo:
-        """The served model's metadata: version, training time, tranche, metrics, codes."""
+        """The served model's facts: version, training, metrics, counts per basis (bounded)."""
         serving = state.serving
         metadata = serving.metadata
+        lookup = serving.lookup
         tranche = metadata.get("tranche")
         if tranche is None:
             tranche = {key: metadata[key] for key in TRAINING_KEYS if key in metadata} or None
-        ranges = serving.ranges
         held_mae, previous_version, previous_mae = accuracy_facts(metadata)
+        ranges = lookup.ranges
         return ModelInfo(
             model_version=serving.version,
             trained_at=serving.trained_at.isoformat() if serving.trained_at else None,
-            published_at=serving.loaded.pointer.published_at,
+            published_at=serving.pointer.published_at,
+            format_version=lookup.format_version,
             tranche=tranche,
             metrics=metadata.get("metrics"),
-            product_codes=list(serving.product_codes),
+            product_codes=len(lookup),
+            product_codes_path=PRODUCT_CODES_PATH,
             heldout_mae=held_mae,
             previous_model_version=previous_version,
             previous_realised_mae=previous_mae,
             metadata=metadata,
-            orders_placed_range={
-                code: OrdersPlacedRange(min=low, max=high)
-                for code, (low, high) in sorted(ranges.items())
-            } if ranges else None,
-            coverage_p90=coverage_p90(metadata, serving.product_codes),
+            orders_placed_range=None if ranges is None else OrdersPlacedRange(
+                min=float(ranges[:, 0].min()), max=float(ranges[:, 1].max())
+            ),
+            coverage_p90=coverage_p90(metadata),
+            bases=basis_summaries(serving),
+            catalogue_curve=lookup.has_catalogue,
+            unknown_products=settings.unknown_products,
         )
+
+    @app.get(PRODUCT_CODES_PATH, response_model=ProductCodePage, tags=["operations"])
+    async def product_codes(
+        offset: Annotated[int, Query(ge=0, description="How many codes to skip.")] = 0,
+        limit: Annotated[
+            int, Query(ge=1, le=PAGE_LIMIT, description=f"At most {PAGE_LIMIT} a page.")
+        ] = PAGE_LIMIT,
+    ) -> ProductCodePage:
+        """The served model's product codes in sorted order, with each one's trained range,
+        basis and held-out p90 coverage, a page at a time (follow ``next_offset``)."""
+        return product_code_page(state.serving, offset, limit)
 
     @app.get(METRICS_PATH, response_class=PlainTextResponse, tags=["operations"])
     async def metrics() -> Response:
@@ -361,7 +400,6 @@ def _fastapi(state: ServiceState) -> FastAPI:
         return Response(state.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
 
     _docs(app)
-    app.openapi = _openapi_for_model(app, state)  # type: ignore[method-assign]
     return app
 
 
@@ -427,40 +465,61 @@ def _not_found(request: Request, known: List[str]) -> str:
     return "Not Found"
 
 
-def coverage_p90(metadata: Mapping[str, Any], product_codes: Any) -> CoverageP90:
+def _mapping(value: Any, key: str) -> Mapping[str, Any]:
+    found = value.get(key) if isinstance(value, Mapping) else None
+    return found if isinstance(found, Mapping) else {}
+
+
+def coverage_p90(metadata: Mapping[str, Any]) -> CoverageP90:
     """Held-out p90 coverage from the metadata (``metrics.held_out``), null where absent.
 
-    Overall: ``metrics.held_out.overall.coverage_p90`` (or ``metrics.held_out.coverage_p90``);
-    per code: ``metrics.held_out.per_product_code.<code>.coverage_p90``.
+    ``metrics.held_out.overall.coverage_p90`` (or ``metrics.held_out.coverage_p90``).
     """
-    return CoverageP90(
-        overall=heldout_coverage(metadata),
-        per_product_code={
-            code: number_at(metadata, "metrics", "held_out", "per_product_code", code,
-                            "coverage_p90")
-            for code in product_codes
-        },
-    )
+    return CoverageP90(overall=heldout_coverage(metadata))
 
 
-def _openapi_for_model(app: FastAPI, state: ServiceState) -> Callable[[], Dict[str, Any]]:
-    """FastAPI's schema with the served model's product codes, rebuilt when the model swaps."""
+def _count(value: Any) -> Optional[int]:
+    found = number(value)
+    return None if found is None or found != int(found) else int(found)
 
-    def openapi() -> Dict[str, Any]:
-        """The OpenAPI document for the model served now (cached per model)."""
-        serving = state.serving
-        cached = state.openapi_cache
-        if cached is not None and cached[0] is serving:
-            return cached[1]
-        schema = get_openapi(
-            title=app.title, version=app.version, description=app.description, routes=app.routes
+
+def basis_summaries(serving: ServingModel) -> Dict[str, BasisSummary]:
+    """Per basis: its parts (the artefact's count, else the metadata's ``bases.<basis>.parts``)
+    and held-out accuracy (``metrics.held_out.by_basis.<basis>``), null where not recorded."""
+    metadata = serving.metadata
+    by_basis = _mapping(_mapping(_mapping(metadata, "metrics"), "held_out"), "by_basis")
+    bases = serving.lookup.bases
+    counts = None if bases is None else np.bincount(bases, minlength=len(BASES)).tolist()
+    summaries: Dict[str, BasisSummary] = {}
+    for i, basis in enumerate(BASES):
+        scored = _mapping(by_basis, basis)
+        parts = counts[i] if counts is not None else _count(
+            _mapping(_mapping(metadata, "bases"), basis).get("parts")
         )
-        codes = list(serving.product_codes)
-        request = schema["components"]["schemas"]["PredictionRequest"]
-        request["properties"]["product_code"].update(enum=codes, examples=codes[:1])
-        request["examples"] = [{"product_code": codes[0], "orders_placed": 112}]
-        schema["info"]["x-model-version"] = serving.version
-        state.openapi_cache = (serving, schema)
-        return schema
+        summaries[basis] = BasisSummary(
+            parts=parts, mae=number(scored.get("mae")),
+            coverage_p90=number(scored.get("coverage_p90")), rows=_count(scored.get("rows")),
+        )
+    return summaries
 
-    return openapi
+
+def product_code_page(serving: ServingModel, offset: int, limit: int) -> ProductCodePage:
+    """One page of the served model's product codes with their facts."""
+    lookup = serving.lookup
+    end = min(offset + limit, len(lookup))
+    entries = []
+    for i in range(offset, end):
+        low_high = None if lookup.ranges is None else lookup.ranges[i].tolist()
+        coverage = float(lookup.coverage[i])
+        entries.append(ProductCodeEntry(
+            product_code=lookup.codes[i],
+            orders_placed_range=None if low_high is None else OrdersPlacedRange(
+                min=low_high[0], max=low_high[1]
+            ),
+            basis=lookup.basis(i),  # type: ignore[arg-type]
+            coverage_p90=None if math.isnan(coverage) else coverage,
+        ))
+    return ProductCodePage(
+        model_version=serving.version, total=len(lookup), offset=offset, limit=limit,
+        next_offset=end if end < len(lookup) else None, product_codes=entries,
+    )

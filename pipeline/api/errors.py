@@ -50,14 +50,23 @@ def issue(error: Mapping[str, Any], prefix: Loc = ("body",)) -> Dict[str, Any]:
     item: Dict[str, Any] = {
         "type": str(error.get("type", "value_error")),
         "loc": [part if isinstance(part, int) else _clip(str(part)) for part in loc],
-        # literal_error's message lists the valid product codes: never shorten it.
+        # literal_error's message lists the valid product codes (at most 20): never shorten it.
         "msg": str(error.get("msg")) if kind == "literal_error" else _clip(str(error.get("msg"))),
         "input": {} if kind == "json_invalid" else echo(error.get("input")),
     }
     ctx = error.get("ctx")
     if ctx:
-        item["ctx"] = {str(k): v if isinstance(v, (int, float)) else str(v) for k, v in ctx.items()}
+        item["ctx"] = {str(k): _context(v) for k, v in ctx.items()}
     return item
+
+
+def _context(value: Any) -> Any:
+    """An error context value as JSON: numbers kept, lists of text kept (clipped), else text."""
+    if isinstance(value, (int, float)):
+        return value
+    if isinstance(value, list):
+        return [_clip(str(v)) for v in value[:MAX_ECHO_ITEMS]]
+    return str(value)
 
 
 def validation_body(errors: Sequence[Mapping[str, Any]], prefix: Loc = ("body",)) -> bytes:

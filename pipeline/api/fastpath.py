@@ -20,12 +20,12 @@ from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
 
 import numpy as np
 import orjson
-from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.api.errors import message_body, summary, validation_body
-from pipeline.api.serving import ServingModel
+from pipeline.api.serving import RequestRejected, ServingModel
 from pipeline.api.state import ServiceState
+from pipeline.model import CATALOGUE_BASIS
 
 SINGLE_PATH = "/api/v0.1/time_to_dispatch"
 BATCH_PATH = "/api/v0.1/time_to_dispatch/batch"
@@ -81,18 +81,29 @@ def _not_finite(loc: List[Any], value: float) -> bytes:
     return orjson.dumps({"detail": [issue]})
 
 
+def _rejected(exc: RequestRejected) -> Outcome:
+    return 422, validation_body(exc.errors), {"errors": summary(exc.errors)}, 0
+
+
 def answer_single(serving: ServingModel, body: bytes) -> Outcome:
     """Validate and answer one prediction request body: status, payload, log fields, rows."""
     try:
         code, orders = serving.parse_single(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        return 422, validation_body(errors), {"errors": summary(errors)}, 0
-    estimate = serving.predictors[code](orders)
-    upper = serving.uppers.get(code)
-    p90 = None if upper is None else max(upper(orders), estimate)
-    known = serving.ranges.get(code)
+    except RequestRejected as exc:
+        return _rejected(exc)
+    lookup = serving.lookup
     fields: Dict[str, Any] = {"input": {"product_code": code, "orders_placed": orders}}
+    i = lookup.index.get(code)
+    p90: Optional[float]
+    if i is not None:
+        estimate = lookup.estimate(i, orders)
+        p90 = lookup.upper(i, orders, estimate)
+        extrapolated, basis = lookup.extrapolated(i, orders), lookup.basis(i)
+    elif serving.answers_unknown:
+        estimate, p90 = lookup.catalogue_answer(orders)
+        extrapolated, basis = None, CATALOGUE_BASIS
+    else:
+        return _rejected(RequestRejected([serving.unknown_issue(code, ("product_code",))]))
     if not math.isfinite(estimate) or (p90 is not None and not math.isfinite(p90)):
         loc: List[Any] = ["body", "orders_placed"]
         fields["errors"] = [{"type": "value_error", "loc": loc}]
@@ -101,47 +112,67 @@ def answer_single(serving: ServingModel, body: bytes) -> Outcome:
     payload = orjson.dumps({
         "est_hours_to_dispatch": estimate,
         "p90_hours_to_dispatch": p90,
-        "extrapolated": None if known is None else not known[0] <= orders <= known[1],
+        "extrapolated": extrapolated,
+        "basis": basis,
         "model_version": serving.version,
     })
     return 200, payload, fields, 1
+
+
+def _column(values: Optional[Any], present: Any, n: int) -> Any:
+    """An answer array: numpy values where ``present``, null elsewhere (all null if None)."""
+    if values is None:
+        return [None] * n
+    if present.all():
+        return values
+    listed = values.tolist()
+    for row in np.flatnonzero(~present).tolist():
+        listed[row] = None
+    return listed
 
 
 def answer_batch(serving: ServingModel, body: bytes) -> Outcome:
     """Validate and answer one batch request body: status, payload, log fields, rows."""
     try:
         rows = serving.parse_batch(body)
-    except ValidationError as exc:
-        errors = exc.errors(include_url=False)
-        return 422, validation_body(errors), {"errors": summary(errors)}, 0
-    estimates, uppers, outside = serving.predict_batch_bounded(rows)
+    except RequestRejected as exc:
+        return _rejected(exc)
+    answer = serving.predict_batch(rows)
+    estimates, uppers, answered = answer.estimates, answer.uppers, answer.answered
     n = len(estimates)
     fields: Dict[str, Any] = {"input": {"rows": n, "product_codes": len(set(rows.product_codes))}}
-    finite = np.isfinite(estimates)
-    if uppers is not None:
-        finite &= np.isfinite(uppers)
-    if not finite.all():
-        bad = int(np.flatnonzero(~finite)[0])
+    if len(answer.unknown):
+        fields["unknown_product_codes"] = len(answer.unknown)
+    with np.errstate(invalid="ignore"):
+        broken = answered & ~np.isfinite(estimates)
+        if uppers is not None:
+            broken |= answer.bounded & ~np.isfinite(uppers)
+    if broken.any():
+        bad = int(np.flatnonzero(broken)[0])
         loc: List[Any] = ["body", bad, "orders_placed"]
         fields["errors"] = [{"type": "value_error", "loc": loc}]
         return 422, _not_finite(loc, float(rows.orders_placed[bad])), fields, 0
-    if n:
+    done = estimates[answered]
+    if len(done):
         fields["prediction"] = {
-            "min": float(estimates.min()),
-            "mean": float(estimates.mean()),
-            "max": float(estimates.max()),
+            "min": float(done.min()),
+            "mean": float(done.mean()),
+            "max": float(done.max()),
         }
-    unknown = [None] * n if uppers is None or outside is None else None
+    unknown = answer.unknown.tolist()
+    codes = rows.product_codes
     payload = orjson.dumps(
         {
-            "est_hours_to_dispatch": estimates,
-            "p90_hours_to_dispatch": unknown if uppers is None else uppers,
-            "extrapolated": unknown if outside is None else outside,
+            "est_hours_to_dispatch": _column(estimates, answered, n),
+            "p90_hours_to_dispatch": _column(uppers, answer.bounded, n),
+            "extrapolated": _column(answer.outside, answer.ranged, n),
+            "basis": answer.bases,
+            "unknown_product_codes": [{"index": i, "product_code": codes[i]} for i in unknown],
             "model_version": serving.version,
         },
         option=orjson.OPT_SERIALIZE_NUMPY,
     )
-    return 200, payload, fields, n
+    return 200, payload, fields, int(answered.sum())
 
 
 class PredictionLayer:

@@ -1,21 +1,22 @@
-"""Request, response and error schemas, and the per-model validators built from them.
+"""Request, response and error schemas, and the request validators built from them.
 
 ``orders_placed`` is a finite number from 0 to ``ORDERS_PLACED_MAX``. Integers and
 non-integral numbers are both accepted (the model's curves are continuous, and an
 upstream forecast may send a mean count); booleans, strings, NaN, Infinity and
 numbers that overflow a double (``1e999``) are rejected. The upper bound keeps every
 estimate finite. ``product_code`` is a string of at most ``PRODUCT_CODE_MAX_LENGTH``
-characters that the loaded model knows; the validators built per model by
-:func:`build_validators` check that in pydantic-core, and the message of the
-``literal_error`` lists the valid codes.
+characters. The schemas, and so ``/openapi.json``, are the same whatever model is
+served: whether the model knows a code is checked after validation (a
+``literal_error`` on the single endpoint, ``unknown_product_codes`` in a batch).
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Union
+from functools import lru_cache
+from typing import Any, Dict, List, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, TypeAdapter
 from pydantic_core import CoreSchema, core_schema
-from typing_extensions import Annotated
+from typing_extensions import Annotated, Literal
 
 PRODUCT_CODE_MAX_LENGTH = 256
 ORDERS_PLACED_MAX = 1e9
@@ -27,7 +28,8 @@ ProductCodeText = Annotated[
     Field(
         strict=True,
         max_length=PRODUCT_CODE_MAX_LENGTH,
-        description="A product code the loaded model knows (the enum lists them).",
+        description="A product code. GET /api/v0.1/model/product_codes lists the codes the "
+        "served model knows (the list changes with each model; the schema does not).",
         examples=[EXAMPLE_CODE],
     ),
 ]
@@ -60,6 +62,14 @@ P90_DESCRIPTION = (
     "are dispatched (a calibrated upper bound, never below the estimate, never decreasing "
     "as orders_placed grows); null when the served model has no bound (format version 1)."
 )
+BASIS_DESCRIPTION = (
+    "What the estimate rests on: 'product' (the part's own rows in the newest tranche), "
+    "'pooled' (its few rows combined with the whole catalogue) or 'catalogue' (a part the "
+    "model has never seen, answered from the catalogue-wide curve when the service is run "
+    "with --unknown-products catalogue); null for a model that does not record it "
+    "(artefact formats 1 and 2)."
+)
+Basis = Optional[Literal["product", "pooled", "catalogue"]]
 EXTRAPOLATED_DESCRIPTION = (
     "True when orders_placed lies outside the range this product code was trained on "
     "(GET /api/v0.1/model lists the ranges): the model is guessing. Null when the served "
@@ -78,6 +88,7 @@ class PredictionResponse(BaseModel):
                     "est_hours_to_dispatch": 3.4,
                     "p90_hours_to_dispatch": 4.7,
                     "extrapolated": False,
+                    "basis": "product",
                     "model_version": EXAMPLE_VERSION,
                 }
             ]
@@ -87,13 +98,24 @@ class PredictionResponse(BaseModel):
     est_hours_to_dispatch: float = Field(ge=0, description="Estimated hours to dispatch.")
     p90_hours_to_dispatch: Optional[float] = Field(ge=0, description=P90_DESCRIPTION)
     extrapolated: Optional[bool] = Field(description=EXTRAPOLATED_DESCRIPTION)
+    basis: Basis = Field(description=BASIS_DESCRIPTION)
     model_version: str = Field(description="The version of the model that answered.")
+
+
+class UnknownProductCode(BaseModel):
+    """A batch row whose product code the served model does not know."""
+
+    index: int = Field(ge=0, description="The row's position in the request (from 0).")
+    product_code: str = Field(description="The code as sent.")
 
 
 class BatchPredictionResponse(BaseModel):
     """Estimates for a batch in request order (parallel arrays), and the model that made them.
 
-    An empty batch (``[]``) is valid and gets empty arrays.
+    An empty batch (``[]``) is valid and gets empty arrays. A row whose product code the
+    model does not know is listed in ``unknown_product_codes`` and gets null in every
+    array (unless the service answers such parts from the catalogue curve: then its
+    basis is ``catalogue``); the other rows are answered.
     """
 
     model_config = ConfigDict(
@@ -101,23 +123,31 @@ class BatchPredictionResponse(BaseModel):
         json_schema_extra={
             "examples": [
                 {
-                    "est_hours_to_dispatch": [3.4, 5.1],
-                    "p90_hours_to_dispatch": [4.7, 7.0],
-                    "extrapolated": [False, True],
+                    "est_hours_to_dispatch": [3.4, 5.1, None],
+                    "p90_hours_to_dispatch": [4.7, 7.0, None],
+                    "extrapolated": [False, True, None],
+                    "basis": ["product", "pooled", None],
+                    "unknown_product_codes": [{"index": 2, "product_code": "SKU999"}],
                     "model_version": EXAMPLE_VERSION,
                 }
             ]
         },
     )
 
-    est_hours_to_dispatch: List[Annotated[float, Field(ge=0)]] = Field(
-        description="One estimate per request row, in order."
+    est_hours_to_dispatch: List[Optional[Annotated[float, Field(ge=0)]]] = Field(
+        description="One estimate per request row, in order (null for an unknown code)."
     )
     p90_hours_to_dispatch: List[Optional[Annotated[float, Field(ge=0)]]] = Field(
         description="One p90 bound per request row, in order. " + P90_DESCRIPTION
     )
     extrapolated: List[Optional[bool]] = Field(
         description="One flag per request row, in order. " + EXTRAPOLATED_DESCRIPTION
+    )
+    basis: List[Basis] = Field(
+        description="One basis per request row, in order. " + BASIS_DESCRIPTION
+    )
+    unknown_product_codes: List[UnknownProductCode] = Field(
+        description="The rows whose product code the model does not know (empty if none)."
     )
     model_version: str = Field(description="The version of the model that answered.")
 
@@ -207,22 +237,37 @@ class CoverageP90(BaseModel):
     overall: Optional[float] = Field(
         default=None, description="Over all held-out rows; null when training did not record it."
     )
-    per_product_code: Dict[str, Optional[float]] = Field(
-        default_factory=dict, description="Per served product code; null where not recorded."
-    )
+
+
+class BasisSummary(BaseModel):
+    """The parts resting on one basis and their held-out accuracy, as training recorded it."""
+
+    parts: Optional[int] = Field(
+        default=None, description="How many of the model's parts rest on this basis.")
+    mae: Optional[float] = Field(default=None, description="Held-out MAE (hours).")
+    coverage_p90: Optional[float] = Field(default=None, description="Held-out p90 coverage.")
+    rows: Optional[int] = Field(default=None, description="Held-out rows scored.")
 
 
 class ModelInfo(BaseModel):
-    """The loaded model's metadata, with the fields an operator looks for first."""
+    """The loaded model's facts: counts and summaries, never a list per product code.
+
+    The product codes, with each one's range, basis and coverage, are paged at
+    ``GET /api/v0.1/model/product_codes``.
+    """
 
     model_config = ConfigDict(protected_namespaces=())
 
     model_version: str
     trained_at: Optional[str]
     published_at: str
+    format_version: int = Field(description="The artefact's format version (1, 2 or 3).")
     tranche: Any = Field(description="The training tranche (key, checksum, rows).")
-    metrics: Any = Field(description="Held-out metrics, as recorded by training.")
-    product_codes: List[str]
+    metrics: Any = Field(description="Held-out metrics, as recorded by training (summarised: "
+                                     "a container of more than 64 entries is replaced by a "
+                                     "note of its size).")
+    product_codes: int = Field(description="How many product codes the model knows.")
+    product_codes_path: str = Field(description="The paged route listing them.")
     heldout_mae: Optional[float] = Field(
         None, description="Overall held-out MAE (hours) recorded by training, if any.")
     previous_model_version: Optional[str] = Field(
@@ -230,36 +275,70 @@ class ModelInfo(BaseModel):
     previous_realised_mae: Optional[float] = Field(
         None, description="That model's MAE (hours) on this model's training tranche, which it "
                           "never saw: its realised accuracy (null when unknown).")
-    metadata: Dict[str, Any] = Field(description="The full metadata document.")
-    orders_placed_range: Optional[Dict[str, OrdersPlacedRange]] = Field(
+    metadata: Dict[str, Any] = Field(
+        description="The metadata document, summarised as metrics is.")
+    orders_placed_range: Optional[OrdersPlacedRange] = Field(
         default=None,
-        description="Per product code, the orders_placed range it was trained on (beyond it "
-        "answers say extrapolated: true); null for a model that does not record it.",
+        description="The smallest and largest orders_placed any product code was trained on "
+        "(each code's own range is in the paged list); null for a model that does not record "
+        "ranges.",
     )
     coverage_p90: CoverageP90 = Field(
         default_factory=CoverageP90,
         description="Held-out coverage of the p90 bound, as recorded by training.",
     )
+    bases: Dict[str, BasisSummary] = Field(
+        description="Per basis ('product', 'pooled'): how many parts rest on it and their "
+        "held-out accuracy (null where the model or its metadata does not record it).")
+    catalogue_curve: bool = Field(
+        description="Whether the model has a catalogue curve for parts it has never seen.")
+    unknown_products: Literal["reject", "catalogue"] = Field(
+        description="How the service answers parts the model does not know: 'reject' (422) "
+        "or 'catalogue' (from the catalogue curve, when the model has one).")
+
+
+class ProductCodeEntry(BaseModel):
+    """One product code the served model knows, with what it was trained on."""
+
+    product_code: str
+    orders_placed_range: Optional[OrdersPlacedRange] = Field(
+        description="The orders_placed range it was trained on (null if not recorded).")
+    basis: Optional[Literal["product", "pooled"]] = Field(
+        description="What its curve rests on (null for a model without bases).")
+    coverage_p90: Optional[float] = Field(
+        description="Its held-out p90 coverage, if training recorded it.")
+
+
+class ProductCodePage(BaseModel):
+    """A page of the served model's product codes, in sorted order."""
+
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_version: str
+    total: int = Field(description="How many product codes the model knows.")
+    offset: int
+    limit: int
+    next_offset: Optional[int] = Field(description="The offset of the next page; null at the end.")
+    product_codes: List[ProductCodeEntry]
 
 
 class RequestValidators:
-    """pydantic-core validators for one model's requests: single rows and batches."""
+    """pydantic-core validators for requests: single rows and batches (any model)."""
 
-    def __init__(self, product_codes: Sequence[str], max_batch_rows: int) -> None:
-        row = _row_type(tuple(product_codes))
+    def __init__(self, max_batch_rows: int) -> None:
+        row = _row_type()
         self.single: TypeAdapter[Dict[str, Any]] = TypeAdapter(row)
         self.batch: TypeAdapter[List[Dict[str, Any]]] = TypeAdapter(
             Annotated[List[row], Field(max_length=max_batch_rows)]  # type: ignore[valid-type]
         )
 
 
-def _row_type(product_codes: Sequence[str]) -> Any:
-    """A dict type validated as PredictionRequest is, with product_code limited to the codes."""
+def _row_type() -> Any:
+    """A dict type validated as PredictionRequest is."""
 
     def schema(_source: Any, handler: Any) -> CoreSchema:
-        """A typed dict: product_code a known code, orders_placed as PredictionRequest's."""
-        text = handler.generate_schema(ProductCodeText)
-        code = core_schema.chain_schema([text, core_schema.literal_schema(list(product_codes))])
+        """A typed dict: product_code and orders_placed as PredictionRequest's."""
+        code = handler.generate_schema(ProductCodeText)
         orders = handler.generate_schema(OrdersPlaced)
         return core_schema.typed_dict_schema(
             {
@@ -271,6 +350,7 @@ def _row_type(product_codes: Sequence[str]) -> Any:
     return Annotated[Dict[str, Any], GetPydanticSchema(schema)]
 
 
-def build_validators(product_codes: Sequence[str], max_batch_rows: int) -> RequestValidators:
-    """The validators for a model that knows ``product_codes``."""
-    return RequestValidators(product_codes, max_batch_rows)
+@lru_cache(maxsize=8)
+def build_validators(max_batch_rows: int) -> RequestValidators:
+    """The validators for batches of at most ``max_batch_rows`` (built once, shared)."""
+    return RequestValidators(max_batch_rows)

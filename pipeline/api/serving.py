@@ -1,32 +1,63 @@
 """The served model: an immutable bundle of everything the hot path needs, and its refresh.
 
-A :class:`ServingModel` is built once per loaded model (validators, code index,
-response fragments) and swapped in with one reference assignment, so a request
-that picked one up keeps a consistent view while a newer one replaces it.
+A :class:`ServingModel` is built once per loaded model (the columnar
+:class:`~pipeline.api.lookup.Lookup`, the model's facts) and swapped in with one
+reference assignment, so a request that picked one up keeps a consistent view while a
+newer one replaces it. The request validators do not depend on the model (the schema is
+the same whatever is served): a product code the model does not know is found after
+validation, and answered as the service's ``unknown_products`` setting says.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
 import orjson
-from pydantic_core import InitErrorDetails, ValidationError
+from pydantic_core import ValidationError
 
-from pipeline.api.schemas import ORDERS_PLACED_MAX, RequestValidators, build_validators
-from pipeline.artefacts import LoadedModel, ModelUnavailable, Pointer, load_pointed, read_pointer
+from pipeline.api.lookup import Lookup, MetadataMismatch, Prepared, prepare, prepare_isolated
+from pipeline.api.schemas import (
+    ORDERS_PLACED_MAX,
+    PRODUCT_CODE_MAX_LENGTH,
+    RequestValidators,
+    build_validators,
+)
+from pipeline.artefacts import (
+    LoadedModel,
+    ModelUnavailable,
+    Pointer,
+    read_pointer,
+    read_verified,
+)
+from pipeline.model import BASES, CATALOGUE_BASIS, ModelFormatError
 from pipeline.store import Store, StoreError
 
 log = logging.getLogger("pipeline.api")
 
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
 TRAINED_AT_KEYS = ("created_at", "trained_at")
+PRODUCT_CODES_PATH = "/api/v0.1/model/product_codes"
+UNKNOWN_REJECT = "reject"
+UNKNOWN_CATALOGUE = "catalogue"
+LISTED_CODES_MAX = 20
+CLOSE_MATCHES = 5
+
+
+class RequestRejected(Exception):
+    """A request the served model cannot answer: its problems, shaped as pydantic's errors."""
+
+    def __init__(self, errors: List[Dict[str, Any]]) -> None:
+        super().__init__(f"{len(errors)} problem(s) with the request")
+        self.errors = errors
 
 
 class BatchRows(NamedTuple):
@@ -34,6 +65,23 @@ class BatchRows(NamedTuple):
 
     product_codes: List[str]
     orders_placed: FloatArray
+
+
+class BatchAnswer(NamedTuple):
+    """A batch's answers in request order; ``answered`` is False for rows left unanswered.
+
+    ``uppers`` is None when no row has a p90 bound, ``outside`` when no row has a trained
+    range; ``unknown`` holds the rows whose product code the model does not know.
+    """
+
+    estimates: FloatArray
+    uppers: Optional[FloatArray]
+    outside: Optional[BoolArray]
+    bases: List[Optional[str]]
+    answered: BoolArray
+    bounded: BoolArray
+    ranged: BoolArray
+    unknown: IntArray
 
 
 def parse_time(value: Any) -> Optional[datetime]:
@@ -47,47 +95,77 @@ def parse_time(value: Any) -> Optional[datetime]:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-def jsonable(value: Any) -> Any:
-    """A copy of parsed JSON that strict JSON can carry (no NaN, no ints beyond 64 bits)."""
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= 2**63:
-        return str(value)
-    return value
+def _literal(values: List[str]) -> str:
+    """Values listed as pydantic's literal_error lists them: 'a', 'b' or 'c'."""
+    shown = [repr(v) for v in values]
+    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
 
 
 @dataclass(frozen=True)
 class ServingModel:
-    """One loaded model with its validators and precomputed per-model state."""
+    """One loaded model, how unknown parts are answered, and precomputed per-model facts."""
 
-    loaded: LoadedModel
-    version: str
+    pointer: Pointer
     metadata: Dict[str, Any]
-    product_codes: Tuple[str, ...]
+    lookup: Lookup
     validators: RequestValidators
-    predictors: Dict[str, Callable[[float], float]]
-    uppers: Dict[str, Callable[[float], float]]
-    ranges: Dict[str, Tuple[float, float]]
-    validate_single: Callable[[bytes], Dict[str, Any]]
     max_batch_rows: int
+    unknown_products: str
     trained_at: Optional[datetime]
     published_at: Optional[datetime]
     loaded_at: float
 
+    @property
+    def version(self) -> str:
+        """The model_version the API returns."""
+        return self.pointer.model_version
+
+    @property
+    def product_codes(self) -> Tuple[str, ...]:
+        """The product codes the model knows, sorted."""
+        return self.lookup.codes
+
+    @property
+    def answers_unknown(self) -> bool:
+        """Whether parts the model does not know are answered from its catalogue curve."""
+        return self.unknown_products == UNKNOWN_CATALOGUE and self.lookup.has_catalogue
+
     def predict_one(self, product_code: str, orders_placed: float) -> float:
-        """The estimate for one validated row (pure Python)."""
-        return self.predictors[product_code](orders_placed)
+        """The estimate for one validated row of a known code (pure Python)."""
+        return self.lookup.estimate(self.lookup.index[product_code], orders_placed)
+
+    def unknown_issue(self, code: str, loc: Tuple[Any, ...]) -> Dict[str, Any]:
+        """The 422 issue for a product code the model does not know, of bounded size.
+
+        Up to ``LISTED_CODES_MAX`` known codes are listed, as pydantic's literal_error
+        does; beyond that the issue gives their number, up to ``CLOSE_MATCHES`` close
+        matches and the route that lists them all.
+        """
+        codes = self.lookup.codes
+        ctx: Dict[str, Any]
+        if len(codes) <= LISTED_CODES_MAX:
+            expected = _literal(list(codes))
+            ctx = {"expected": expected}
+        else:
+            matches = self.lookup.close_matches(code, CLOSE_MATCHES)
+            near = f"; close matches: {_literal(matches)}" if matches else ""
+            expected = (
+                f"one of the {len(codes)} product codes the model knows "
+                f"(GET {PRODUCT_CODES_PATH} lists them){near}"
+            )
+            ctx = {"expected": expected, "product_codes": len(codes),
+                   "close_matches": matches, "product_codes_path": PRODUCT_CODES_PATH}
+        message = f"Input should be {expected}"
+        if self.unknown_products == UNKNOWN_CATALOGUE:
+            message += " (the model has no catalogue curve to answer parts it has never seen)"
+        return {"type": "literal_error", "loc": loc, "msg": message, "input": code, "ctx": ctx}
 
     def parse_single(self, body: bytes) -> Tuple[str, float]:
-        """Validate a single-request body; ValidationError exactly as the validator raises it.
+        """Validate a single-request body; RequestRejected lists its problems.
 
         A well-formed body is accepted after orjson and a few checks that are no more
         lenient than the schema; anything else is validated by pydantic-core, which
-        reports the errors.
+        reports the errors. The code may be one the model does not know (see answer).
         """
         try:
             data = orjson.loads(body)
@@ -100,25 +178,45 @@ class ServingModel:
             if (
                 (kind is int or kind is float)
                 and type(code) is str
-                and code in self.predictors
+                and len(code) <= PRODUCT_CODE_MAX_LENGTH
                 and 0 <= orders <= ORDERS_PLACED_MAX
             ):
                 return code, float(orders)
-        row = self.validate_single(body)
+        try:
+            row = self.validators.single.validate_json(body)
+        except ValidationError as exc:
+            raise RequestRejected(self._with_unknown_code(body, exc)) from None
         return row["product_code"], row["orders_placed"]
 
+    def _with_unknown_code(self, body: bytes, exc: ValidationError) -> List[Dict[str, Any]]:
+        """pydantic's errors, led by the unknown-code issue when the code is a valid string."""
+        errors: List[Dict[str, Any]] = exc.errors(include_url=False)  # type: ignore[assignment]
+        if any(tuple(e["loc"])[:1] == ("product_code",) for e in errors) or self.answers_unknown:
+            return errors
+        try:
+            data = json.loads(body)
+        except (ValueError, RecursionError):
+            return errors
+        code = data.get("product_code") if isinstance(data, dict) else None
+        if isinstance(code, str) and code not in self.lookup.index:
+            return [self.unknown_issue(code, ("product_code",))] + errors
+        return errors
+
     def parse_batch(self, body: bytes) -> BatchRows:
-        """Validate a batch body; ValidationError exactly as the batch validator raises it.
+        """Validate a batch body's structure; RequestRejected lists its problems.
 
         The common case (a JSON array of well-formed rows) is checked column-wise after
         orjson parses it; anything unusual is left to pydantic-core, which then reports
         every error just as the declared schema does. A list over the row cap is refused
-        at once, without validating its rows.
+        at once, without validating its rows. Unknown codes are not errors here.
         """
         rows = self._fast_columns(body)
         if rows is not None:
             return rows
-        checked = self.validators.batch.validate_json(body)
+        try:
+            checked = self.validators.batch.validate_json(body)
+        except ValidationError as exc:
+            raise RequestRejected(exc.errors(include_url=False)) from None  # type: ignore[arg-type]
         return BatchRows(
             [row["product_code"] for row in checked],
             np.array([row["orders_placed"] for row in checked], dtype=np.float64),
@@ -132,63 +230,70 @@ class ServingModel:
         if type(data) is not list:
             return None
         if len(data) > self.max_batch_rows:
-            too_long = _too_long(data, self.max_batch_rows)
-            raise ValidationError.from_exception_data("list", [too_long])
+            ctx = {"field_type": "List", "max_length": self.max_batch_rows,
+                   "actual_length": len(data)}
+            raise RequestRejected([{
+                "type": "too_long", "loc": (), "input": data, "ctx": ctx,
+                "msg": f"List should have at most {self.max_batch_rows} items after "
+                       f"validation, not {len(data)}",
+            }])
         try:
             codes = [row["product_code"] for row in data]
             orders = [row["orders_placed"] for row in data]
-            if not self.predictors.keys() >= set(codes):
-                return None
         except (TypeError, KeyError):
             return None
-        if not {type(value) for value in orders} <= {int, float}:
+        if not set(map(type, codes)) <= {str} or not {type(value) for value in orders} <= {
+            int, float
+        }:
+            return None
+        if codes and max(map(len, codes)) > PRODUCT_CODE_MAX_LENGTH:
             return None
         values = np.array(orders, dtype=np.float64)
         if len(values) and not (values.min() >= 0.0 and values.max() <= ORDERS_PLACED_MAX):
             return None
         return BatchRows(codes, values)
 
-    def predict_batch(self, rows: BatchRows) -> FloatArray:
-        """Estimates for validated rows, vectorised per product code (same as predict_one)."""
+    def predict_batch(self, rows: BatchRows) -> BatchAnswer:
+        """Answers for validated rows, vectorised over all rows (equal to the single answers).
+
+        Rows of unknown codes are answered from the catalogue curve when the service is
+        asked to and the model has one, else left unanswered.
+        """
+        lookup = self.lookup
+        n = len(rows.orders_placed)
+        which = lookup.positions(rows.product_codes)
+        known = which >= 0
+        unknown = np.flatnonzero(~known)
+        rows_known = np.flatnonzero(known) if len(unknown) else np.arange(n)
+        at, x = which[rows_known], rows.orders_placed[rows_known]
+        estimates = np.full(n, math.nan)
+        uppers = None if lookup.bounds is None else np.full(n, math.nan)
+        outside = None if lookup.ranges is None else np.zeros(n, dtype=np.bool_)
+        bases: List[Optional[str]] = [None] * n
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are checked
-            return self.loaded.model.predict(rows.product_codes, rows.orders_placed)
-
-    def predict_batch_bounded(
-        self, rows: BatchRows
-    ) -> Tuple[FloatArray, Optional[FloatArray], Optional[BoolArray]]:
-        """Estimates, p90 bounds and extrapolated flags for validated rows (None: not known)."""
-        with np.errstate(over="ignore", invalid="ignore"):  # non-finite results are checked
-            return self.loaded.model.predict_bounded(rows.product_codes, rows.orders_placed)
-
-
-def _too_long(data: List[Any], cap: int) -> InitErrorDetails:
-    ctx = {"field_type": "List", "max_length": cap, "actual_length": len(data)}
-    return {"type": "too_long", "loc": (), "input": data, "ctx": ctx}
-
-
-def build_serving_model(loaded: LoadedModel, max_batch_rows: int) -> ServingModel:
-    """Precompute what serving a loaded model needs."""
-    codes = loaded.model.product_codes
-    metadata = loaded.metadata
-    validators = build_validators(codes, max_batch_rows)
-    trained = next(
-        (parse_time(metadata.get(key)) for key in TRAINED_AT_KEYS if metadata.get(key)), None
-    )
-    return ServingModel(
-        loaded=loaded,
-        version=loaded.version,
-        metadata=jsonable(metadata),
-        product_codes=codes,
-        validators=validators,
-        predictors={code: loaded.model.curves[code].predict_one for code in codes},
-        uppers={code: bound.predict_one for code, bound in loaded.model.bounds.items()},
-        ranges=dict(loaded.model.ranges),
-        validate_single=validators.single.validator.validate_json,
-        max_batch_rows=max_batch_rows,
-        trained_at=trained,
-        published_at=parse_time(loaded.pointer.published_at),
-        loaded_at=time.time(),
-    )
+            estimates[rows_known] = here = lookup.curves.evaluate(at, x)
+            if uppers is not None and lookup.bounds is not None:
+                uppers[rows_known] = np.maximum(lookup.bounds.evaluate(at, x), here)
+            if outside is not None and lookup.ranges is not None:
+                outside[rows_known] = (x < lookup.ranges[at, 0]) | (x > lookup.ranges[at, 1])
+            if lookup.bases is not None:
+                names = np.array(BASES, dtype=object)[lookup.bases[at]].tolist()
+                for row, name in zip(rows_known.tolist(), names):
+                    bases[row] = name
+            answered = known.copy()
+            bounded = known.copy() if uppers is not None else np.zeros(n, dtype=np.bool_)
+            if len(unknown) and self.answers_unknown and lookup.catalogue is not None:
+                cx = rows.orders_placed[unknown]
+                zero = np.zeros(len(unknown), dtype=np.int64)
+                estimates[unknown] = guess = lookup.catalogue.curve.evaluate(zero, cx)
+                if uppers is None:
+                    uppers = np.full(n, math.nan)
+                uppers[unknown] = np.maximum(lookup.catalogue.bound.evaluate(zero, cx), guess)
+                for row in unknown.tolist():
+                    bases[row] = CATALOGUE_BASIS
+                answered[:] = True
+                bounded[unknown] = True
+        return BatchAnswer(estimates, uppers, outside, bases, answered, bounded, known, unknown)
 
 
 def model_age_seconds(serving: ServingModel, now: float) -> Optional[float]:
@@ -209,16 +314,117 @@ class RefreshOutcome(NamedTuple):
     rejected: Optional[Pointer]
 
 
+class LoadFailed(Exception):
+    """Loading could not finish for a reason that may pass (a child process died)."""
+
+
+def serving_from(
+    prepared: Prepared,
+    pointer: Pointer,
+    max_batch_rows: int,
+    unknown_products: str = UNKNOWN_REJECT,
+) -> ServingModel:
+    """The serving bundle of a prepared model (builds the code index in small steps)."""
+    metadata = prepared.metadata
+    trained = next(
+        (parse_time(metadata.get(key)) for key in TRAINED_AT_KEYS if metadata.get(key)), None
+    )
+    serving = ServingModel(
+        pointer=pointer,
+        metadata=metadata,
+        lookup=Lookup(prepared),
+        validators=build_validators(max_batch_rows),
+        max_batch_rows=max_batch_rows,
+        unknown_products=unknown_products,
+        trained_at=trained,
+        published_at=parse_time(pointer.published_at),
+        loaded_at=time.time(),
+    )
+    if unknown_products == UNKNOWN_CATALOGUE and not serving.lookup.has_catalogue:
+        log.warning(
+            "unknown products are to be answered from the catalogue curve, but model %s has "
+            "none: parts it does not know get a 422", serving.version,
+        )
+    return serving
+
+
+def build_serving_model(
+    loaded: LoadedModel, max_batch_rows: int, unknown_products: str = UNKNOWN_REJECT
+) -> ServingModel:
+    """The serving bundle of a model already parsed (in this process; for small models)."""
+    model = loaded.model
+    prepared = prepare(
+        model.to_json(), json.dumps(loaded.metadata).encode(), loaded.pointer.model_sha256
+    )
+    # Re-written, a version 1 model reads as version 2 without bounds: say what it was.
+    version = 3 if model.bases or model.catalogue else 2 if model.bounds or model.ranges else 1
+    prepared = prepared._replace(format_version=version)
+    return serving_from(prepared, loaded.pointer, max_batch_rows, unknown_products)
+
+
+def load_serving(
+    store: Store,
+    pointer: Pointer,
+    max_batch_rows: int,
+    unknown_products: str = UNKNOWN_REJECT,
+    isolate: bool = True,
+    background: bool = False,
+) -> ServingModel:
+    """Read, verify, parse and check the model a pointer names, ready to serve.
+
+    With ``isolate`` the parsing runs in a child process, so this process's memory and
+    interpreter stay free for requests (``background``: at low priority, for refreshes).
+    ModelUnavailable says why a model is invalid,
+    StoreError or LoadFailed why it could not be read this time.
+    """
+    model_bytes, metadata_bytes = read_verified(store, pointer)
+    try:
+        if isolate:
+            prepared = prepare_isolated(
+                model_bytes, metadata_bytes, pointer.model_sha256, background=background
+            )
+        else:
+            prepared = prepare(model_bytes, metadata_bytes, pointer.model_sha256)
+    except MetadataMismatch as exc:
+        where = store.location(pointer.metadata_key)
+        raise ModelUnavailable(f"{where} does not describe the artefact it sits beside: {exc}")
+    except ModelFormatError as exc:
+        where = store.location(pointer.model_key)
+        raise ModelUnavailable(f"{where} is unreadable: {exc}") from exc
+    except OSError as exc:  # ChildProcessError included
+        raise LoadFailed(f"the process parsing the model failed: {exc!r}") from exc
+    del model_bytes, metadata_bytes
+    return serving_from(prepared, pointer, max_batch_rows, unknown_products)
+
+
+def load_latest_serving(
+    store: Store, max_batch_rows: int, unknown_products: str = UNKNOWN_REJECT,
+    isolate: bool = True,
+) -> ServingModel:
+    """The current published model, ready to serve; ModelUnavailable says why there is none."""
+    try:
+        found = read_pointer(store)
+        if found is None:
+            raise ModelUnavailable("no model is published: the store has no models/latest.json")
+        return load_serving(store, found[0], max_batch_rows, unknown_products, isolate)
+    except (StoreError, LoadFailed) as exc:
+        raise ModelUnavailable(str(exc)) from exc
+
+
 def refresh_step(
-    store: Store, current: ServingModel, rejected: Optional[Pointer] = None
+    store: Store,
+    current: ServingModel,
+    rejected: Optional[Pointer] = None,
+    isolate: bool = False,
 ) -> RefreshOutcome:
     """Check the store's pointer once; load and verify a new model if it moved.
 
     Outcomes: ``unchanged`` (same model or a pointer already rejected), ``absent``
     (nothing published), ``swapped`` (serve the returned model), ``rejected`` (the
     new model is invalid: logged, remembered in ``rejected`` and not retried) and
-    ``failed`` (the store could not be read: logged, retried next time). In every
-    case but ``swapped`` the current model is returned and keeps serving.
+    ``failed`` (the store could not be read, or the loading process died: logged,
+    retried next time). In every case but ``swapped`` the current model is returned
+    and keeps serving. ``isolate`` parses the new model in a child process.
     """
     try:
         found = read_pointer(store)
@@ -229,12 +435,15 @@ def refresh_step(
     if found is None:
         return RefreshOutcome(current, "absent", "no model is published", rejected)
     pointer = found[0]
-    if pointer == current.loaded.pointer or pointer == rejected:
-        still = None if pointer == current.loaded.pointer else rejected
+    if pointer == current.pointer or pointer == rejected:
+        still = None if pointer == current.pointer else rejected
         return RefreshOutcome(current, "unchanged", pointer.model_version, still)
     try:
-        fresh = build_serving_model(load_pointed(store, pointer), current.max_batch_rows)
-    except StoreError as exc:
+        fresh = load_serving(
+            store, pointer, current.max_batch_rows, current.unknown_products, isolate,
+            background=isolate,
+        )
+    except (StoreError, LoadFailed) as exc:
         return _kept(current, "failed", f"model refresh failed: {exc}", rejected)
     except Exception as exc:  # noqa: BLE001 - any defect in a new model must leave the old one
         return _kept(current, "rejected", f"new model rejected: {exc}", pointer)

@@ -5,6 +5,7 @@ from typing import Optional
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from typing_extensions import Literal
 
 DEFAULT_MAX_BATCH_ROWS = 10_000
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
@@ -16,6 +17,9 @@ class ServeSettings(BaseSettings):
     ``api_key`` (TTD_API_KEY, from a Kubernetes secret) is never logged or echoed.
     ``request_log`` is where the one JSON line per request goes: ``-`` for stdout,
     an empty string for nowhere, anything else a file path appended to.
+    ``unknown_products`` says how a part the model does not know is answered:
+    ``reject`` (a 422; in a batch, null and listed) or ``catalogue`` (from the model's
+    catalogue curve, basis ``catalogue``; a model without one keeps rejecting).
     """
 
     model_config = SettingsConfigDict(env_prefix="TTD_", extra="ignore")
@@ -48,4 +52,9 @@ class ServeSettings(BaseSettings):
     )
     fast_path: bool = Field(
         default=True, description="serve predictions through the lean ASGI layer"
+    )
+    unknown_products: Literal["reject", "catalogue"] = Field(
+        default="reject",
+        description="parts the model does not know: 'reject' (422) or 'catalogue' "
+        "(answered from the catalogue curve)",
     )

@@ -37,7 +37,6 @@ class ServiceState:
             enabled=settings.model_refresh_seconds > 0,
             interval_seconds=settings.model_refresh_seconds,
         )
-        self.openapi_cache: Optional[Tuple[ServingModel, Dict[str, Any]]] = None
 
     def model_facts(self) -> ModelFacts:
         """The served model's version, times and recorded quality, for the metrics collector."""
