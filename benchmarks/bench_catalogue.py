@@ -1,7 +1,8 @@
 """Benchmark of the long tail: every part answered, as accurately as its data allows.
 
 Usage: python benchmarks/bench_catalogue.py [--parts 2000] [--rows 20000] [--weeks 6]
-       [--seeds 0 1 2] [--shape saturating] [--n-jobs N] [--history-weeks 13] [--report]
+       [--seeds 0 1 2] [--shape saturating] [--world scaled] [--n-jobs N] [--history-weeks 13]
+       [--report]
 
 Per seed it writes a simulated long-tailed catalogue (``pipeline.simulate.catalogue_world``:
 popularity 1/rank, new parts each week, a warehouse-wide change from week to week, noise
@@ -17,6 +18,10 @@ fresh draw of the newest week's orders against the world's truth. It prints, per
   for all orders (goal <= 1.10), parts with >= 30 rows in the newest tranche (<= 1.03), parts
   with 1-29 rows (<= 1.30) and parts seen only in earlier weeks (reported);
 - the p90 bound's coverage for parts with >= 30 rows and with fewer (goal 0.87-0.93).
+
+``--world shaped`` draws the catalogue from ``benchmarks/catalogue.py`` instead, a world in which
+parts differ in their curve's shape (own base, ceiling and scale), not by a factor, and the
+warehouse does not change between weeks: a check that nothing is tuned to one simulator.
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ import tempfile
 import time
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, List, Tuple
+from typing import Any, Dict, List, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -38,6 +43,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from pipeline import artefacts  # noqa: E402
 from pipeline.simulate import catalogue_world, write_catalogue  # noqa: E402
+from benchmarks.catalogue import shaped_world, write_shaped  # noqa: E402
 from pipeline.store import open_store  # noqa: E402
 
 UNTIL = datetime(2026, 11, 21, tzinfo=timezone.utc)
@@ -68,10 +74,15 @@ def scored_groups(
 
 def one_seed(args: argparse.Namespace, seed: int) -> Dict[str, float]:
     """Simulate, train, score one seed; print its line."""
-    world = catalogue_world(args.parts, args.rows, args.weeks, seed, args.shape)
     with tempfile.TemporaryDirectory() as root:
         store = open_store(root)
-        write_catalogue(store, world, UNTIL)
+        world: Any
+        if args.world == "shaped":
+            world = shaped_world(args.parts, args.rows, args.weeks, seed)
+            write_shaped(store, world, UNTIL)
+        else:
+            world = catalogue_world(args.parts, args.rows, args.weeks, seed, args.shape)
+            write_catalogue(store, world, UNTIL)
         newest = world.tranche(world.weeks - 1)
         weekly = (world.tranche(w).product_code for w in range(world.weeks))
         seen = {str(c) for codes in weekly for c in np.unique(codes)}
@@ -120,13 +131,17 @@ def main() -> None:
     parser.add_argument("--weeks", type=int, default=6)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--shape", default="saturating", choices=("saturating", "linear"))
+    parser.add_argument("--world", default="scaled", choices=("scaled", "shaped"),
+                        help="scaled: pipeline.simulate's catalogue (parts differ by a factor); "
+                             "shaped: benchmarks/catalogue.py (parts differ in shape)")
     parser.add_argument("--n-jobs", type=int, default=2)
     parser.add_argument("--history-weeks", type=int, default=13)
     parser.add_argument("--report", action="store_true",
                         help="let the stage write its run report (timed with the rest)")
     args = parser.parse_args()
     print(f"catalogue of {args.parts} parts, {args.rows} orders a week, {args.weeks} weeks, "
-          f"shape {args.shape}, --history-weeks {args.history_weeks}", flush=True)
+          f"world {args.world}, shape {args.shape}, --history-weeks {args.history_weeks}",
+          flush=True)
     results = [one_seed(args, seed) for seed in args.seeds]
     worst = {k: max(r.get(k, float("nan")) for r in results) for k in results[0]}
     print("worst over seeds: " + ", ".join(f"{k} {v:.3f}" for k, v in worst.items()))

@@ -11,11 +11,13 @@ codes (1,000,000 rows) within 120 s and 2 GB; it prints the time per code and th
 code added between sizes: the latter stays flat when time grows linearly with the codes (the
 former falls as the process's fixed start-up is shared by more codes).
 ``catalogue``: two weeks of ``--weekly-rows`` orders over a long-tailed catalogue of each
-``--parts`` count (benchmarks/catalogue.py: popularity 1/rank), one timed run each, against the
-goal 100,000 parts within 600 s and 4 GB; it prints how time and memory grow between sizes and
-the published artefact's sha256. ``--dask`` then runs the largest catalogue again on a real
-cluster started here (``dask scheduler`` and two ``dask worker`` processes on loopback, one
-thread each) and prints its time beside the local run's and whether the artefacts are identical.
+``--parts`` count (``pipeline.simulate.catalogue_world``: popularity 1/rank, new parts each
+week; ``--world shaped``: benchmarks/catalogue.py's parts of their own shapes), one timed run
+each, against the goal 100,000 parts within 600 s and 4 GB; it prints how time and memory grow
+between sizes and the published artefact's sha256. ``--dask`` then runs the largest catalogue
+again on a real cluster started here (``dask scheduler`` and two ``dask worker`` processes on
+loopback, one thread each) and prints its time beside the local run's and whether the artefacts
+are identical.
 
 For each tranche it writes two weekly tranches into a temporary local store, runs
 ``python -m pipeline.train_model STORE`` once untimed (a warm-up that also lets Python
@@ -52,7 +54,8 @@ from pipeline.simulate import (  # noqa: E402
     write_tranches,
 )
 from pipeline.store import open_store  # noqa: E402
-from benchmarks.catalogue import write_catalogue  # noqa: E402
+from pipeline.simulate import catalogue_world, write_catalogue  # noqa: E402
+from benchmarks.catalogue import shaped_world, write_shaped  # noqa: E402
 
 ROW_GOALS: Dict[int, Tuple[float, float]] = {1_000: (5.0, 1024.0), 1_000_000: (15.0, 1024.0)}
 CODE_GOALS: Dict[int, Tuple[float, float]] = {2_000: (120.0, 2048.0)}
@@ -212,7 +215,12 @@ def catalogue(args: argparse.Namespace, env: Dict[str, str], extra: List[str]) -
     ok = True
     for parts in args.parts:
         with tempfile.TemporaryDirectory(prefix="bench-train-") as folder:
-            write_catalogue(open_store(folder), parts, args.weekly_rows, 2, 1, UNTIL)
+            if args.world == "shaped":
+                write_shaped(open_store(folder), shaped_world(parts, args.weekly_rows, 2, 1),
+                             UNTIL)
+            else:
+                write_catalogue(open_store(folder),
+                                catalogue_world(parts, args.weekly_rows, 2, 1), UNTIL)
             label = f"catalogue {parts:>7,} parts, {args.weekly_rows:,} rows a week"
             wall, tree = measured(label, folder, 1, env, extra, CATALOGUE_GOALS.get(parts),
                                   warm_up=False)
@@ -268,6 +276,9 @@ def main() -> int:
                         help="catalogue sizes (parts) of the catalogue scenario")
     parser.add_argument("--weekly-rows", type=int, default=1_000_000,
                         help="orders a week in the catalogue scenario")
+    parser.add_argument("--world", default="scaled", choices=("scaled", "shaped"),
+                        help="the catalogue scenario's world: pipeline.simulate's (parts differ "
+                             "by a factor) or benchmarks/catalogue.py's (parts differ in shape)")
     parser.add_argument("--dask", action="store_true",
                         help="run the largest catalogue again on a two-worker Dask cluster")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per tranche size")

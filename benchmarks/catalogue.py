@@ -1,21 +1,28 @@
-"""Long-tailed catalogue tranches for the training benchmarks, generated without per-row loops.
+"""A second long-tailed world for the benchmarks, in which parts differ in shape, not by a factor.
 
 A catalogue of ``parts`` parts whose popularity falls as 1/rank (a few parts take most orders,
 most parts are ordered a handful of times a week or never), each with its own fixed truth:
 a base time, a saturating rise to a ceiling at its own order scale, and its own order volume.
 Weeks differ in their draws (and grow 2% a week, as trade grows) but share the truth.
+
+``pipeline.simulate.catalogue_world`` is the project's own long-tailed world (parts differ by a
+factor, the warehouse by a factor from week to week); :class:`ShapedWorld` has the same
+``tranche(week, draw)`` interface, so the benchmarks can check the model on both
+(``bench_catalogue.py --world shaped``, ``bench_train.py --world shaped``) and nothing is tuned
+to one simulator.
 """
 from __future__ import annotations
 
 import io
 from datetime import datetime
+from dataclasses import dataclass
 from typing import List, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from pipeline.simulate import delivery_times, tranche_key, week_seed
+from pipeline.simulate import SimulatedTranche, delivery_times, tranche_key, week_seed
 from pipeline.store import Store
 
 FloatArray = npt.NDArray[np.float64]
@@ -61,6 +68,32 @@ def catalogue_tranche(truth: Truth, rows: int, seed: int, week: int = 0) -> pd.D
                          "product_code": codes})
 
 
+@dataclass(frozen=True)
+class ShapedWorld:
+    """The shaped catalogue as weekly tranches with their truth (as ``CatalogueWorld``)."""
+
+    truth: Truth
+    rows: int
+    weeks: int
+    seed: int
+
+    def tranche(self, week: int, draw: int = 0) -> SimulatedTranche:
+        """One week's orders; ``draw`` > 0 gives a fresh draw of the same week."""
+        seed = week_seed(self.seed, week) + 7919 * draw
+        frame = catalogue_tranche(self.truth, self.rows, seed, week)
+        rank = frame["product_code"].cat.codes.to_numpy()
+        orders = frame["orders_placed"].to_numpy()
+        t = self.truth
+        expected = t.base[rank] + t.ceiling[rank] * (1.0 - np.exp(-orders / t.scale[rank]))
+        return SimulatedTranche(frame["hours_to_dispatch"].to_numpy(), orders,
+                                frame["product_code"].astype(str).to_numpy(), expected)
+
+
+def shaped_world(parts: int, rows: int, weeks: int, seed: int = 0) -> ShapedWorld:
+    """A shaped catalogue of ``parts`` parts, ``rows`` orders a week over ``weeks`` weeks."""
+    return ShapedWorld(catalogue_truth(parts, seed), rows, weeks, seed)
+
+
 def to_csv(frame: pd.DataFrame) -> bytes:
     """A tranche as the data team delivers it."""
     buffer = io.StringIO()
@@ -68,13 +101,12 @@ def to_csv(frame: pd.DataFrame) -> bytes:
     return buffer.getvalue().encode()
 
 
-def write_catalogue(store: Store, parts: int, rows: int, weeks: int, seed: int,
-                    until: datetime) -> List[str]:
-    """Write ``weeks`` weekly tranches of a ``parts``-part catalogue, oldest first; their keys."""
-    truth = catalogue_truth(parts, seed)
+def write_shaped(store: Store, world: ShapedWorld, until: datetime) -> List[str]:
+    """Write the shaped world's weekly tranches, oldest first, and return their keys."""
     keys = []
-    for week, moment in enumerate(delivery_times(weeks, until)):
+    for week, moment in enumerate(delivery_times(world.weeks, until)):
         key = tranche_key(moment.strftime("%Y-%m-%dT%H:%M:%S"))
-        store.write_bytes(key, to_csv(catalogue_tranche(truth, rows, week_seed(seed, week), week)))
+        frame = catalogue_tranche(world.truth, world.rows, week_seed(world.seed, week), week)
+        store.write_bytes(key, to_csv(frame))
         keys.append(key)
     return keys
