@@ -84,8 +84,16 @@ class Evaluation:
             "unscored_rows": self.unscored_rows,
         }
         if self.by_basis:
-            result["by_basis"] = {b: m.to_dict() for b, m in self.by_basis.items()}
+            result["by_basis"] = {b: _scored(m) for b, m in self.by_basis.items()}
         return result
+
+
+def _scored(measured: Metrics) -> Dict[str, Any]:
+    """``measured`` as JSON; a basis without rows has null scores, since nothing was measured."""
+    found = measured.to_dict()
+    if measured.rows == 0:
+        found.update({key: None for key in found if key != "rows"})
+    return found
 
 
 def metrics(
