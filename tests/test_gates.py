@@ -194,3 +194,13 @@ def test_held_out_rows_are_scored_and_gated_per_basis() -> None:
     assert not any(d.gate.endswith("_pooled") for d in few)
     assert basis_gates(evaluate(model, held.subset(np.arange(100))), THRESHOLDS) == ()
     assert "by_basis" not in evaluate(DispatchModel({"A": line(1.0, 0.1)}), held).to_dict()
+
+
+def test_a_basis_without_held_out_rows_records_null_scores_not_zeros() -> None:
+    bases = {"A": "product", "B": "pooled"}
+    model = DispatchModel({c: line(1.0, 0.1) for c in bases},
+                          {c: line(2.0, 0.1) for c in bases}, bases=bases)
+    x = np.arange(50.0)
+    recorded = evaluate(model, rows(["A"] * 50, x, 1.0 + 0.1 * x)).to_dict()["by_basis"]
+    assert recorded["pooled"] == {"rows": 0, "mae": None, "r2": None, "coverage_p90": None}
+    assert recorded["product"]["mae"] == 0.0 and recorded["product"]["rows"] == 50
