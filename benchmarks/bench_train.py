@@ -10,7 +10,7 @@ Usage: python benchmarks/bench_train.py [--scenarios rows codes catalogue] [--ro
 codes (1,000,000 rows) within 120 s and 2 GB; it prints the time per code and the time per
 code added between sizes: the latter stays flat when time grows linearly with the codes (the
 former falls as the process's fixed start-up is shared by more codes).
-``catalogue``: two weeks of ``--weekly-rows`` orders over a long-tailed catalogue of each
+``catalogue``: ``--weeks`` (2) weeks of ``--weekly-rows`` orders over a long-tailed catalogue of each
 ``--parts`` count (``pipeline.simulate.catalogue_world``: popularity 1/rank, new parts each
 week; ``--world shaped``: benchmarks/catalogue.py's parts of their own shapes), one timed run
 each, against the goal 100,000 parts within 600 s and 4 GB; it prints how time and memory grow
@@ -216,12 +216,13 @@ def catalogue(args: argparse.Namespace, env: Dict[str, str], extra: List[str]) -
     for parts in args.parts:
         with tempfile.TemporaryDirectory(prefix="bench-train-") as folder:
             if args.world == "shaped":
-                write_shaped(open_store(folder), shaped_world(parts, args.weekly_rows, 2, 1),
-                             UNTIL)
+                write_shaped(open_store(folder),
+                             shaped_world(parts, args.weekly_rows, args.weeks, 1), UNTIL)
             else:
                 write_catalogue(open_store(folder),
-                                catalogue_world(parts, args.weekly_rows, 2, 1), UNTIL)
-            label = f"catalogue {parts:>7,} parts, {args.weekly_rows:,} rows a week"
+                                catalogue_world(parts, args.weekly_rows, args.weeks, 1), UNTIL)
+            label = (f"catalogue {parts:>7,} parts, {args.weekly_rows:,} rows a week, "
+                     f"{args.weeks} weeks in the store")
             wall, tree = measured(label, folder, 1, env, extra, CATALOGUE_GOALS.get(parts),
                                   warm_up=False)
             if wall is None:
@@ -276,6 +277,9 @@ def main() -> int:
                         help="catalogue sizes (parts) of the catalogue scenario")
     parser.add_argument("--weekly-rows", type=int, default=1_000_000,
                         help="orders a week in the catalogue scenario")
+    parser.add_argument("--weeks", type=int, default=2,
+                        help="weekly tranches in the store for the catalogue scenario (train_model "
+                             "reads those within its --history-weeks, 13 by default)")
     parser.add_argument("--world", default="scaled", choices=("scaled", "shaped"),
                         help="the catalogue scenario's world: pipeline.simulate's (parts differ "
                              "by a factor) or benchmarks/catalogue.py's (parts differ in shape)")
