@@ -10,8 +10,8 @@ Usage: python benchmarks/bench_train.py [--scenarios rows codes catalogue] [--ro
 codes (1,000,000 rows) within 120 s and 2 GB; it prints the time per code and the time per
 code added between sizes: the latter stays flat when time grows linearly with the codes (the
 former falls as the process's fixed start-up is shared by more codes).
-``catalogue``: ``--weeks`` (2) weeks of ``--weekly-rows`` orders over a long-tailed catalogue of each
-``--parts`` count (``pipeline.simulate.catalogue_world``: popularity 1/rank, new parts each
+``catalogue``: ``--weeks`` (2) weeks of ``--weekly-rows`` orders over a long-tailed catalogue of
+each ``--parts`` count (``pipeline.simulate.catalogue_world``: popularity 1/rank, new parts each
 week; ``--world shaped``: benchmarks/catalogue.py's parts of their own shapes), one timed run
 each, against the goal 100,000 parts within 600 s and 4 GB; it prints how time and memory grow
 between sizes and the published artefact's sha256. ``--dask`` then runs the largest catalogue
