@@ -8,27 +8,31 @@ Training only. :class:`PooledDispatchRegressor` composes today's
 2. the catalogue-wide curve ``C(x)`` is fitted on all newest rows with the same family
    machinery and resampled on at most ``catalogue_knots`` knots;
 3. every part ``p`` and every tranche ``t`` (0 = newest, older ones from the history) share
-   ``hours ~ L[t] * m[p] * C(x)``: ``L`` is the warehouse-wide level of a week (``L[0] = 1``)
-   and ``m`` the part's factor. Alternating closed forms (bincount, no per-part fit) estimate
-   both; each part's mean ratio ``hours / (L[t] C(x))`` is shrunk toward the typical part's
-   factor ``mu`` by ``n / (n + k)``, with ``k`` = noise variance / between-part variance, both
-   estimated from the data (method of moments);
+   ``hours ~ L[t] * (m[p] * C(x) + a[p])``: ``L`` is the warehouse-wide level of a week
+   (``L[0] = 1``), ``m`` the part's factor and ``a`` its shift. A first pass without shifts
+   (:class:`Offsets`: alternating closed forms, bincount, no per-part fit) gives the levels and
+   the rows' spread; then each part's ``(m, a)`` is a random effect with a 2x2 normal prior
+   (:class:`Shifts`), its posterior a closed-form 2x2 solve vectorised over parts, the prior
+   and the noise estimated by EM (empirical Bayes), the levels refined in turn. A part with
+   few rows lands near the typical part, one with many near its own line in ``C``;
 4. a part with fewer rows in the newest tranche, or none there but some in the history, gets
-   ``m[p] * C(x)`` (basis ``"pooled"``), on the catalogue curve's knots;
-5. its p90 bound is ``m[p] * C(x) + q[b] * s(x)``: ``s`` a spread growing with the queue, and
+   ``m[p] * C(x) + a[p]`` (basis ``"pooled"``) on the catalogue curve's knots, with ``m >= 0``
+   and ``a >= -m C(0)``: monotone and non-negative;
+5. its p90 bound is that estimate ``+ q[b] * s(x)``: ``s`` a spread growing with the queue, and
    ``q[b]`` a split-conformal quantile of leave-one-out scores (each row predicted from its
    part's other rows) of the parts whose rows-count falls in the same bucket ``b``, so the bound
-   widens with what a part's few rows cannot tell. The catalogue curve ``mu * C(x)`` gets a
-   bound calibrated on every row predicted from no rows of its own part (``CatalogueCurve``).
+   widens with what a part's few rows cannot tell. The typical part's curve gets a bound
+   calibrated on every row predicted from no rows of its own part (``CatalogueCurve``).
 
-The multiplicative form was chosen from the simulated catalogue (``pipeline.simulate``), where
-parts differ mostly by a factor and weeks by a warehouse-wide factor; a residual additive
-difference is absorbed by the bound.
+``offsets="factor"`` keeps the factor-only model (``a = 0``), the first pass alone: it suits a
+world where parts differ by a factor only (``pipeline.simulate``); the shifts, the default,
+also fit parts that differ by a constant or in shape (``benchmarks/catalogue.py``) and lose
+nothing on the first.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -50,6 +54,11 @@ from pipeline.model import (
 TRANCHE = "tranche"
 DEFAULT_CATALOGUE_KNOTS = 10
 DEFAULT_LEVEL_ITERATIONS = 5
+DEFAULT_SHIFT_ITERATIONS = 50
+FACTOR = "factor"
+FACTOR_AND_SHIFT = "factor+shift"
+OFFSET_MODELS = (FACTOR, FACTOR_AND_SHIFT)
+LEFT_OUT_CHUNK = 1 << 15
 # Buckets of "rows a prediction rests on": 0, 1, 2, 3-4, 5-8, 9-16, 17-32, 33 and more.
 ROWS_BUCKET_EDGES = (1, 2, 3, 5, 9, 17, 33)
 MIN_BUCKET_ROWS = 200
@@ -73,12 +82,16 @@ class PoolingSummary:
     bucket_quantiles: Dict[str, float]
     catalogue_quantile: float
     spread: Tuple[float, float]
+    offsets: str = FACTOR
+    prior_shift: float = 0.0
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-ready form."""
         return {
             "parts": {PRODUCT_BASIS: self.product_parts, POOLED_BASIS: self.pooled_parts},
+            "offsets": self.offsets,
             "prior_factor": round(self.prior_factor, 6),
+            "prior_shift": round(self.prior_shift, 6),
             "noise_variance": round(self.noise_variance, 6),
             "between_variance": round(self.between_variance, 6),
             "shrinkage_rows": round(self.shrinkage_rows, 6),
@@ -87,6 +100,25 @@ class PoolingSummary:
             "catalogue_bound_quantile": round(self.catalogue_quantile, 6),
             "spread": [round(v, 6) for v in self.spread],
         }
+
+
+class PartOffsets(NamedTuple):
+    """Each part's factor and shift, the typical part's, the week levels and the bound's inputs.
+
+    ``left_out`` is each row's estimate from its part's other rows (``others`` of them);
+    ``between`` is the between-part variance of the factor (factor model) or of the level at the
+    typical queue (factor and shift), so ``noise / between`` is the shrinkage in rows.
+    """
+
+    factor: FloatArray
+    shift: FloatArray
+    prior: Tuple[float, float]
+    levels: FloatArray
+    left_out: FloatArray
+    others: FloatArray
+    spread: Tuple[float, float]
+    noise: float
+    between: float
 
 
 class Offsets:
@@ -149,6 +181,119 @@ class Offsets:
         return factor, others
 
 
+class Shifts:
+    """Per-part factors and shifts, ``hours / L[t] ~ m[p] C(x) + a[p]``: random effects by EM.
+
+    In centred form ``z = b + m (C(x) - c)``, ``c`` the rows' weighted mean of ``C``, each part's
+    ``(b, m)`` has a normal prior (mean ``centre``, 2x2 covariance ``between``) and its rows a
+    noise variance ``noise / weight``. Five weighted sums per part (bincount) give each part's
+    posterior in closed form, a 2x2 solve vectorised over parts; ``iterations`` rounds of EM
+    estimate the prior and the noise from the data (empirical Bayes). A part with few rows
+    lands near the typical part, one with many near its own least-squares line in ``C``.
+    """
+
+    def __init__(self, index: IntArray, curve: FloatArray, scaled: FloatArray,
+                 weight: FloatArray, parts: int, iterations: int, floor: float) -> None:
+        self.index, self.curve, self.scaled, self.weight = index, curve, scaled, weight
+        self.mean_curve = float(np.average(curve, weights=weight))
+        self.floor = floor
+        d = curve - self.mean_curve
+
+        def summed(values: FloatArray) -> FloatArray:
+            result: FloatArray = np.bincount(index, weights=values, minlength=parts).astype(
+                np.float64)
+            return result
+
+        self.n: FloatArray = np.bincount(index, minlength=parts).astype(np.float64)
+        wd = weight * d
+        self.sums = (summed(weight), summed(wd), summed(wd * d), summed(weight * scaled),
+                     summed(wd * scaled))
+        squares = summed(weight * scaled * scaled)
+        seen = self.n > 0
+        rows = float(self.n.sum())
+        s00, s01, s11, r0, r1 = (v[seen] for v in self.sums)
+        q = squares[seen]
+        self.centre = (float(r0.sum() / s00.sum()), float(r1.sum() / max(s11.sum(), 1e-300)))
+        self.noise = max(float((q - r0 * r0 / s00).sum()) / rows, 1e-12)
+        tiny = 1e-9 * self.noise
+        self.between = (max(float(np.var(r0 / s00)), tiny), 0.0,
+                        max((0.1 * self.centre[1]) ** 2, tiny))
+        for _ in range(max(iterations, 1)):
+            b, m, v00, v01, v11 = self.posterior(s00, s01, s11, r0, r1)
+            self.centre = (float(b.mean()), float(m.mean()))
+            db, dm = b - self.centre[0], m - self.centre[1]
+            c00 = max(float(np.mean(db * db + v00)), tiny)
+            c11 = max(float(np.mean(dm * dm + v11)), tiny)
+            # A correlation of +-1 would make the prior singular: keep it just inside.
+            limit = 0.999 * float(np.sqrt(c00 * c11))
+            self.between = (c00, min(max(float(np.mean(db * dm + v01)), -limit), limit), c11)
+            expected = (q - 2.0 * (b * r0 + m * r1) + s00 * (b * b + v00)
+                        + 2.0 * s01 * (b * m + v01) + s11 * (m * m + v11))
+            self.noise = max(float(expected.sum()) / rows, 1e-12)
+            tiny = 1e-9 * self.noise
+        b, m, _, _, _ = self.posterior(*self.sums)
+        self.factor, self.shift = self.clipped(b, m)
+
+    def posterior(self, s00: FloatArray, s01: FloatArray, s11: FloatArray, r0: FloatArray,
+                  r1: FloatArray) -> Tuple[FloatArray, ...]:
+        """Posterior means (b, m) and covariances (v00, v01, v11) of parts with these sums."""
+        t00, t01, t11 = self.between
+        det = t00 * t11 - t01 * t01
+        i00, i01, i11 = t11 / det, -t01 / det, t00 / det
+        p00, p01, p11 = s00 / self.noise + i00, s01 / self.noise + i01, s11 / self.noise + i11
+        g0 = r0 / self.noise + i00 * self.centre[0] + i01 * self.centre[1]
+        g1 = r1 / self.noise + i01 * self.centre[0] + i11 * self.centre[1]
+        pdet = p00 * p11 - p01 * p01
+        v00, v01, v11 = p11 / pdet, -p01 / pdet, p00 / pdet
+        return v00 * g0 + v01 * g1, v01 * g0 + v11 * g1, v00, v01, v11
+
+    def clipped(self, b: FloatArray, m: FloatArray) -> Tuple[FloatArray, FloatArray]:
+        """Factor >= 0 and shift >= -factor * C(0), keeping the level at the mean curve."""
+        factor = np.maximum(m, 0.0)
+        shift = np.maximum(b - factor * self.mean_curve, -factor * self.floor)
+        return factor, shift
+
+    def prior(self) -> Tuple[float, float]:
+        """The typical part's factor and shift."""
+        factor, shift = self.clipped(np.asarray(self.centre[:1]), np.asarray(self.centre[1:]))
+        return float(factor[0]), float(shift[0])
+
+    def left_out(self) -> Tuple[FloatArray, FloatArray]:
+        """Each row's prediction from its part's other rows, and how many rows that rests on."""
+        estimate = np.empty(len(self.index))
+        for start in range(0, len(self.index), LEFT_OUT_CHUNK):
+            rows = slice(start, start + LEFT_OUT_CHUNK)
+            i, w, z = self.index[rows], self.weight[rows], self.scaled[rows]
+            d = self.curve[rows] - self.mean_curve
+            s00, s01, s11, r0, r1 = (v[i] for v in self.sums)
+            b, m, _, _, _ = self.posterior(s00 - w, s01 - w * d, s11 - w * d * d,
+                                           r0 - w * z, r1 - w * d * z)
+            factor, shift = self.clipped(b, m)
+            estimate[rows] = factor * self.curve[rows] + shift
+        return estimate, self.n[self.index] - 1.0
+
+
+def _shifts_and_levels(
+    index: IntArray, tranche: IntArray, hours: FloatArray, curve: FloatArray, weight: FloatArray,
+    levels: FloatArray, parts: int, iterations: int, rounds: int, floor: float,
+) -> Tuple[Shifts, FloatArray]:
+    """The factors and shifts, and the week levels they imply, alternating ``rounds`` times.
+
+    Starting from the factor model's levels, each older tranche's level is the weighted
+    least-squares scale of its hours on the parts' fitted curves; the newest stays at 1.
+    """
+    shifts = Shifts(index, curve, hours / levels[tranche], weight, parts, iterations, floor)
+    for _ in range(max(rounds, 0)):
+        fitted = shifts.factor[index] * curve + shifts.shift[index]
+        top = np.bincount(tranche, weight * hours * fitted, len(levels))
+        bottom = np.bincount(tranche, weight * fitted * fitted, len(levels))
+        scale = top / np.where(bottom > 0, bottom, 1.0)
+        levels = np.where((bottom > 0) & (scale > 0), scale, levels)
+        levels[0] = 1.0
+        shifts = Shifts(index, curve, hours / levels[tranche], weight, parts, iterations, floor)
+    return shifts, levels
+
+
 def _solve_levels(expected: FloatArray, ratios: FloatArray, hours: FloatArray,
                   gain: FloatArray, fixed: FloatArray, previous: FloatArray) -> FloatArray:
     """Each tranche's inverse level u (u[0] = 1) with sum(hours) = sum(factor * expected).
@@ -198,6 +343,15 @@ def bucket_quantiles(scores: FloatArray, buckets: IntArray, level: float) -> Flo
     return result
 
 
+def _spread(orders: FloatArray, scaled: FloatArray, estimate: FloatArray) -> Tuple[float, float]:
+    """The spread line ``a + b x`` of the rows' absolute residuals (``a``, ``b`` >= 0, floored)."""
+    residuals = scaled - estimate
+    floor = SPREAD_FLOOR * float(np.mean(np.abs(residuals))) + LABEL_SCALE_FLOOR * label_scale(
+        scaled)
+    line = LinearRegression(positive=True).fit(orders[:, None], np.abs(residuals))
+    return max(float(line.intercept_), floor), float(line.coef_[0])
+
+
 def _catalogue_shape(orders: FloatArray, hours: FloatArray, regressor: "PooledDispatchRegressor",
                      knots: int) -> Curve:
     """The catalogue-wide curve on all newest rows, resampled on at most ``knots`` knots."""
@@ -217,6 +371,7 @@ class PooledDispatchRegressor(RegressorMixin, BaseEstimator):  # type: ignore[mi
     ``X`` has ``product_code``, ``orders_placed`` and optionally ``tranche`` (0 = the newest
     tranche, 1, 2, ... older ones; absent: all newest). See the module docstring for the model.
     ``bases_`` says which curve each part got; ``to_dispatch_model`` exports format 3.
+    ``offsets`` is ``"factor+shift"`` (a factor and a shift per part) or ``"factor"`` (a factor).
     """
 
     def __init__(
@@ -233,6 +388,8 @@ class PooledDispatchRegressor(RegressorMixin, BaseEstimator):  # type: ignore[mi
         bound_level: float = BOUND_QUANTILE,
         catalogue_knots: int = DEFAULT_CATALOGUE_KNOTS,
         level_iterations: int = DEFAULT_LEVEL_ITERATIONS,
+        offsets: str = FACTOR_AND_SHIFT,
+        shift_iterations: int = DEFAULT_SHIFT_ITERATIONS,
     ) -> None:
         self.families = families
         self.folds = folds
@@ -246,6 +403,8 @@ class PooledDispatchRegressor(RegressorMixin, BaseEstimator):  # type: ignore[mi
         self.bound_level = bound_level
         self.catalogue_knots = catalogue_knots
         self.level_iterations = level_iterations
+        self.offsets = offsets
+        self.shift_iterations = shift_iterations
 
     def product_regressor(self) -> DispatchTimeRegressor:
         """The per-part estimator this one composes, with the same settings."""
@@ -256,6 +415,8 @@ class PooledDispatchRegressor(RegressorMixin, BaseEstimator):  # type: ignore[mi
         """Fit the per-part curves, the catalogue curve, the offsets and the bounds."""
         if self.catalogue_knots < 3:
             raise ValueError("catalogue_knots must be at least 3")
+        if self.offsets not in OFFSET_MODELS:
+            raise ValueError(f"offsets must be one of {OFFSET_MODELS}, not {self.offsets!r}")
         names, index, orders = _columns(X)
         hours = check_array(np.asarray(y), ensure_2d=False, dtype=np.float64)
         if len(hours) != len(orders):
@@ -282,16 +443,10 @@ class PooledDispatchRegressor(RegressorMixin, BaseEstimator):  # type: ignore[mi
         shape = self.catalogue_shape_
         level = shape.predict(orders)
         level = np.maximum(level, _LEVEL_FLOOR * float(np.mean(level)) + 1e-12)
-        offsets = Offsets(index, tranche, hours, level, len(names), self.level_iterations)
-        scaled = hours / offsets.levels[tranche]
-        # Leave-one-out: each row as a new order of its part, predicted from the part's others.
-        factor, others = offsets.left_out(index)
-        residuals = scaled - factor * level
-        floor = SPREAD_FLOOR * float(np.mean(np.abs(residuals))) + LABEL_SCALE_FLOOR * label_scale(
-            scaled)
-        line = LinearRegression(positive=True).fit(orders[:, None], np.abs(residuals))
-        spread = (max(float(line.intercept_), floor), float(line.coef_[0]))
-        scores = residuals / (spread[0] + spread[1] * orders)
+        fitted = self._part_offsets(index, tranche, orders, hours, level, len(names))
+        prior, spread, others = fitted.prior, fitted.spread, fitted.others
+        scaled = hours / fitted.levels[tranche]
+        scores = (scaled - fitted.left_out) / (spread[0] + spread[1] * orders)
         newest_rows = np.bincount(index[tranche == 0], minlength=len(names))
         # Calibrate on the rows of the parts that get a pooled curve (unless they are too few):
         # a common part's own shape, which its pooled curve would miss, must not widen them.
@@ -300,20 +455,21 @@ class PooledDispatchRegressor(RegressorMixin, BaseEstimator):  # type: ignore[mi
             calibrating = np.ones(len(index), dtype=bool)
         quantiles = bucket_quantiles(scores[calibrating], rows_bucket(others[calibrating]),
                                      self.bound_level)
-        prior_scores = (scaled - offsets.prior * level) / (spread[0] + spread[1] * orders)
+        prior_scores = (scaled - (prior[0] * level + prior[1])) / (spread[0] + spread[1] * orders)
         catalogue_q = max(conformal_quantile(prior_scores, self.bound_level), quantiles[0])
 
         knots = np.asarray(shape.knots)
         base = np.asarray(shape.values)
         width = spread[0] + spread[1] * knots
         knots_t = shape.knots
-        catalogue = Curve(knots_t, tuple(float(v) for v in offsets.prior * base))
+        typical = prior[0] * base + prior[1]
         self.catalogue_ = CatalogueCurve(
-            catalogue, Curve(knots_t, tuple(float(v) for v in offsets.prior * base
-                                            + catalogue_q * width)))
-        pooled = np.flatnonzero((offsets.n > 0) & (newest_rows < self.min_rows_per_code))
-        estimate = offsets.factor[pooled, None] * base[None, :]
-        upper = estimate + quantiles[rows_bucket(offsets.n[pooled])][:, None] * width[None, :]
+            Curve(knots_t, tuple(float(v) for v in typical)),
+            Curve(knots_t, tuple(float(v) for v in typical + catalogue_q * width)))
+        seen = np.bincount(index, minlength=len(names)).astype(np.float64)
+        pooled = np.flatnonzero((seen > 0) & (newest_rows < self.min_rows_per_code))
+        estimate = fitted.factor[pooled, None] * base[None, :] + fitted.shift[pooled, None]
+        upper = estimate + quantiles[rows_bucket(seen[pooled])][:, None] * width[None, :]
         low = np.full(len(names), np.inf)
         high = np.full(len(names), -np.inf)
         np.minimum.at(low, index, orders)
@@ -330,17 +486,39 @@ class PooledDispatchRegressor(RegressorMixin, BaseEstimator):  # type: ignore[mi
             self.bounds_[code] = Curve(knots_t, tuple(u))
             self.ranges_[code] = (a, b)
             self.bases_[code] = POOLED_BASIS
-        self.factors_: Dict[str, float] = dict(zip(codes, offsets.factor[pooled].tolist()))
-        self.rows_: Dict[str, int] = {names[p]: int(offsets.n[p]) for p in np.flatnonzero(
-            offsets.n > 0)}
+        self.factors_: Dict[str, float] = dict(zip(codes, fitted.factor[pooled].tolist()))
+        self.shifts_: Dict[str, float] = dict(zip(codes, fitted.shift[pooled].tolist()))
+        self.rows_: Dict[str, int] = {names[p]: int(seen[p]) for p in np.flatnonzero(seen > 0)}
         self.summary_ = PoolingSummary(
             pooled_parts=len(codes), product_parts=len(self.product_.curves_),
-            prior_factor=offsets.prior, noise_variance=offsets.noise,
-            between_variance=offsets.between, shrinkage_rows=offsets.k,
-            tranche_levels=tuple(float(v) for v in offsets.levels),
+            prior_factor=prior[0], noise_variance=fitted.noise,
+            between_variance=fitted.between, shrinkage_rows=fitted.noise / fitted.between,
+            tranche_levels=tuple(float(v) for v in fitted.levels),
             bucket_quantiles=dict(zip(bucket_names(), (float(q) for q in quantiles))),
-            catalogue_quantile=float(catalogue_q), spread=spread,
+            catalogue_quantile=float(catalogue_q), spread=spread, offsets=self.offsets,
+            prior_shift=prior[1],
         )
+
+    def _part_offsets(self, index: IntArray, tranche: IntArray, orders: FloatArray,
+                      hours: FloatArray, level: FloatArray, parts: int) -> PartOffsets:
+        """The factor model's levels and factors, refined by shifts unless ``offsets`` is factor."""
+        offsets = Offsets(index, tranche, hours, level, parts, self.level_iterations)
+        factor, others = offsets.left_out(index)
+        scaled = hours / offsets.levels[tranche]
+        spread = _spread(orders, scaled, factor * level)
+        if self.offsets == FACTOR:
+            return PartOffsets(offsets.factor, np.zeros(parts), (offsets.prior, 0.0),
+                               offsets.levels, factor * level, others, spread, offsets.noise,
+                               offsets.between)
+        width = spread[0] + spread[1] * orders
+        weight = 1.0 / (width * width)
+        shifts, levels = _shifts_and_levels(
+            index, tranche, hours, level, weight / float(np.mean(weight)), offsets.levels, parts,
+            self.shift_iterations, self.level_iterations, float(self.catalogue_shape_.values[0]))
+        estimate, others = shifts.left_out()
+        spread = _spread(orders, hours / levels[tranche], estimate)
+        return PartOffsets(shifts.factor, shifts.shift, shifts.prior(), levels, estimate, others,
+                           spread, shifts.noise, shifts.between[0])
 
     def predict(self, X: pd.DataFrame) -> FloatArray:
         """Estimated hours per row; KeyError names the first part the model has never seen."""

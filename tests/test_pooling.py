@@ -137,6 +137,51 @@ def test_a_part_with_3_rows_lands_near_the_catalogue_one_with_300_near_its_own_f
     assert abs(many / catalogue - 1.3) < 0.05
 
 
+def shifted_catalogue(offsets: str) -> Tuple[PooledDispatchRegressor, np.ndarray]:
+    """Parts differing by a factor and a shift; SHIFTED's 300 rows are all in an older week."""
+    rng = np.random.default_rng(11)
+    codes: List[str] = []
+    orders: List[np.ndarray] = []
+    tranche: List[np.ndarray] = []
+    truth: List[np.ndarray] = []
+
+    def add(code: str, rows: int, week: int, factor: float, shift: float) -> None:
+        x = rng.integers(10, 250, size=rows).astype(float)
+        codes.extend([code] * rows)
+        orders.append(x)
+        tranche.append(np.full(rows, week))
+        truth.append(factor * (2.0 + 0.02 * x) + shift)
+
+    for i in range(200):
+        factor, shift = float(np.exp(rng.normal(0.0, 0.1))), float(rng.normal(0.0, 0.5))
+        add(f"T{i:03d}", 20, 0, factor, shift)
+        add(f"T{i:03d}", 5, 1, factor, shift)
+    for i in range(3):
+        add(f"TOP{i}", 120, 0, 1.0, 0.0)
+    add("SHIFTED", 300, 1, 1.0, 1.5)
+    x = np.concatenate(orders)
+    y = np.maximum(np.concatenate(truth) + rng.normal(0.0, 1.0, size=len(x)), 0.0)
+    regressor = PooledDispatchRegressor(n_jobs=1, offsets=offsets)
+    return regressor.fit(frame(codes, x, np.concatenate(tranche)), y), np.array([50.0, 200.0])
+
+
+def test_a_part_shifted_from_the_catalogue_with_many_older_rows_lands_near_its_truth() -> None:
+    regressor, x = shifted_catalogue("factor+shift")
+    assert regressor.bases_["SHIFTED"] == "pooled"
+    truth = 2.0 + 0.02 * x + 1.5
+    shifted = regressor.curves_["SHIFTED"].predict(x)
+    assert np.max(np.abs(shifted / truth - 1.0)) < 0.04
+    assert abs(regressor.shifts_["SHIFTED"] - 1.5) < 0.3
+    factor_only, _ = shifted_catalogue("factor")
+    assert np.max(np.abs(factor_only.curves_["SHIFTED"].predict(x) / truth - 1.0)) > 0.06
+
+
+def test_the_offset_model_is_checked() -> None:
+    X, y, _, _ = catalogue_rows(parts=20, rows=300, weeks=1)
+    with pytest.raises(ValueError, match="offsets must be one of"):
+        PooledDispatchRegressor(offsets="shift").fit(X, y)
+
+
 def test_rows_buckets_are_named_and_ordered() -> None:
     assert bucket_names()[:4] == ["0", "1", "2", "3-4"] and bucket_names()[-1] == "33+"
     assert rows_bucket(np.array([0.0, 1.0, 2.0, 4.0, 5.0, 40.0])).tolist() == [0, 1, 2, 3, 4, 7]
