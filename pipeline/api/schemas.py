@@ -72,8 +72,8 @@ BASIS_DESCRIPTION = (
 Basis = Optional[Literal["product", "pooled", "catalogue"]]
 EXTRAPOLATED_DESCRIPTION = (
     "True when orders_placed lies outside the range this product code was trained on "
-    "(GET /api/v0.1/model/product_codes lists the ranges): the model is guessing. Null when the served "
-    "model does not record its ranges (format version 1)."
+    "(GET /api/v0.1/model/product_codes lists the ranges): the model is guessing. Null when "
+    "the served model does not record its ranges (format version 1)."
 )
 
 
