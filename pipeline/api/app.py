@@ -53,7 +53,6 @@ from pipeline.api.fastpath import (
     is_json_content_type,
     unsupported_media_type,
 )
-from pipeline.api.lookup import number
 from pipeline.api.schemas import (
     BasisSummary,
     BatchPredictionResponse,
@@ -80,8 +79,10 @@ from pipeline.api.settings import ServeSettings
 from pipeline.api.state import (
     ServiceState,
     accuracy_facts,
+    count_at,
     heldout_coverage,
     iso_utc,
+    number_at,
 )
 from pipeline.artefacts import LoadedModel
 from pipeline.model import BASES
@@ -465,11 +466,6 @@ def _not_found(request: Request, known: List[str]) -> str:
     return "Not Found"
 
 
-def _mapping(value: Any, key: str) -> Mapping[str, Any]:
-    found = value.get(key) if isinstance(value, Mapping) else None
-    return found if isinstance(found, Mapping) else {}
-
-
 def coverage_p90(metadata: Mapping[str, Any]) -> CoverageP90:
     """Held-out p90 coverage from the metadata (``metrics.held_out``), null where absent.
 
@@ -478,27 +474,20 @@ def coverage_p90(metadata: Mapping[str, Any]) -> CoverageP90:
     return CoverageP90(overall=heldout_coverage(metadata))
 
 
-def _count(value: Any) -> Optional[int]:
-    found = number(value)
-    return None if found is None or found != int(found) else int(found)
-
-
 def basis_summaries(serving: ServingModel) -> Dict[str, BasisSummary]:
     """Per basis: its parts (the artefact's count, else the metadata's ``bases.<basis>.parts``)
     and held-out accuracy (``metrics.held_out.by_basis.<basis>``), null where not recorded."""
     metadata = serving.metadata
-    by_basis = _mapping(_mapping(_mapping(metadata, "metrics"), "held_out"), "by_basis")
+    scored = ("metrics", "held_out", "by_basis")
     bases = serving.lookup.bases
     counts = None if bases is None else np.bincount(bases, minlength=len(BASES)).tolist()
     summaries: Dict[str, BasisSummary] = {}
     for i, basis in enumerate(BASES):
-        scored = _mapping(by_basis, basis)
-        parts = counts[i] if counts is not None else _count(
-            _mapping(_mapping(metadata, "bases"), basis).get("parts")
-        )
+        parts = counts[i] if counts is not None else count_at(metadata, "bases", basis, "parts")
         summaries[basis] = BasisSummary(
-            parts=parts, mae=number(scored.get("mae")),
-            coverage_p90=number(scored.get("coverage_p90")), rows=_count(scored.get("rows")),
+            parts=parts, mae=number_at(metadata, *scored, basis, "mae"),
+            coverage_p90=number_at(metadata, *scored, basis, "coverage_p90"),
+            rows=count_at(metadata, *scored, basis, "rows"),
         )
     return summaries
 

@@ -1,11 +1,11 @@
 """The service's shared state: the served model slot, metrics, request log and refresh status."""
 from __future__ import annotations
 
-import math
 import time
 from datetime import datetime, timezone
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from pipeline.api.lookup import number
 from pipeline.api.metrics import ApiMetrics, ModelFacts, ModelQuality
 from pipeline.api.requestlog import RequestLog
 from pipeline.api.schemas import RefreshStatus
@@ -83,9 +83,13 @@ def number_at(metadata: Mapping[str, Any], *path: str) -> Optional[float]:
     value: Any = metadata
     for key in path:
         value = value.get(key) if isinstance(value, Mapping) else None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return float(value)
-    return None
+    return number(value)
+
+
+def count_at(metadata: Mapping[str, Any], *path: str) -> Optional[int]:
+    """The whole number at a path of keys in the metadata, else None."""
+    found = number_at(metadata, *path)
+    return None if found is None or found != int(found) else int(found)
 
 
 def heldout_coverage(metadata: Mapping[str, Any]) -> Optional[float]:
