@@ -267,8 +267,7 @@ def read_history(
                  len(kept), options.history_weeks,
                  f", {len(left_out)} left out" if left_out else "")
     if record is not None:
-        sha256 = artefacts.sha256_hex(delivered.data)
-        record.history = history.to_list(delivered.key, sha256, delivered.rows)
+        record.history = history.to_list(delivered.key, delivered.sha256, delivered.rows)
         record.history_left_out = [{"key": k, "reason": r} for k, r in left_out]
     return history
 
@@ -462,6 +461,7 @@ class Delivered(NamedTuple):
 
     key: str
     data: bytes
+    sha256: str
     rows: ValidTranche
     previous: Optional[Tranche]
     older: Tuple[Tranche, ...] = ()
@@ -488,7 +488,7 @@ def read_newest_tranche(
     log.info("newest tranche: %s", store.location(key))
     record.tranche_key, record.tranche_location = key, store.location(key)
     data = store.read_bytes(key)
-    record.tranche_sha256 = artefacts.sha256_hex(data)
+    record.tranche_sha256 = sha256 = artefacts.sha256_hex(data)
     try:
         rows = validate_tranche(data, contract)
     except DataContractError as exc:
@@ -501,7 +501,7 @@ def read_newest_tranche(
     if rows.ignored_columns:
         log.warning("ignoring extra columns %s", ", ".join(rows.ignored_columns))
     record.points = points(rows)
-    return Delivered(key, data, rows, choice.previous, choice.within_weeks(history_weeks))
+    return Delivered(key, data, sha256, rows, choice.previous, choice.within_weeks(history_weeks))
 
 
 def require_passed(decisions: Sequence[Decision], what: str) -> None:
@@ -601,7 +601,7 @@ def run(store_url: str, options: TrainOptions, record: Optional[RunRecord] = Non
     record = record if record is not None else RunRecord(store_url)
     store = open_store(store_url, options.store_attempts, options.store_timeout)
     delivered = read_newest_tranche(store, options.contract, record, options.history_weeks)
-    tranche, tranche_sha256 = delivered.rows, artefacts.sha256_hex(delivered.data)
+    tranche, tranche_sha256 = delivered.rows, delivered.sha256
     champion = read_champion(store)
     record.live_version, record.live_model = champion.version, champion.model
     record.live_metadata = champion.metadata
