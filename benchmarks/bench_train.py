@@ -53,8 +53,8 @@ from pipeline.simulate import (  # noqa: E402
     CSV_HEADER, DEFAULT_PRODUCT_CODES, delivery_times, simulate_tranche, tranche_key,
     write_tranches,
 )
-from pipeline.store import open_store  # noqa: E402
 from pipeline.simulate import catalogue_world, write_catalogue  # noqa: E402
+from pipeline.store import open_store  # noqa: E402
 from benchmarks.catalogue import shaped_world, write_shaped  # noqa: E402
 
 ROW_GOALS: Dict[int, Tuple[float, float]] = {1_000: (5.0, 1024.0), 1_000_000: (15.0, 1024.0)}

@@ -14,10 +14,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from pipeline.artefacts import make_model_version, publish, read_pointer, sha256_hex  # noqa: E402
-from pipeline.estimator import fit_model  # noqa: E402
-from pipeline.model import FORMAT, trained_ranges, upper_bound_curve, with_bounds  # noqa: E402
+from pipeline.model_format import (  # noqa: E402
+    FORMAT, trained_ranges, upper_bound_curve, with_bounds,
+)
 from pipeline.simulate import simulate_tranche  # noqa: E402
 from pipeline.store import open_store  # noqa: E402
+from pipeline.training.estimator import fit_model  # noqa: E402
 
 
 def free_port() -> int:

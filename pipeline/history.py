@@ -22,8 +22,8 @@ from datetime import datetime, timezone
 from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from pipeline import artefacts
+from pipeline.artefacts import TRANCHE_SUFFIX, tranche_timestamp
 from pipeline.store import ConcurrentUpdate, ObjectExists, ObjectNotFound, Store
-from pipeline.tranches import TRANCHE_SUFFIX, tranche_timestamp
 
 AUDIT_PREFIX = "audit/rollbacks/"
 REALISED_DIR = "realised/"

@@ -18,8 +18,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.artefacts import choose_tranches, parse_timestamp
 from pipeline.store import Store, StoreError, open_store
-from pipeline.tranches import choose_tranches, parse_timestamp
 
 SHAPES = ("linear", "saturating")
 NOISES = ("constant", "queue")

@@ -23,8 +23,7 @@ from pipeline.artefacts import (
     read_pointer,
     sha256_hex,
 )
-from pipeline.estimator import fit_model
-from pipeline.model import (
+from pipeline.model_format import (
     FORMAT,
     DispatchModel,
     OrdersRange,
@@ -34,6 +33,7 @@ from pipeline.model import (
 )
 from pipeline.simulate import DEFAULT_PRODUCT_CODES, simulate_tranche
 from pipeline.store import Store, open_store
+from pipeline.training.estimator import fit_model
 from tests.conftest import publish_unchecked
 
 SINGLE = "/api/v0.1/time_to_dispatch"

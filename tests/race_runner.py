@@ -21,7 +21,7 @@ import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 from pipeline.artefacts import MODELS_PREFIX, POINTER_KEY, ModelUnavailable, load_latest, sha256_hex
-from pipeline.model import DispatchModel
+from pipeline.model_format import DispatchModel
 from pipeline.store import Store
 
 PUBLISHED = re.compile(r"INFO train_model: published model (\S+) ")

@@ -25,7 +25,7 @@ import pytest
 
 from pipeline.artefacts import LoadedModel, Pointer, make_model_version, publish, read_pointer
 from pipeline.artefacts import sha256_hex
-from pipeline.model import Curve, DispatchModel
+from pipeline.model_format import Curve, DispatchModel
 from pipeline.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

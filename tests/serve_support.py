@@ -19,10 +19,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from pipeline.artefacts import make_model_version, publish, read_pointer, sha256_hex
-from pipeline.estimator import fit_model
-from pipeline.model import DispatchModel
+from pipeline.model_format import DispatchModel
 from pipeline.simulate import simulate_tranche
 from pipeline.store import open_store
+from pipeline.training.estimator import fit_model
 from tests.conftest import PIPELINE_DIR, PYTHON, REPO_ROOT, free_port, publish_unchecked
 
 SINGLE_PATH = "/api/v0.1/time_to_dispatch"

@@ -19,7 +19,7 @@ from starlette.testclient import TestClient
 from benchmarks.serving_support import catalogue_artefact
 from pipeline.api.lookup import Lookup, prepare
 from pipeline.artefacts import load_latest
-from pipeline.model import CatalogueCurve, Curve, DispatchModel, ModelFormatError
+from pipeline.model_format import CatalogueCurve, Curve, DispatchModel, ModelFormatError
 from pipeline.store import Store
 from tests.api_support import BATCH, CODES, SINGLE, make_app, new_store, publish_raw, rows
 from tests.test_reliability_model import near_artefacts

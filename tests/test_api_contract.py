@@ -12,7 +12,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from pipeline.artefacts import load_latest
-from pipeline.model import Curve, DispatchModel
+from pipeline.model_format import Curve, DispatchModel
 from pipeline.store import Store
 from tests.api_support import (
     BATCH,

@@ -19,7 +19,7 @@ from pipeline.artefacts import (
     read_pointer,
     sha256_hex,
 )
-from pipeline.model import Curve, DispatchModel
+from pipeline.model_format import Curve, DispatchModel
 from pipeline.store import ConcurrentUpdate, ObjectExists, Store, open_store
 
 WHEN = datetime(2026, 11, 20, 23, 30, tzinfo=timezone.utc)

@@ -6,10 +6,10 @@ from typing import Tuple
 import numpy as np
 import pytest
 
-from pipeline.bound import conformal_bound, conformal_quantile, coverage
-from pipeline.estimator import DispatchTimeRegressor, features, fit_code
-from pipeline.model import Curve, bound_violation
+from pipeline.model_format import Curve, bound_violation
 from pipeline.simulate import simulate_tranche
+from pipeline.training.bound import conformal_bound, conformal_quantile, coverage
+from pipeline.training.estimator import DispatchTimeRegressor, features, fit_code
 
 FloatArray = np.ndarray
 

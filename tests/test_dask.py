@@ -18,11 +18,12 @@ from typing import Any, Dict, Iterator, List, NamedTuple
 import pytest
 
 from pipeline import artefacts
-from pipeline.cluster import ADDRESS_ENV, NO_WORKERS_TIMEOUT_KEY
-from pipeline.estimator import FitResult, fit_model
 from pipeline.simulate import simulate_tranche, tranche_key
 from pipeline.store import open_store
-from pipeline.train_model import EXIT_CLUSTER, EXIT_OK, main
+from pipeline.train_model import main
+from pipeline.training.cluster import ADDRESS_ENV, NO_WORKERS_TIMEOUT_KEY
+from pipeline.training.estimator import FitResult, fit_model
+from pipeline.training.run import EXIT_CLUSTER, EXIT_OK
 from tests.conftest import PYTHON, REPO_ROOT, free_port, stage_env
 
 distributed = pytest.importorskip("distributed")
@@ -87,7 +88,7 @@ def local_fit(tranche: bytes) -> FitResult:
 
 
 def fit_columns(data: bytes, **params: Any) -> FitResult:
-    from pipeline.validation import validate_tranche
+    from pipeline.training.validation import validate_tranche
 
     rows = validate_tranche(data)
     return fit_model(rows.codes(), rows.orders_placed, rows.hours_to_dispatch, **params)
@@ -198,7 +199,7 @@ class StubClient:
 
 
 def test_a_worker_with_other_library_versions_is_refused_before_any_fit() -> None:
-    from pipeline.cluster import ClusterError, _check_workers, fit_versions
+    from pipeline.training.cluster import ClusterError, _check_workers, fit_versions
 
     same = fit_versions()
     assert _check_workers(StubClient({"tcp://a:1": same, "tcp://b:1": same}), "tcp://s:1") == 2

@@ -6,9 +6,9 @@ import math
 import numpy as np
 import pytest
 
-from pipeline.drift import category_psi, numeric_psi, summarise_drift, tranche_drift
 from pipeline.simulate import simulate_tranche
-from pipeline.validation import ContractOptions, validate_tranche
+from pipeline.training.drift import category_psi, numeric_psi, summarise_drift, tranche_drift
+from pipeline.training.validation import ContractOptions, validate_tranche
 
 
 def test_same_distribution_has_no_drift() -> None:

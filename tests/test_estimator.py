@@ -11,12 +11,12 @@ from sklearn.exceptions import NotFittedError
 from sklearn.metrics import r2_score
 from sklearn.model_selection import cross_val_score
 
-from pipeline import estimator as estimator_module
-from pipeline.estimator import (
+from pipeline.simulate import simulate_tranche
+from pipeline.training import estimator as estimator_module
+from pipeline.training.estimator import (
     DEFAULT_FAMILIES, CurveFamilies, DispatchTimeRegressor, MonotoneCurveRegressor, features,
     fit_code, simplest_within_tolerance,
 )
-from pipeline.simulate import simulate_tranche
 
 
 def _data(

@@ -6,12 +6,12 @@ from typing import Dict, Sequence, Tuple
 import numpy as np
 import pytest
 
-from pipeline.gates import (
+from pipeline.model_format import Curve, DispatchModel
+from pipeline.training.gates import (
     FAIL, KEEP, PASS, WARN, LogicOptions, Metrics, MetricThresholds, basis_gates, champion_gate,
     coverage_upper_limit, evaluate, logic_gates, metric_gates, metrics, observed_ranges,
 )
-from pipeline.model import Curve, DispatchModel
-from pipeline.validation import ValidTranche
+from pipeline.training.validation import ValidTranche
 
 THRESHOLDS = MetricThresholds(r2_min=0.5, r2_warn=0.8, mae_max=2.0, mae_warn=1.0)
 

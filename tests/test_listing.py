@@ -1,7 +1,7 @@
 """Lists of product codes in words: a few named, the rest counted."""
 from __future__ import annotations
 
-from pipeline.listing import SHOWN, counts_summary, some
+from pipeline.training.listing import SHOWN, counts_summary, some
 
 
 def test_some_names_at_most_ten_and_counts_the_rest() -> None:

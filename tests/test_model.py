@@ -7,9 +7,9 @@ from typing import Any, Dict
 import numpy as np
 import pytest
 
-from pipeline.estimator import DEFAULT_FAMILIES, fit_code, fit_model
-from pipeline.model import Curve, DispatchModel, ModelFormatError
+from pipeline.model_format import Curve, DispatchModel, ModelFormatError
 from pipeline.simulate import noise_floor_mae, simulate_tranche
+from pipeline.training.estimator import DEFAULT_FAMILIES, fit_code, fit_model
 
 ACCURACY_MARGIN = 1.03
 

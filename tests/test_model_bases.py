@@ -6,7 +6,7 @@ from typing import Any, Dict
 
 import pytest
 
-from pipeline.model import (
+from pipeline.model_format import (
     FORMAT,
     CatalogueCurve,
     Curve,

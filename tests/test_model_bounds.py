@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.model import (
+from pipeline.model_format import (
     FORMAT,
     Curve,
     DispatchModel,

@@ -18,6 +18,7 @@ from pipeline import artefacts, history, models
 from pipeline import train_model
 from pipeline.simulate import simulate_tranche, tranche_key
 from pipeline.store import Store, open_store
+from pipeline.training import run as stage_run
 from tests.conftest import PYTHON, REPO_ROOT, stage_env
 
 FIRST_WEEK = datetime(2026, 10, 2, 23, tzinfo=timezone.utc)
@@ -103,7 +104,7 @@ def test_realised_accuracy_is_known_when_the_next_run_keeps_the_champion_or_is_r
     first = live_version(store_url)
     # Week 1: the gates reject the new model (an impossible MAE limit).
     assert week(store_url, 1, "--mae-max", "0.0001", "--mae-warn", "0.0001") == \
-        train_model.EXIT_GATES
+        stage_run.EXIT_GATES
     # Week 2: the champion is deliberately kept: no tolerance, and a challenger fitted on
     # a tenth of the rows.
     assert week(store_url, 2, "--champion-tolerance", "0", "--test-fraction", "0.9",

@@ -9,9 +9,9 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 
-from pipeline.model import DispatchModel, bound_violation
-from pipeline.pooling import TRANCHE, PooledDispatchRegressor, bucket_names, rows_bucket
+from pipeline.model_format import DispatchModel, bound_violation
 from pipeline.simulate import SimulatedTranche, catalogue_world
+from pipeline.training.pooling import TRANCHE, PooledDispatchRegressor, bucket_names, rows_bucket
 
 
 def frame(codes: List[str], orders: np.ndarray, tranche: np.ndarray) -> pd.DataFrame:

@@ -30,7 +30,7 @@ from pipeline.api.app import create_app
 from pipeline.api.schemas import ORDERS_PLACED_MAX, PRODUCT_CODE_MAX_LENGTH
 from pipeline.api.settings import ServeSettings
 from pipeline.artefacts import LoadedModel, load_latest
-from pipeline.model import CatalogueCurve, Curve
+from pipeline.model_format import CatalogueCurve, Curve
 from pipeline.store import open_store
 from tests.api_support import with_test_bounds
 from tests.reliability_support import publish_model, simple_model

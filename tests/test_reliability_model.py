@@ -16,8 +16,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from pipeline.estimator import fit_model
-from pipeline.model import Curve, DispatchModel, ModelFormatError
+from pipeline.model_format import Curve, DispatchModel, ModelFormatError
+from pipeline.training.estimator import fit_model
 
 # The largest order count the fuzzing offers: far beyond any real week's trade.
 MAX_ORDERS = 1e9

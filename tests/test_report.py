@@ -16,12 +16,13 @@ import numpy as np
 import pytest
 
 from pipeline import train_model
-from pipeline.report import (
+from pipeline.simulate import simulate_tranche, tranche_key
+from pipeline.store import open_store
+from pipeline.training import run as stage_run
+from pipeline.training.report import (
     MAX_CODES_DRAWN, MAX_CODES_TABLED, MAX_WORST_DRAWN, REPORTS_PREFIX, Points, RunRecord,
     build_report, drawn_codes, worst_codes,
 )
-from pipeline.simulate import simulate_tranche, tranche_key
-from pipeline.store import open_store
 from tests import browser_support
 
 WEEK = datetime(2026, 11, 6, 23, tzinfo=timezone.utc)
@@ -127,9 +128,9 @@ def test_a_rejected_tranche_reports_every_broken_rule_with_examples(store_url: s
     good = simulate_tranche(300, seed=1).to_csv().decode().splitlines()
     lines = good[:10] + ["ten,5,SKU001", "-1,5,SKU002", "3.5,-2,SKU003", "2,,SKU004"] + good[10:]
     open_store(store_url).write_bytes(key, ("\n".join(lines) + "\n").encode())
-    assert train_model.main([store_url]) == train_model.EXIT_BAD_DATA
+    assert train_model.main([store_url]) == stage_run.EXIT_BAD_DATA
     [(page, twin, raw)] = reports(store_url)
-    assert page.outcome == "rejected" and twin["exit_status"] == train_model.EXIT_BAD_DATA
+    assert page.outcome == "rejected" and twin["exit_status"] == stage_run.EXIT_BAD_DATA
     assert "breaks the data contract" in twin["summary"]
     rules = {v["rule"]: v for v in twin["contract"]["violations"]}
     assert set(rules) == {"hours_to_dispatch_not_a_number", "hours_to_dispatch_negative",
@@ -147,7 +148,7 @@ def test_a_rejected_tranche_reports_every_broken_rule_with_examples(store_url: s
 def test_a_model_rejected_by_the_gates_is_reported_with_its_decisions(store_url: str) -> None:
     deliver(store_url, 0)
     assert train_model.main([store_url, "--mae-max", "0.001", "--mae-warn", "0.001"]) == \
-        train_model.EXIT_GATES
+        stage_run.EXIT_GATES
     [(page, twin, raw)] = reports(store_url)
     assert page.outcome == "rejected" and "rejected by the gates" in twin["summary"]
     assert {g["gate"]: g["outcome"] for g in twin["gates"]}["mae"] == "fail"
@@ -157,7 +158,7 @@ def test_a_model_rejected_by_the_gates_is_reported_with_its_decisions(store_url:
 def test_no_report_without_a_tranche_and_a_failed_report_changes_nothing(
     local_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    assert train_model.main([local_url]) == train_model.EXIT_NO_TRANCHE
+    assert train_model.main([local_url]) == stage_run.EXIT_NO_TRANCHE
     assert open_store(local_url).list_keys(REPORTS_PREFIX) == []
     deliver(local_url, 0)
     (Path(local_url) / "reports").write_bytes(b"a file where the reports folder should be")

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from benchmarks.serving_support import catalogue_artefact
-from pipeline.model import CatalogueCurve, Curve
+from pipeline.model_format import CatalogueCurve, Curve
 from pipeline.store import open_store
 from tests.api_support import publish_raw
 from tests.serve_support import (

@@ -15,7 +15,7 @@ from typing import Dict, List
 
 import pytest
 
-from pipeline.model import DispatchModel
+from pipeline.model_format import DispatchModel
 from tests.serve_support import (
     Answer,
     ServerProcess,

@@ -8,10 +8,10 @@ from typing import Dict
 import numpy as np
 import pytest
 
+from pipeline.artefacts import choose_tranches, tranche_timestamp
 from pipeline.simulate import catalogue_world, delivery_times, last_delivery, main, week_seed
 from pipeline.store import open_store
-from pipeline.tranches import choose_tranches, tranche_timestamp
-from pipeline.validation import validate_tranche
+from pipeline.training.validation import validate_tranche
 from tests.conftest import PYTHON, REPO_ROOT, stage_env
 
 UTC = timezone.utc

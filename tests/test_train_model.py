@@ -13,14 +13,15 @@ import numpy as np
 import pytest
 
 from pipeline import artefacts
-from pipeline.model import Curve, DispatchModel
+from pipeline.model_format import Curve, DispatchModel
 from pipeline.simulate import (
     DEFAULT_PRODUCT_CODES, expected_hours, noise_floor_mae, simulate_tranche, tranche_key,
     write_tranches,
 )
 from pipeline.store import ConcurrentUpdate, Store, open_store
-from pipeline.train_model import (
-    EXIT_BAD_DATA, EXIT_CONCURRENT, EXIT_GATES, EXIT_NO_TRANCHE, EXIT_STORE, main, split_rows,
+from pipeline.train_model import main
+from pipeline.training.run import (
+    EXIT_BAD_DATA, EXIT_CONCURRENT, EXIT_GATES, EXIT_NO_TRANCHE, EXIT_STORE, split_rows,
 )
 from tests.conftest import PIPELINE_DIR, PYTHON, REPO_ROOT, free_port, stage_env
 from tests.reliability_support import is_run_record
@@ -458,7 +459,7 @@ class RacingStore:
 def test_losing_the_race_to_publish_is_reported(
     published: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import pipeline.train_model as stage_module
+    import pipeline.training.run as stage_module
 
     monkeypatch.setattr(stage_module, "open_store", lambda url, *_: RacingStore(open_store(url)))
     put(published, NEW_WEEK, simulate_tranche(1000, seed=18).to_csv())

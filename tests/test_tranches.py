@@ -6,8 +6,8 @@ from datetime import datetime, timezone
 
 import pytest
 
+from pipeline.artefacts import choose_tranches, find_tranches, parse_timestamp, tranche_timestamp
 from pipeline.store import open_store
-from pipeline.tranches import choose_tranches, find_tranches, parse_timestamp, tranche_timestamp
 
 UTC = timezone.utc
 

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.simulate import simulate_tranche
-from pipeline.validation import (
+from pipeline.training.validation import (
     ContractOptions, DataContractError, contract_schema, row_rules, usable_rows, validate_tranche,
 )
 

@@ -85,7 +85,7 @@ from pipeline.api.state import (
     number_at,
 )
 from pipeline.artefacts import LoadedModel
-from pipeline.model import BASES
+from pipeline.model_format import BASES
 from pipeline.store import Store
 
 API_VERSION = "0.1"

@@ -25,7 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from pipeline.api.errors import message_body, summary, validation_body
 from pipeline.api.serving import RequestRejected, ServingModel
 from pipeline.api.state import ServiceState
-from pipeline.model import CATALOGUE_BASIS
+from pipeline.model_format import CATALOGUE_BASIS
 
 SINGLE_PATH = "/api/v0.1/time_to_dispatch"
 BATCH_PATH = "/api/v0.1/time_to_dispatch/batch"

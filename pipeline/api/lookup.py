@@ -2,10 +2,10 @@
 
 A published artefact of 100,000 parts is 20+ MB of JSON; parsed into Python objects it
 takes 200+ MB and seconds of interpreter time. So the service never builds a
-:class:`~pipeline.model.DispatchModel`: :func:`prepare` (run in a child process by
+:class:`~pipeline.model_format.DispatchModel`: :func:`prepare` (run in a child process by
 :func:`prepare_isolated`, so neither its memory nor its interpreter lock reach the
 process that answers requests) parses the artefact with orjson, checks it as strictly
-as :meth:`DispatchModel.from_json <pipeline.model.DispatchModel.from_json>` does, with
+as :meth:`DispatchModel.from_json <pipeline.model_format.DispatchModel.from_json>` does, with
 numpy over all parts at once, and returns flat arrays: all knots concatenated with each
 code's offsets. :class:`Lookup` wraps those arrays for answering: a dict from code to
 position, a binary search for one answer (pure Python over memoryviews) and a
@@ -31,7 +31,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from pipeline.model import (
+from pipeline.model_format import (
     BASES,
     BASIS_KEY,
     BOUND_KEY,
@@ -77,7 +77,7 @@ class Segments(NamedTuple):
         """Curve ``which[r]`` at ``orders[r]`` for every row r, floored at zero.
 
         A vectorised ``bisect_right`` within each row's curve, then the same arithmetic as
-        :meth:`Curve.predict_one <pipeline.model.Curve.predict_one>`, so results are equal.
+        :meth:`Curve.predict_one <pipeline.model_format.Curve.predict_one>`, so results are equal.
         """
         low = self.offsets[which]
         high = self.offsets[which + 1]
@@ -312,7 +312,7 @@ def _check_bounds(codes: Sequence[str], curves: Segments, bounds: Segments) -> N
 def bound_violations(curves: Segments, bounds: Segments) -> Optional[Tuple[int, str]]:
     """The first code (position) whose bound falls below its estimate and why, or None.
 
-    The vectorised form of :func:`pipeline.model.bound_violation`: both curves at 0 and at
+    The vectorised form of :func:`pipeline.model_format.bound_violation`: both curves at 0 and at
     every knot of either, with the same tolerance, then the slopes beyond the last knots.
     """
     n = len(curves.offsets) - 1

@@ -36,7 +36,7 @@ from pipeline.artefacts import (
     read_pointer,
     read_verified,
 )
-from pipeline.model import BASES, CATALOGUE_BASIS, ModelFormatError
+from pipeline.model_format import BASES, CATALOGUE_BASIS, ModelFormatError
 from pipeline.store import Store, StoreError
 
 log = logging.getLogger("pipeline.api")

@@ -2,7 +2,7 @@
 
 This module is shared by training and serving and needs only numpy: a request's
 ``product_code`` selects a curve and its ``orders_placed`` is the point on it.
-``pipeline.estimator`` (training only, scikit-learn) fits the curves and exports
+``pipeline.training.estimator`` (training only, scikit-learn) fits the curves and exports
 them as a ``DispatchModel``. Whatever family a curve was fitted as, it is published
 piecewise linear (knots and values, JSON): loading it executes no code and serving
 it is a binary search.

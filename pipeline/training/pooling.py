@@ -1,7 +1,7 @@
 """Partial pooling: a curve for every part the shop has sold, however few its rows.
 
 Training only. :class:`PooledDispatchRegressor` composes today's
-:class:`~pipeline.estimator.DispatchTimeRegressor` with a random-effects model of the tail:
+:class:`~pipeline.training.estimator.DispatchTimeRegressor` with a random-effects model of the tail:
 
 1. a part with at least ``min_rows_per_code`` rows in the newest tranche keeps its own curve
    and bound, fitted on those rows (basis ``"product"``);
@@ -41,14 +41,14 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.linear_model import LinearRegression
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from pipeline.bound import LABEL_SCALE_FLOOR, SPREAD_FLOOR, conformal_quantile, label_scale
-from pipeline.estimator import (
+from pipeline.model_format import (
+    BOUND_QUANTILE, POOLED_BASIS, PRODUCT_BASIS, CatalogueCurve, Curve, DispatchModel,
+)
+from pipeline.training.bound import LABEL_SCALE_FLOOR, SPREAD_FLOOR, conformal_quantile, label_scale
+from pipeline.training.estimator import (
     CODE, DEFAULT_CV_MAX_ROWS, DEFAULT_FAMILIES, DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE,
     ORDERS, ROUNDING_TOLERANCE, SIMPLER_TOLERANCE, DispatchTimeRegressor, FitResult, _columns,
     fit_code, predict_per_code,
-)
-from pipeline.model import (
-    BOUND_QUANTILE, POOLED_BASIS, PRODUCT_BASIS, CatalogueCurve, Curve, DispatchModel,
 )
 
 TRANCHE = "tranche"

@@ -13,9 +13,9 @@ import numpy.typing as npt
 from scipy.stats import binomtest
 from sklearn.metrics import mean_absolute_error, r2_score
 
-from pipeline.listing import some
-from pipeline.model import BASES, DispatchModel, rows_by_code
-from pipeline.validation import ValidTranche
+from pipeline.model_format import BASES, DispatchModel, rows_by_code
+from pipeline.training.listing import some
+from pipeline.training.validation import ValidTranche
 
 PASS, WARN, FAIL, KEEP = "pass", "warn", "fail", "keep"
 DEFAULT_R2_MIN = 0.5

@@ -13,7 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.validation import CODE, HOURS, ORDERS, ValidTranche
+from pipeline.training.validation import CODE, HOURS, ORDERS, ValidTranche
 
 DEFAULT_DRIFT_THRESHOLD = 0.2
 DEFAULT_BINS = 10

@@ -1,6 +1,6 @@
 """The model as a scikit-learn estimator: one monotone, non-negative curve per product code.
 
-Training only (the service loads the exported JSON knots with ``pipeline.model``
+Training only (the service loads the exported JSON knots with ``pipeline.model_format``
 and needs neither scikit-learn nor pandas).
 
 Per product code, ``cross_val_predict`` (``KFold``) predicts every row with every
@@ -15,10 +15,10 @@ MAE is within 1% of the lowest, or within floating-point noise of it (1e-9 of th
 labels' scale), wins: rounding never makes the choice. Codes with more rows than
 ``cv_max_rows`` choose on a seeded sample of that many rows and fit the chosen family
 on all of them. Codes are fitted in parallel through joblib (``n_jobs``), or as tasks on an
-existing Dask cluster (``dask_scheduler``, see ``pipeline.cluster``) with the same result.
+existing Dask cluster (``dask_scheduler``, see ``pipeline.training.cluster``) with the same result.
 
 The same out-of-fold predictions of the chosen family calibrate each code's upper bound
-(``pipeline.bound``: split-conformal, scaled by a spread that grows with the queue), so the
+(``pipeline.training.bound``: split-conformal, scaled by a spread that grows with the queue), so the
 bound costs no extra fit.
 """
 from __future__ import annotations
@@ -38,8 +38,8 @@ from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.utils import resample
 from sklearn.utils.validation import check_array, check_is_fitted
 
-from pipeline.bound import conformal_bound, label_scale
-from pipeline.model import BOUND_QUANTILE, Curve, DispatchModel, rows_by_code, with_bounds
+from pipeline.model_format import BOUND_QUANTILE, Curve, DispatchModel, rows_by_code, with_bounds
+from pipeline.training.bound import conformal_bound, label_scale
 
 CODE = "product_code"
 ORDERS = "orders_placed"
@@ -383,7 +383,7 @@ def fit_codes(
 ) -> List[FittedCode]:
     """Every code's fit, in order: in ``n_jobs`` local processes, or on a Dask cluster."""
     if dask_scheduler:
-        from pipeline.cluster import map_on_cluster
+        from pipeline.training.cluster import map_on_cluster
 
         batches = [(codes[start:start + CODES_PER_TASK], settings)
                    for start in range(0, len(codes), CODES_PER_TASK)]

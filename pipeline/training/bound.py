@@ -24,7 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from sklearn.linear_model import LinearRegression
 
-from pipeline.model import BOUND_QUANTILE, Curve, upper_bound_curve
+from pipeline.model_format import BOUND_QUANTILE, Curve, upper_bound_curve
 
 FloatArray = npt.NDArray[np.float64]
 # The spread's floor: a share of the mean absolute residual plus a share of the labels' scale,

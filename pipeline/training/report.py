@@ -23,8 +23,8 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.artefacts import create_once
-from pipeline.listing import counts_summary
-from pipeline.model import DispatchModel
+from pipeline.model_format import DispatchModel
+from pipeline.training.listing import counts_summary
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure

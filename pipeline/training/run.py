@@ -1,0 +1,742 @@
+"""The train_model stage's run: the newest tranche in, a validated, gated and safely published
+model out, as small typed steps (the CLI is pipeline/train_model.py).
+
+Steps: find the newest tranche, check the data contract, read the older tranches within
+``--history-weeks`` (one that breaks the contract is left out with a warning), measure drift
+against the previous tranche, split the newest tranche (seeded, stratified by product code), fit
+on its training rows and the history (parts with enough rows in the newest tranche get their own
+curve, the rest a pooled one: pipeline/training/pooling.py), gate (held-out metrics overall and
+per basis, logic checks, champion vs challenger), refit on all rows and re-check its logic, then
+publish artefact, metadata and pointer. The per-code fits run in local processes or, with
+``--dask-scheduler``, on an existing Dask cluster (pipeline/training/cluster.py); every other step
+stays in this process. Before training, the live model is scored on the new tranche (its realised
+accuracy), and a run on the very tranche the live model was trained on publishes nothing. Every
+run that read a tranche writes a report (pipeline/training/report.py) under reports/.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, ContextManager, Dict, List, NamedTuple, Optional, Sequence, Tuple
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+from pandas.api.types import union_categoricals
+from sklearn.model_selection import train_test_split
+
+from pipeline import artefacts, history
+from pipeline.artefacts import Tranche, find_tranches
+from pipeline.model_format import BASES, PRODUCT_BASIS, DispatchModel
+from pipeline.store import (
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, ConcurrentUpdate, ObjectExists, Store,
+    StoreError, open_store,
+)
+from pipeline.training.cluster import ClusterError, connect_timeout
+from pipeline.training.drift import DEFAULT_DRIFT_THRESHOLD, DriftSummary, tranche_drift
+from pipeline.training.estimator import (
+    DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE, DispatchTimeRegressor, FitResult,
+)
+from pipeline.training.gates import (
+    DEFAULT_CHAMPION_TOLERANCE, FAIL, KEEP, WARN, Decision, Evaluation, LogicOptions,
+    MetricThresholds, basis_gates, champion_gate, evaluate, logic_gates, metric_gates,
+    observed_ranges,
+)
+from pipeline.training.listing import counts_summary, some
+from pipeline.training.pooling import TRANCHE, PooledDispatchRegressor
+from pipeline.training.report import (
+    FAILED, KEPT, PUBLISHED, REJECTED, UNCHANGED, Points, RunRecord,
+)
+from pipeline.training.validation import (
+    ContractOptions, DataContractError, ValidTranche, usable_rows, validate_tranche,
+)
+
+EXIT_OK = 0
+EXIT_STORE = 3
+EXIT_CLUSTER = 3
+EXIT_NO_TRANCHE = 4
+EXIT_BAD_DATA = 5
+EXIT_GATES = 6
+EXIT_CONCURRENT = 7
+DEFAULT_TEST_FRACTION = 0.2
+DEFAULT_SEED = 0
+DEFAULT_HISTORY_WEEKS = 13
+DEFAULT_DASK_CONNECT_SECONDS = 10.0
+
+log = logging.getLogger("train_model")
+
+
+class StageFailure(Exception):
+    """An expected failure: nothing is published; the message says why in plain words."""
+
+    def __init__(self, exit_code: int, message: str) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Every tunable of the stage."""
+
+    contract: ContractOptions = ContractOptions()
+    thresholds: MetricThresholds = MetricThresholds()
+    logic: LogicOptions = LogicOptions()
+    min_rows_per_code: int = DEFAULT_MIN_ROWS_PER_CODE
+    folds: int = DEFAULT_FOLDS
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    seed: int = DEFAULT_SEED
+    champion_tolerance: float = DEFAULT_CHAMPION_TOLERANCE
+    drift_threshold: float = DEFAULT_DRIFT_THRESHOLD
+    refit: bool = True
+    store_attempts: int = DEFAULT_MAX_ATTEMPTS
+    store_timeout: float = DEFAULT_TIMEOUT_SECONDS
+    force: bool = False
+    report: bool = True
+    n_jobs: int = 1
+    history_weeks: int = DEFAULT_HISTORY_WEEKS
+    dask_scheduler: Optional[str] = None
+    dask_connect_timeout: float = DEFAULT_DASK_CONNECT_SECONDS
+
+
+class Split(NamedTuple):
+    """Row positions of the training and held-out rows."""
+
+    train: npt.NDArray[np.int64]
+    test: npt.NDArray[np.int64]
+
+
+class Champion(NamedTuple):
+    """The published model (if readable), its version, and the pointer's version token."""
+
+    model: Optional[DispatchModel]
+    version: Optional[str]
+    token: Optional[str]
+    metadata: Optional[Dict[str, Any]] = None
+    pointer: Optional[artefacts.Pointer] = None
+
+
+class Trained(NamedTuple):
+    """The model fitted on the training rows, its held-out evaluation and gate decisions."""
+
+    fit: FitResult
+    held_out: Evaluation
+    decisions: Tuple[Decision, ...]
+    seconds: float
+
+
+def split_rows(code_index: npt.NDArray[np.int64], test_fraction: float, seed: int) -> Split:
+    """A seeded split holding out ``test_fraction`` of the rows, stratified by product code.
+
+    Codes too rare to expect one held-out row are stratified together; a lone such row
+    stays in training; when stratifying is impossible (more codes than held-out rows) the
+    split is plain random, still seeded; a tranche too small to split holds out nothing.
+    """
+    counts = np.bincount(code_index)
+    labels = np.where(counts[code_index] * test_fraction < 1.0, -1, code_index)
+    rows = np.arange(len(code_index))
+    kept = rows[labels == -1] if (labels == -1).sum() == 1 else rows[:0]
+    pool = np.setdiff1d(rows, kept)
+    for stratify in (labels[pool], None):
+        try:
+            train, test = train_test_split(
+                pool, test_size=test_fraction, random_state=seed, stratify=stratify
+            )
+        except ValueError:
+            continue
+        return Split(np.sort(np.concatenate([train, kept])), np.sort(test))
+    return Split(rows, rows[:0])
+
+
+class OlderTranche(NamedTuple):
+    """An older tranche within the history window that meets the data contract."""
+
+    key: str
+    sha256: str
+    rows: ValidTranche
+
+
+class History(NamedTuple):
+    """The older tranches that feed the model (newest first) and those left out, with why."""
+
+    tranches: Tuple[OlderTranche, ...] = ()
+    left_out: Tuple[Tuple[str, str], ...] = ()
+
+    def to_list(self, key: str, sha256: str, newest: ValidTranche) -> List[Dict[str, Any]]:
+        """Every tranche that fed the model, newest first: key, sha256 and rows."""
+        return [{"key": key, "sha256": sha256, "rows": newest.rows, "newest": True}] + [
+            {"key": t.key, "sha256": t.sha256, "rows": t.rows.rows, "newest": False}
+            for t in self.tranches]
+
+
+def features_of(rows: ValidTranche) -> pd.DataFrame:
+    """The estimator's input for some rows: product code (categorical) and orders placed."""
+    codes = pd.Categorical.from_codes(rows.code_index, categories=list(rows.product_codes))
+    return pd.DataFrame({"product_code": codes, "orders_placed": rows.orders_placed})
+
+
+def estimator(options: TrainOptions) -> DispatchTimeRegressor:
+    """The model's estimator with the stage's settings."""
+    return DispatchTimeRegressor(
+        folds=options.folds, min_rows_per_code=options.min_rows_per_code,
+        random_state=options.seed, n_jobs=options.n_jobs, dask_scheduler=options.dask_scheduler,
+    )
+
+
+def cluster_settings(options: TrainOptions) -> ContextManager[Any]:
+    """Dask's settings for a fit on the cluster (nothing for a local fit)."""
+    if not options.dask_scheduler:
+        return contextlib.nullcontext()
+    log.info("fitting the product codes on the Dask cluster of %s", options.dask_scheduler)
+    return connect_timeout(options.dask_connect_timeout)
+
+
+def pooled_estimator(options: TrainOptions) -> PooledDispatchRegressor:
+    """The estimator of a run with history: own curves for common parts, pooled for the rest."""
+    return PooledDispatchRegressor(
+        folds=options.folds, min_rows_per_code=options.min_rows_per_code,
+        random_state=options.seed, n_jobs=options.n_jobs, dask_scheduler=options.dask_scheduler,
+    )
+
+
+def pooled_features(
+    rows: ValidTranche, history: History
+) -> Tuple[pd.DataFrame, npt.NDArray[np.float64]]:
+    """The pooled estimator's input: the newest rows (tranche 0) and the older ones (1, 2, ...)."""
+    parts = [rows] + [t.rows for t in history.tranches]
+    codes = union_categoricals([
+        pd.Categorical.from_codes(p.code_index, categories=list(p.product_codes)) for p in parts
+    ])
+    frame = pd.DataFrame({
+        "product_code": codes,
+        "orders_placed": np.concatenate([p.orders_placed for p in parts]),
+        TRANCHE: np.concatenate([np.full(p.rows, i, dtype=np.int64) for i, p in enumerate(parts)]),
+    })
+    return frame, np.concatenate([p.hours_to_dispatch for p in parts])
+
+
+def fit(rows: ValidTranche, options: TrainOptions, history: Optional[History] = None) -> FitResult:
+    """The model's fit on some rows (and, with a history window, the older tranches).
+
+    The per-code fits run on the Dask cluster when the options name a scheduler.
+    """
+    with cluster_settings(options):
+        if options.history_weeks <= 0:
+            return estimator(options).fit(features_of(rows), rows.hours_to_dispatch).fit_result()
+        frame, hours = pooled_features(rows, history or History())
+        result = pooled_estimator(options).fit(frame, hours).fit_result()
+    log.info("curves: %d parts on their own rows (basis product), %d pooled; pooling: %s",
+             *((result.pooling or {}).get("parts", {}).get(b, 0) for b in BASES),
+             result.pooling)
+    return result
+
+
+def read_history(
+    store: Store, delivered: "Delivered", options: TrainOptions,
+    record: Optional[RunRecord] = None,
+) -> History:
+    """The older tranches within the history window; one that breaks the contract or cannot be
+    read is left out with one warning naming it, never fatal."""
+    kept: List[OlderTranche] = []
+    left_out: List[Tuple[str, str]] = []
+    for older in delivered.older:
+        try:
+            data = store.read_bytes(older.key)
+            kept.append(OlderTranche(older.key, artefacts.sha256_hex(data),
+                                     validate_tranche(data, options.contract)))
+        except (StoreError, DataContractError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            log.warning("older tranche %s left out of the history: %s",
+                        store.location(older.key), reason)
+            left_out.append((older.key, reason))
+    history = History(tuple(kept), tuple(left_out))
+    if options.history_weeks > 0:
+        log.info("history: %d older tranche(s) within %d weeks feed the model%s",
+                 len(kept), options.history_weeks,
+                 f", {len(left_out)} left out" if left_out else "")
+    if record is not None:
+        record.history = history.to_list(delivered.key, delivered.sha256, delivered.rows)
+        record.history_left_out = [{"key": k, "reason": r} for k, r in left_out]
+    return history
+
+
+def label_bound_gates(
+    model: DispatchModel, rows: ValidTranche, options: TrainOptions,
+    history: Optional[History] = None,
+) -> Tuple[Decision, ...]:
+    """The logic checks of every curve of a model against the rows it was fitted on."""
+    older = history.tranches if history is not None else ()
+    label_max = max([float(rows.hours_to_dispatch.max())] + [
+        float(t.rows.hours_to_dispatch.max()) for t in older if t.rows.rows])
+    ranges = {**model.ranges, **observed_ranges(rows)}
+    return logic_gates(model, ranges, label_max, options.logic)
+
+
+def train_and_gate(
+    tranche: ValidTranche, split: Split, options: TrainOptions, history: Optional[History] = None
+) -> Trained:
+    """Fit on the training rows (and the history); judge held-out metrics and logic."""
+    train, test = tranche.subset(split.train), tranche.subset(split.test)
+    started = time.perf_counter()
+    result = fit(train, options, history)
+    seconds = time.perf_counter() - started
+    if not result.model.curves:
+        raise StageFailure(EXIT_BAD_DATA, (
+            f"no product code has {options.min_rows_per_code} training rows "
+            f"(the training split has {counts_summary(train.rows_by_code())}); nothing to learn"
+        ))
+    held_out = evaluate(result.model, test)
+    log_coverage(held_out)
+    decisions = (metric_gates(held_out.overall, options.thresholds)
+                 + basis_gates(held_out, options.thresholds)
+                 + label_bound_gates(result.model, train, options, history))
+    return Trained(result, held_out, decisions, seconds)
+
+
+def log_coverage(held_out: Evaluation) -> None:
+    """One line: the p90 bound's held-out coverage overall and for the least covered codes."""
+    if held_out.overall.coverage_p90 is None:
+        return
+    covered = sorted(((m.coverage_p90, code) for code, m in held_out.per_code.items()
+                      if m.coverage_p90 is not None))
+    lowest = "per product code" if len(covered) <= 10 else (
+        f"lowest of {len(covered):,} product codes")
+    by_basis = "".join(f"; {b} parts {m.coverage_p90:.3f} on {m.rows} rows"
+                       for b, m in held_out.by_basis.items() if m.coverage_p90 is not None)
+    log.info("held-out coverage of the p90 bound: %.3f overall%s; %s: %s",
+             held_out.overall.coverage_p90, by_basis, lowest,
+             some(f"{code} {value:.3f}" for value, code in covered))
+
+
+def read_champion(store: Store) -> Champion:
+    """The published model to beat; unreadable is logged as a warning and treated as none."""
+    found = store.read_versioned(artefacts.POINTER_KEY)
+    if found is None:
+        return Champion(None, None, None)
+    data, token = found
+    try:
+        pointer = artefacts.Pointer.from_json(data, store.location(artefacts.POINTER_KEY))
+        loaded = artefacts.load_pointed(store, pointer)
+    except artefacts.ModelUnavailable as exc:
+        log.warning("the published model cannot be read, so the challenger wins: %s", exc)
+        return Champion(None, None, token)
+    return Champion(loaded.model, loaded.version, token, loaded.metadata, pointer)
+
+
+def measure_drift(
+    store: Store, previous: Optional[Tranche], current: ValidTranche, threshold: float,
+    record: Optional[RunRecord] = None,
+) -> DriftSummary:
+    """Drift against the previous tranche; any problem with it only skips the measure."""
+    if previous is None:
+        return DriftSummary(None, threshold, note="no previous tranche")
+    try:
+        rows = usable_rows(store.read_bytes(previous.key))
+    except StoreError as exc:
+        log.warning("drift not measured: cannot read the previous tranche: %s", exc)
+        return DriftSummary(previous.key, threshold, note=f"previous tranche unreadable: {exc}")
+    if rows is None or rows.rows == 0:
+        log.warning("drift not measured: previous tranche %s has no usable rows", previous.key)
+        return DriftSummary(previous.key, threshold, note="previous tranche has no usable rows")
+    if record is not None:
+        record.previous_key, record.previous_points = previous.key, points(rows)
+    summary = tranche_drift(rows, current, previous.key, threshold)
+    psi = ", ".join(f"{f.feature} {f.psi:.3f}" for f in summary.features)
+    if summary.drifted:
+        log.warning("drift above PSI %g against %s: %s", threshold, previous.key, psi)
+    else:
+        log.info("drift against %s (PSI): %s", previous.key, psi)
+    return summary
+
+
+def git_commit() -> str:
+    """GIT_COMMIT_HASH, else the repo's HEAD, else 'unknown'."""
+    commit = os.environ.get("GIT_COMMIT_HASH", "").strip()
+    if commit:
+        return commit
+    try:
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+        return done.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def library_versions() -> Dict[str, str]:
+    """Versions of Python and the libraries the stage used."""
+    versions = {"python": platform.python_version(), "numpy": np.__version__}
+    for name, module_name in (
+        ("pandas", "pandas"), ("pandera", "pandera"), ("scikit-learn", "sklearn"),
+        ("scipy", "scipy"), ("joblib", "joblib"), ("boto3", "boto3"), ("botocore", "botocore"),
+        ("dask", "dask"), ("distributed", "distributed"),
+    ):
+        module = sys.modules.get(module_name)
+        if module is not None:
+            versions[name] = str(getattr(module, "__version__", "unknown"))
+    return versions
+
+
+def log_decisions(decisions: Sequence[Decision]) -> None:
+    """One log line per gate decision, at WARNING when it warns or fails."""
+    for d in decisions:
+        level = logging.WARNING if d.outcome in (WARN, FAIL) else logging.INFO
+        log.log(level, "gate %s: %s: %s", d.gate, d.outcome, d.detail)
+
+
+def build_metadata(
+    store: Store,
+    tranche_key: str,
+    tranche_sha256: str,
+    tranche: ValidTranche,
+    split: Split,
+    trained: Trained,
+    final: FitResult,
+    decisions: Sequence[Decision],
+    drift: DriftSummary,
+    options: TrainOptions,
+    training_seconds: float,
+    created_at: datetime,
+    model_sha256: str,
+    history: Optional[History] = None,
+) -> Dict[str, Any]:
+    """Everything a reader needs to know about how the published model came to be."""
+    history = history or History()
+    return {
+        "model_version": artefacts.make_model_version(created_at, model_sha256),
+        "model_sha256": model_sha256,
+        "created_at": created_at.isoformat(),
+        "tranche": {"key": tranche_key, "location": store.location(tranche_key),
+                    "sha256": tranche_sha256, "ignored_columns": list(tranche.ignored_columns)},
+        "rows": {
+            "total": tranche.rows,
+            "train": int(len(split.train)),
+            "test": int(len(split.test)),
+            "per_product_code": tranche.rows_by_code(),
+            "skipped_product_codes": dict(final.skipped),
+            "skipped_product_codes_in_training_split": dict(trained.fit.skipped),
+        },
+        "metrics": {"held_out": trained.held_out.to_dict()},
+        "fits": {code: asdict(f) for code, f in sorted(final.fits.items())},
+        "history": history.to_list(tranche_key, tranche_sha256, tranche),
+        "history_left_out": [{"key": k, "reason": r} for k, r in history.left_out],
+        "history_weeks": options.history_weeks,
+        "bases": bases_of(final.model),
+        "pooling": final.pooling,
+        "published_model": "refit on all rows" if options.refit else "fitted on the training rows",
+        "gates": [d.to_dict() for d in decisions],
+        "drift": drift.to_dict(),
+        "product_codes": list(final.model.product_codes),
+        "library_versions": library_versions(),
+        "git_commit": git_commit(),
+        "training_seconds": round(training_seconds, 3),
+        "options": asdict(options),
+    }
+
+
+def bases_of(model: DispatchModel) -> Dict[str, Dict[str, int]]:
+    """Parts per basis; a model without bases rests on its parts' own rows throughout."""
+    counts = {basis: {"parts": 0} for basis in BASES}
+    for basis in model.bases.values() if model.bases else [PRODUCT_BASIS] * len(model.curves):
+        counts[basis]["parts"] += 1
+    return counts
+
+
+class Delivered(NamedTuple):
+    """The newest tranche's key and bytes, its valid rows, the tranche before it, and the older
+    tranches within the history window (newest first)."""
+
+    key: str
+    data: bytes
+    sha256: str
+    rows: ValidTranche
+    previous: Optional[Tranche]
+    older: Tuple[Tranche, ...] = ()
+
+
+def points(rows: ValidTranche) -> Points:
+    """A tranche's rows as the report draws them."""
+    return Points(rows.codes(), rows.orders_placed, rows.hours_to_dispatch)
+
+
+def read_newest_tranche(
+    store: Store, contract: ContractOptions, record: Optional[RunRecord] = None,
+    history_weeks: int = 0,
+) -> Delivered:
+    """Find the newest tranche and hold it to the data contract."""
+    record = record if record is not None else RunRecord(store.url)
+    choice = find_tranches(store)
+    if choice.latest is None:
+        raise StageFailure(EXIT_NO_TRANCHE, (
+            f"no tranche found: no key like datasets/time_to_dispatch_<ISO timestamp>.csv "
+            f"in {store.location(artefacts.DATASETS_PREFIX)}"
+        ))
+    key = choice.latest.key
+    log.info("newest tranche: %s", store.location(key))
+    record.tranche_key, record.tranche_location = key, store.location(key)
+    data = store.read_bytes(key)
+    record.tranche_sha256 = sha256 = artefacts.sha256_hex(data)
+    try:
+        rows = validate_tranche(data, contract)
+    except DataContractError as exc:
+        record.violations = [dict(v.to_dict(), describe=v.describe()) for v in exc.violations]
+        raise StageFailure(
+            EXIT_BAD_DATA, f"tranche {store.location(key)} breaks the data contract: {exc}"
+        ) from None
+    log.info("tranche meets the data contract: %d rows, %s",
+             rows.rows, counts_summary(rows.rows_by_code()))
+    if rows.ignored_columns:
+        log.warning("ignoring extra columns %s", ", ".join(rows.ignored_columns))
+    record.points = points(rows)
+    return Delivered(key, data, sha256, rows, choice.previous, choice.within_weeks(history_weeks))
+
+
+def require_passed(decisions: Sequence[Decision], what: str) -> None:
+    """Log the decisions; StageFailure naming every failed gate if any failed."""
+    log_decisions(decisions)
+    failed = [d for d in decisions if d.outcome == FAIL]
+    if failed:
+        raise StageFailure(EXIT_GATES, f"{what} rejected by the gates: " + "; ".join(
+            f"{d.gate}: {d.detail}" for d in failed))
+
+
+class Refit(NamedTuple):
+    """The model refit on all rows, its logic-check decisions and the seconds it took."""
+
+    fit: FitResult
+    decisions: Tuple[Decision, ...]
+    seconds: float
+
+
+def refit_and_check(
+    tranche: ValidTranche, options: TrainOptions, history: Optional[History] = None
+) -> Refit:
+    """The same fit on all rows, with the logic checks run again on it (named refit_*)."""
+    started = time.perf_counter()
+    final = fit(tranche, options, history)
+    seconds = time.perf_counter() - started
+    checks = tuple(
+        Decision(f"refit_{d.gate}", d.outcome, d.detail, d.value)
+        for d in label_bound_gates(final.model, tranche, options, history)
+    )
+    require_passed(checks, "the model refit on all rows")
+    return Refit(final, checks, seconds)
+
+
+def trained_on_this(champion: Champion, tranche_sha256: str) -> bool:
+    """Whether the live model was trained on exactly these tranche bytes."""
+    return champion.metadata is not None and (
+        history.trained_on(champion.metadata)[1] == tranche_sha256)
+
+
+def measure_realised(
+    store: Store, champion: Champion, key: str, tranche_sha256: str, tranche: ValidTranche,
+    run_id: str,
+) -> Optional[Dict[str, Any]]:
+    """The live model's error on all rows of a tranche it never saw, recorded once in the store."""
+    model, version = champion.model, champion.version
+    if model is None or version is None:
+        return None
+    if not set(model.product_codes) & set(tranche.rows_by_code()):
+        log.info("realised accuracy not measured: the live model %s knows none of the tranche's "
+                 "product codes", version)
+        return None
+    scored = evaluate(model, tranche)
+    promised = history.heldout_mae(champion.metadata or {})
+    record: Dict[str, Any] = {
+        "model_version": version,
+        "tranche": {"key": key, "sha256": tranche_sha256},
+        "rows_scored": scored.overall.rows,
+        "unscored_rows": scored.unscored_rows,
+        "mae": round(scored.overall.mae, 6),
+        "r2": round(scored.overall.r2, 6),
+        "per_product_code": scored.to_dict()["per_product_code"],
+        "by_basis": scored.to_dict().get("by_basis", {}),
+        "heldout_mae": promised,
+        "recorded_at": datetime.now(timezone.utc).isoformat(),
+        "run_id": run_id,
+    }
+    try:
+        where, record = history.record_realised(store, record)
+        log.info("realised accuracy of the live model %s on this tranche: MAE %.4f h on %d rows "
+                 "(it promised %s h); recorded in %s", version, record["mae"],
+                 record["rows_scored"], "?" if promised is None else f"{promised:.4f}",
+                 store.location(where))
+    except StoreError as exc:
+        log.warning("realised accuracy of %s not recorded: %s", version, exc)
+    return record
+
+
+def previous_model(
+    champion: Champion, realised: Optional[Dict[str, Any]]
+) -> Optional[Dict[str, Any]]:
+    """What the new model's metadata says about the model it replaces."""
+    if champion.pointer is None:
+        return None
+    return {
+        "model_version": champion.pointer.model_version,
+        "model_sha256": champion.pointer.model_sha256,
+        "metadata_sha256": champion.pointer.metadata_sha256,
+        "heldout_mae": history.heldout_mae(champion.metadata or {}),
+        "realised_mae": None if realised is None else realised["mae"],
+        "realised": realised,
+    }
+
+
+def run(store_url: str, options: TrainOptions, record: Optional[RunRecord] = None) -> int:
+    """The stage: returns EXIT_OK when published, kept or unchanged, else raises."""
+    record = record if record is not None else RunRecord(store_url)
+    store = open_store(store_url, options.store_attempts, options.store_timeout)
+    delivered = read_newest_tranche(store, options.contract, record, options.history_weeks)
+    tranche, tranche_sha256 = delivered.rows, delivered.sha256
+    champion = read_champion(store)
+    record.live_version, record.live_model = champion.version, champion.model
+    record.live_metadata = champion.metadata
+    if unchanged(champion, tranche_sha256, options, record):
+        return EXIT_OK
+    realised = record.realised = None if trained_on_this(champion, tranche_sha256) else (
+        measure_realised(store, champion, delivered.key, tranche_sha256, tranche, record.run_id))
+    drift = measure_drift(store, delivered.previous, tranche, options.drift_threshold, record)
+    record.drift = drift.to_dict()
+    history = read_history(store, delivered, options, record)
+    split = split_rows(tranche.code_index, options.test_fraction, options.seed)
+    trained = train_and_gate(tranche, split, options, history)
+    record.held_out, record.pooling = trained.held_out.to_dict(), trained.fit.pooling
+    record.decisions = [d.to_dict() for d in trained.decisions]
+    record.new_model = trained.fit.model
+    require_passed(trained.decisions, "the model")
+    verdict = challenge(trained, champion, tranche.subset(split.test), options, record)
+    if verdict.outcome == KEEP:
+        return EXIT_OK
+    final = finish(trained, verdict, tranche, options, history, record)
+    model_bytes = final.fit.model.to_json()
+    created_at = datetime.now(timezone.utc)
+    metadata = build_metadata(
+        store, delivered.key, tranche_sha256, tranche, split, trained, final.fit,
+        final.decisions, drift, options, final.seconds, created_at,
+        artefacts.sha256_hex(model_bytes), history,
+    )
+    metadata["previous_model"] = previous_model(champion, realised)
+    html_key, json_key = record.report_keys()
+    metadata["report"] = {"html": html_key, "json": json_key}
+    pointer = publish_or_explain(store, model_bytes, metadata, created_at, champion.token)
+    record.outcome, record.model_version = PUBLISHED, pointer.model_version
+    record.summary = f"model {pointer.model_version} published" + (
+        f", replacing {champion.version}" if champion.version else "")
+    log.info("published model %s (%s) for %s product code(s): %s", pointer.model_version,
+             store.location(pointer.model_key), f"{len(final.fit.model.curves):,}",
+             some(final.fit.model.product_codes))
+    return EXIT_OK
+
+
+def unchanged(
+    champion: Champion, tranche_sha256: str, options: TrainOptions, record: RunRecord
+) -> bool:
+    """Whether the live model was trained on this very tranche (and --force was not given)."""
+    if not trained_on_this(champion, tranche_sha256) or options.force:
+        return False
+    record.outcome = UNCHANGED
+    record.summary = (f"the live model {champion.version} was trained on this very tranche "
+                      f"(sha256 {tranche_sha256[:12]}...); --force trains anyway")
+    log.info("nothing published: %s", record.summary)
+    return True
+
+
+def challenge(
+    trained: Trained, champion: Champion, held_out: ValidTranche, options: TrainOptions,
+    record: RunRecord,
+) -> Decision:
+    """Champion vs challenger on the held-out rows; a kept champion is noted in the record."""
+    verdict = champion_gate(trained.fit.model, champion.model, champion.version,
+                            held_out, options.champion_tolerance)
+    log_decisions([verdict])
+    record.decisions.append(verdict.to_dict())
+    if verdict.outcome == KEEP:
+        record.outcome = KEPT
+        record.summary = (f"the live model {champion.version} was deliberately kept: "
+                          f"{verdict.detail}")
+        log.info("nothing published: the current model %s was deliberately kept", champion.version)
+    return verdict
+
+
+class Final(NamedTuple):
+    """The model to publish, every gate decision it passed and the seconds spent fitting."""
+
+    fit: FitResult
+    decisions: List[Decision]
+    seconds: float
+
+
+def finish(
+    trained: Trained, verdict: Decision, tranche: ValidTranche, options: TrainOptions,
+    history: History, record: RunRecord,
+) -> Final:
+    """The model to publish: refit on all rows (unless --no-refit), its logic re-checked."""
+    final = Final(trained.fit, list(trained.decisions) + [verdict], trained.seconds)
+    if options.refit:
+        refit = refit_and_check(tranche, options, history)
+        final = Final(refit.fit, final.decisions + list(refit.decisions),
+                      final.seconds + refit.seconds)
+        record.decisions += [d.to_dict() for d in refit.decisions]
+        record.pooling = refit.fit.pooling
+    record.new_model = final.fit.model
+    if final.fit.skipped:
+        log.warning("%s product code(s) with fewer than %d rows are not learned (the API will "
+                    "reject them as unknown): %s", f"{len(final.fit.skipped):,}",
+                    options.min_rows_per_code,
+                    some(f"{code} ({n} rows)" for code, n in final.fit.skipped.items()))
+    return final
+
+
+def publish_or_explain(
+    store: Store, model_bytes: bytes, metadata: Dict[str, Any], created_at: datetime,
+    token: Optional[str],
+) -> artefacts.Pointer:
+    """Publish; a lost race becomes a StageFailure (exit 7) saying what happened."""
+    version = metadata["model_version"]
+    try:
+        return artefacts.publish(store, model_bytes, metadata, created_at, token)
+    except ObjectExists as exc:
+        raise StageFailure(EXIT_CONCURRENT, (
+            f"another run created model {version}'s objects meanwhile ({exc}); "
+            f"the latest-model pointer was not moved"
+        )) from None
+    except ConcurrentUpdate as exc:
+        raise StageFailure(EXIT_CONCURRENT, (
+            f"another run moved the latest-model pointer meanwhile ({exc}); model {version} "
+            f"was written complete but is not published"
+        )) from None
+
+
+def run_and_record(store_url: str, options: TrainOptions, record: RunRecord) -> int:
+    """Run, turn every expected failure into one ERROR line, and note the outcome in the record."""
+    failure: Optional[str] = None
+    try:
+        status = run(store_url, options, record)
+    except StageFailure as exc:
+        failure, status = str(exc), exc.exit_code
+    except ConcurrentUpdate as exc:
+        failure = f"another run moved the latest-model pointer meanwhile ({exc})"
+        status = EXIT_CONCURRENT
+    except StoreError as exc:
+        failure, status = f"the store is unavailable: {exc}", EXIT_STORE
+    except ClusterError as exc:
+        failure, status = str(exc), EXIT_CLUSTER
+    if failure is not None:
+        log.error("nothing published: %s", failure)
+        record.outcome = REJECTED if status in (EXIT_BAD_DATA, EXIT_GATES) else FAILED
+        record.summary = f"nothing published: {failure}"
+        if record.violations:
+            count = len(record.violations)
+            record.summary = (f"nothing published: {record.tranche_location} breaks the data "
+                              f"contract: {count} rule{'s' if count != 1 else ''} broken (below)")
+    record.exit_status = status
+    return status
