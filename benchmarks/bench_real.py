@@ -70,14 +70,12 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.scoring import (  # noqa: E402
-    ANSWER_BASES, DEFAULT_HISTORY_WEEKS, Answers, choose_tranches, coverage_by_basis, mae,
-    served_answers,
+    ANSWER_BASES, COVERAGE_GOAL, COVERAGE_ROWS_JUDGED, DEFAULT_HISTORY_WEEKS, Answers,
+    choose_tranches, coverage_by_basis, coverage_met, goal, mae, served_answers,
 )
 
 DEFAULT_STORE_DIR = "../shared/data/real-dispatch"
 DATASETS = "datasets"
-COVERAGE_GOAL = (0.87, 0.93)
-COVERAGE_ROWS_JUDGED = 50
 TREE_GRID = {"decisiontreeregressor__max_depth": [4, 6, 8, 10, 12, None],
              "decisiontreeregressor__min_samples_leaf": [1, 5, 10, 20, 40]}
 TREE_FOLDS = 5
@@ -471,11 +469,6 @@ def friday_record(friday: Friday) -> Dict[str, Any]:
     }
 
 
-def goal(met: bool) -> str:
-    """How a goal reads in the summary."""
-    return "met" if met else "NOT met"
-
-
 def report(summary: Dict[str, Any]) -> List[str]:
     """The store's summary as printed lines."""
     s = summary
@@ -512,8 +505,7 @@ def report(summary: Dict[str, Any]) -> List[str]:
         low, high = COVERAGE_GOAL
         parts = [f"{basis} {c['share']:.3f} ({c['within']}/{c['rows']})"
                  for basis, c in cover.items()]
-        judged = [c["share"] for c in cover.values() if c["rows"] >= COVERAGE_ROWS_JUDGED]
-        inside = all(low <= share <= high for share in judged)
+        inside = all(coverage_met(c["within"], c["rows"]) for c in cover.values())
         out.append(f"  p90 coverage: {', '.join(parts)} (goal {low}-{high} for every basis of "
                    f">= {COVERAGE_ROWS_JUDGED} rows: {goal(inside)})")
     return out

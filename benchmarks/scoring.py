@@ -34,11 +34,14 @@ except ImportError:
     from pipeline.model import BASES, CATALOGUE_BASIS
 
 __all__ = ["DEFAULT_HISTORY_WEEKS", "choose_tranches", "BASES", "CATALOGUE_BASIS", "ANSWER_BASES",
-           "Answers", "served_answers", "coverage_by_basis", "mae"]
+           "Answers", "served_answers", "coverage_by_basis", "mae", "COVERAGE_GOAL",
+           "COVERAGE_ROWS_JUDGED", "coverage_met", "goal"]
 
 FloatArray = npt.NDArray[np.float64]
 ANSWER_BASES: Tuple[str, ...] = (*BASES, CATALOGUE_BASIS)
 NO_BASIS = "none recorded"
+COVERAGE_GOAL = (0.87, 0.93)
+COVERAGE_ROWS_JUDGED = 50
 MAX_BATCH_ROWS = 10_000_000
 
 
@@ -90,3 +93,14 @@ def coverage_by_basis(
             result[name] = (int(within[rows].sum()), int(rows.sum()))
     result["all"] = (int(within.sum()), int(bounded.sum()))
     return result
+
+
+def coverage_met(within: int, rows: int) -> bool:
+    """Whether a coverage keeps the p90 goal (0.87-0.93); True on too few rows to judge."""
+    low, high = COVERAGE_GOAL
+    return rows < COVERAGE_ROWS_JUDGED or low <= within / rows <= high
+
+
+def goal(met: bool) -> str:
+    """How a goal's verdict reads in the figures."""
+    return "met" if met else "NOT met"
