@@ -399,7 +399,7 @@ def play_store(args: argparse.Namespace, name: str, folder: Path) -> Dict[str, A
 
 def digest(error: str) -> str:
     """An error message with paths and numbers blanked, to count failures by kind."""
-    return re.sub(r"\d+(\.\d+)?", "#", re.sub(r"/\S+", "<path>", error))[:160]
+    return re.sub(r"(?<![\w.])-?\d[\d.e+-]*", "#", re.sub(r"/\S+", "<path>", error))[:160]
 
 
 def summarise(name: str, fridays: List[Friday]) -> Dict[str, Any]:
@@ -500,6 +500,10 @@ def report(summary: Dict[str, Any]) -> List[str]:
         ratio = s["ratio_to_best_peer"]
         out.append(f"  model / best peer ({s['best_peer']}): {ratio:.3f} (goal <= 1: "
                    f"{goal(ratio <= 1.0)})")
+    elif mae_all:
+        best = min(mae_all, key=lambda p: mae_all[p])
+        out.append(f"  model / best peer: no live model (goal <= 1: NOT met); best peer over "
+                   f"all weeks: {best}")
     cover = s["coverage"]
     if cover:
         low, high = COVERAGE_GOAL
