@@ -19,7 +19,8 @@ truth. It prints, per seed:
   the heavy world the true conditional median), order-weighted, for the orders the model
   knows ("all", goal <= 1.08), parts with >= 30 rows in the newest tranche (<= 1.03), parts
   with 1-29 rows (<= 1.20), parts seen only in earlier weeks, and parts never seen (answered
-  from the catalogue curve) (reported);
+  from the catalogue curve) (reported), and the same for a reference: the per-code median of
+  the tranches in train_model's history window (a part not in it: their global median);
 - the p90 bound's coverage by those groups and by basis: product, pooled (goal 0.87-0.93 for
   each) and catalogue (the same goal, judged from 50 rows);
 - which goals are met; then, over the seeds: a model on every seed, the worst figures.
@@ -52,8 +53,8 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.catalogue import heavy_world, shaped_world, write_shaped  # noqa: E402
 from benchmarks.scoring import (  # noqa: E402
-    CATALOGUE_BASIS, COVERAGE_GOAL, COVERAGE_ROWS_JUDGED, coverage_by_basis, coverage_met, goal,
-    served_answers,
+    CATALOGUE_BASIS, COVERAGE_GOAL, COVERAGE_ROWS_JUDGED, DEFAULT_HISTORY_WEEKS,
+    coverage_by_basis, coverage_met, goal, served_answers,
 )
 from pipeline.simulate import catalogue_world, write_catalogue  # noqa: E402
 from pipeline.store import open_store  # noqa: E402
@@ -84,6 +85,18 @@ def scored_groups(
     rows = np.asarray([newest_rows.get(str(c), 0) for c in codes])
     return {"all": known, ">=30": known & (rows >= 30), "1-29": known & (rows >= 1) & (rows < 30),
             "earlier weeks only": known & (rows == 0), "never seen (catalogue)": ~known}
+
+
+def code_median(window: List[Any], codes: npt.NDArray[np.str_]) -> npt.NDArray[np.float64]:
+    """Each order's estimate by the window's per-code median (its global median for new codes)."""
+    hours = np.concatenate([week.hours_to_dispatch for week in window])
+    names = np.concatenate([week.product_code for week in window])
+    order = np.argsort(names, kind="stable")
+    known, starts = np.unique(names[order], return_index=True)
+    medians = np.array([np.median(part) for part in np.split(hours[order], starts[1:])])
+    at = np.searchsorted(known, codes).clip(0, len(known) - 1)
+    found: npt.NDArray[np.float64] = np.where(known[at] == codes, medians[at], np.median(hours))
+    return found
 
 
 def make_world(args: argparse.Namespace, seed: int) -> Any:
@@ -124,9 +137,11 @@ def one_seed(args: argparse.Namespace, seed: int) -> Dict[str, Any]:
               f"{seconds:.1f} s", flush=True)
         return result
     result.update(published=True, model_version=answers.model_version)
-    newest = world.tranche(world.weeks - 1)
-    weekly = (world.tranche(w).product_code for w in range(world.weeks))
-    seen = {str(c) for week_codes in weekly for c in np.unique(week_codes)}
+    weekly = [world.tranche(w) for w in range(world.weeks)]
+    newest = weekly[-1]
+    seen = {str(c) for week in weekly for c in np.unique(week.product_code)}
+    reference = code_median(weekly[-1 - (DEFAULT_HISTORY_WEEKS if args.history_weeks is None
+                                         else args.history_weeks):], fresh.product_code)
     names, counts = np.unique(newest.product_code, return_counts=True)
     basis = np.asarray(answers.basis, dtype=object)
     known = answers.answered & (basis != CATALOGUE_BASIS)
@@ -140,7 +155,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> Dict[str, Any]:
              f"{seconds:.1f} s, peak memory {peak_mb:.0f} MB",
              f"answered {answers.answered.mean():.4f}, from the part's own or pooled curve "
              f"{known.mean():.4f} (parts in the history: {in_history.mean():.4f})"]
-    ratios, covers = [], []
+    ratios, covers, medians = [], [], []
     for name, mask in groups.items():
         rows = mask & answers.answered
         if not rows.any():
@@ -152,6 +167,10 @@ def one_seed(args: argparse.Namespace, seed: int) -> Dict[str, Any]:
         verdict = (f" (<= {GOALS[name]:.2f}: {goal(ratio <= GOALS[name])})"
                    if name in GOALS else "")
         ratios.append(f"{name} {ratio:.3f}{verdict} on {int(rows.sum())}")
+        median_ratio = float(np.mean(np.abs(hours[rows] - reference[rows]))
+                             / np.mean(np.abs(hours[rows] - truth[rows])))
+        result[f"code median ratio {name}"] = median_ratio
+        medians.append(f"{name} {median_ratio:.3f}")
         covers.append(f"{name} {cover:.3f}")
     by_basis = coverage_by_basis(hours, answers)
     bases = []
@@ -164,6 +183,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> Dict[str, Any]:
                       if rows_bounded >= COVERAGE_ROWS_JUDGED else ": too few to judge")
         bases.append(f"{name} {within / rows_bounded:.3f} ({within}/{rows_bounded}){judged}")
     lines.append("MAE / noise floor: " + "; ".join(ratios))
+    lines.append("the window's per-code median (a reference) / noise floor: " + ", ".join(medians))
     lines.append("p90 coverage by rows in the newest tranche: " + ", ".join(covers))
     low, high = COVERAGE_GOAL
     lines.append(f"p90 coverage by basis (goal {low}-{high}, judged from {COVERAGE_ROWS_JUDGED} "
