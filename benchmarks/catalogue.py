@@ -120,7 +120,7 @@ HEAVY_MEDIAN_HOURS = 28.0
 HEAVY_SIGMA = 0.85
 HEAVY_FORGOTTEN_SHARE = 0.02
 HEAVY_FORGOTTEN_START = 4.0
-HEAVY_FORGOTTEN_END = 100.0
+HEAVY_FORGOTTEN_END = 40.0
 HEAVY_FORGOTTEN_ALPHA = 1.5
 HEAVY_PART_SPREAD = 0.35
 HEAVY_SIGNAL_SHARE = 0.4
@@ -160,10 +160,11 @@ class HeavyWorld:
     factor x its orders curve, times a unit-median lognormal (sd ``HEAVY_SIGMA``) or, for a
     forgotten parcel (``HEAVY_FORGOTTEN_SHARE``), times a Pareto draw (tail index
     ``HEAVY_FORGOTTEN_ALPHA`` from ``HEAVY_FORGOTTEN_START``, cut at ``HEAVY_FORGOTTEN_END``: a
-    parcel forgotten for weeks, not years). The constants give a median of 40-55 h, a 90th
-    percentile of 125-175 h, a 99th of 340-530 h and about one order in a thousand over 1,000 h
-    (measured over 35 weeks of a small shop and 6 of a big one): the real data's README figures
-    (median ~44 h, p90 ~140 h, a few orders over 1,000 h), not any model's.
+    parcel forgotten for weeks, not years). The constants give, over 35 weeks of a shop of 50
+    orders a week (seeds 0-5), a median of 38-48 h, a 90th percentile of 118-153 h, a 99th of
+    296-482 h and 0-5 orders over 1,000 h (of ~1,800); over 6 weeks of 20,000 orders, 41 h,
+    126 h, 382 h and 0.07%: the real data's README figures (median ~44 h, p90 ~140 h, a few
+    orders over 1,000 h), not any model's.
 
     The truth: orders are judged by absolute error, so a tranche's ``expected_hours`` holds
     each order's true conditional median given what a model sees (its part, its
