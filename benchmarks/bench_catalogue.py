@@ -1,7 +1,7 @@
 """Benchmark of the long tail: every part answered, as accurately as its data allows.
 
 Usage: python benchmarks/bench_catalogue.py [--parts 2000] [--rows 20000] [--weeks 6]
-       [--seeds 0 1 2] [--world scaled|shaped|heavy] [--shape saturating] [--n-jobs N]
+       [--seeds 0 1 2] [--world scaled|shaped|heavy] [--shape saturating] [--draws 1] [--n-jobs N]
        [--history-weeks N] [--train-arg=ARG ...] [--json PATH]
 
 Per seed it writes a simulated long-tailed catalogue as ``--weeks`` weekly tranches into a
@@ -9,8 +9,8 @@ temporary local store, runs ``python -m pipeline.train_model STORE`` with its de
 whole process (wall time, and the peak resident memory of the stage and its worker processes;
 ``--n-jobs``, ``--history-weeks`` and ``--train-arg`` pass options on), and, when it published a
 model, serves that model with the service's own code as ``serve_model --unknown-products
-catalogue`` does, on a fresh draw of the newest week's orders, scored against the world's
-truth. It prints, per seed:
+catalogue`` does, on a fresh draw of the newest week's orders (``--draws`` of them), scored
+against the world's truth. It prints, per seed:
 
 - whether a model was published (else the exit status and the stage's ERROR line);
 - answered: the share of the fresh orders answered, the share the model knows (not from its
@@ -56,7 +56,7 @@ from benchmarks.scoring import (  # noqa: E402
     CATALOGUE_BASIS, COVERAGE_GOAL, COVERAGE_ROWS_JUDGED, DEFAULT_HISTORY_WEEKS,
     coverage_by_basis, coverage_met, goal, served_answers,
 )
-from pipeline.simulate import catalogue_world, write_catalogue  # noqa: E402
+from pipeline.simulate import SimulatedTranche, catalogue_world, write_catalogue  # noqa: E402
 from pipeline.store import open_store  # noqa: E402
 
 UNTIL = datetime(2026, 11, 21, tzinfo=timezone.utc)
@@ -99,6 +99,14 @@ def code_median(window: List[Any], codes: npt.NDArray[np.str_]) -> npt.NDArray[n
     return found
 
 
+def fresh_orders(world: Any, draws: int) -> SimulatedTranche:
+    """Fresh draws 1..``draws`` of the newest week's orders, as one tranche to score on."""
+    found = [world.tranche(world.weeks - 1, draw=draw) for draw in range(1, draws + 1)]
+    return SimulatedTranche(*(np.concatenate([getattr(t, name) for t in found])
+                              for name in ("hours_to_dispatch", "orders_placed", "product_code",
+                                           "expected_hours")))
+
+
 def make_world(args: argparse.Namespace, seed: int) -> Any:
     """The seed's world: anything with ``weeks`` and ``tranche(week, draw)``."""
     if args.world == "shaped":
@@ -127,7 +135,7 @@ def one_seed(args: argparse.Namespace, seed: int) -> Dict[str, Any]:
             write_catalogue(store, world, UNTIL)
         status, error, seconds, peak_mb = train(root, stage_options(args))
         result.update(exit_status=status, train_seconds=seconds, peak_mb=peak_mb)
-        fresh = world.tranche(world.weeks - 1, draw=1)
+        fresh = fresh_orders(world, args.draws)
         codes = fresh.product_code
         answers, why = served_answers(root, codes.tolist(), fresh.orders_placed)
     head = f"world {args.world}, seed {seed}:"
@@ -200,7 +208,8 @@ def seed_goals(result: Dict[str, Any]) -> Dict[str, bool]:
     found = {"model published": bool(result.get("published"))}
     for name, most in GOALS.items():
         value = result.get(f"ratio {name}")
-        found[f"MAE {name} <= {most}"] = value is not None and value <= most
+        if value is not None or not found["model published"]:  # an empty group is no goal
+            found[f"MAE {name} <= {most}"] = value is not None and value <= most
     for basis in JUDGED_BASES:
         rows = result.get(f"rows basis {basis}")
         if rows is not None and rows >= COVERAGE_ROWS_JUDGED:
@@ -246,6 +255,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="scaled: pipeline.simulate's catalogue (parts differ by a factor); "
                              "shaped: benchmarks/catalogue.py (parts differ in shape); "
                              "heavy: benchmarks/catalogue.py's heavy-tailed shop")
+    parser.add_argument("--draws", type=int, default=1,
+                        help="fresh draws of the newest week scored (more for a small shop)")
     parser.add_argument("--n-jobs", type=int, help="train_model --n-jobs (default: its own)")
     parser.add_argument("--history-weeks", type=int,
                         help="train_model --history-weeks (default: its own)")
