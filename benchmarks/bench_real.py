@@ -300,6 +300,7 @@ class Friday:
     upper: np.ndarray
     basis: List[str]
     peers: Dict[str, np.ndarray] = field(default_factory=dict)
+    new_model: bool = False
 
     @property
     def live(self) -> bool:
@@ -359,6 +360,8 @@ def friday_line(store: str, friday: Friday) -> str:
     peers = " ".join(f"{SHORT[p]} {mae(friday.hours, friday.peers[p]):6.1f}"
                      for p in PEERS if p in friday.peers)
     live = friday.model_version or "none"
+    if friday.live:
+        live += " (new)" if friday.new_model else " (kept)"
     return (f"{store} Friday {friday.number:2d} {friday.day}: {friday.trained_rows:4d} rows, "
             f"exit {friday.status} ({friday.seconds:4.1f} s), live {live} | next week "
             f"{len(friday.hours):4d} orders: model {model} {peers}")
@@ -386,6 +389,8 @@ def play_store(args: argparse.Namespace, name: str, folder: Path) -> Dict[str, A
         for k in range(start, last):
             friday = play_friday(args, store, weeks, k, scored=k + 1 >= first)
             if friday is not None:
+                friday.new_model = friday.live and friday.model_version != (
+                    played[-1].model_version if played else None)
                 played.append(friday)
                 if not args.quiet:
                     say(friday_line(name, friday))
@@ -435,6 +440,7 @@ def summarise(name: str, fridays: List[Friday]) -> Dict[str, Any]:
         "fridays": len(fridays),
         "first_friday": str(fridays[0].day), "last_friday": str(fridays[-1].day),
         "live_fridays": len(live),
+        "new_models": sum(f.new_model for f in fridays),
         "exit_statuses": {str(k): v for k, v in sorted(statuses.items())},
         "failures": dict(reasons.most_common()),
         "orders_scored": int(sum(len(f.hours) for f in scored)),
@@ -461,7 +467,8 @@ def friday_record(friday: Friday) -> Dict[str, Any]:
     return {
         "friday": friday.number, "date": str(friday.day), "trained_rows": friday.trained_rows,
         "exit_status": friday.status, "error": friday.error, "train_seconds": friday.seconds,
-        "live_model": friday.model_version, "no_model": friday.no_model,
+        "live_model": friday.model_version, "new_model": friday.new_model,
+        "no_model": friday.no_model,
         "orders": len(friday.hours),
         "mae": {MODEL: mae(friday.hours, friday.model) if friday.live else None,
                 **{p: mae(friday.hours, v) for p, v in friday.peers.items()}},
@@ -476,7 +483,7 @@ def report(summary: Dict[str, Any]) -> List[str]:
     out = [f"== {s['store']}: {n} Fridays {s['first_friday']} .. {s['last_friday']}, each scored "
            f"on the next week ({s['orders_all_weeks']} orders); {s['seconds']:.0f} s"]
     out.append(f"  Fridays with a live model: {live} of {n} (goal: every Friday: "
-               f"{goal(live == n)})")
+               f"{goal(live == n)}); a new live model on {s['new_models']} of them")
     out.append("  train_model exit statuses: "
                + ", ".join(f"{k} x{v}" for k, v in s["exit_statuses"].items()))
     for reason, count in s["failures"].items():
