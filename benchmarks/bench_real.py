@@ -71,7 +71,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.scoring import (  # noqa: E402
     ANSWER_BASES, COVERAGE_GOAL, COVERAGE_ROWS_JUDGED, DEFAULT_HISTORY_WEEKS, Answers,
-    choose_tranches, coverage_by_basis, coverage_met, goal, mae, served_answers,
+    choose_tranches, coverage_by_basis, coverage_met, goal, live_version, mae, served_answers,
 )
 
 DEFAULT_STORE_DIR = "../shared/data/real-dispatch"
@@ -334,9 +334,11 @@ def play_friday(args: argparse.Namespace, store: str, weeks: List[Week], k: int,
     process = run_stage(args.python, store, args.train_arg)
     peers: Dict[str, np.ndarray] = {}
     target = weeks[k + 1].rows
-    if scored:  # while the stage runs
-        peers = peer_estimates(window_of(weeks, k, args.history_weeks), target)
-    _, stderr = process.communicate()
+    try:
+        if scored:  # while the stage runs
+            peers = peer_estimates(window_of(weeks, k, args.history_weeks), target)
+    finally:
+        _, stderr = process.communicate()
     seconds = time.perf_counter() - started
     if not scored:
         return None
@@ -386,11 +388,14 @@ def play_store(args: argparse.Namespace, name: str, folder: Path) -> Dict[str, A
         start = 0 if args.run_earlier_fridays else first - 1
         for week in weeks[:start]:
             (Path(store) / DATASETS / week.name).write_bytes(week.data)
+        previous = None
         for k in range(start, last):
             friday = play_friday(args, store, weeks, k, scored=k + 1 >= first)
-            if friday is not None:
-                friday.new_model = friday.live and friday.model_version != (
-                    played[-1].model_version if played else None)
+            if friday is None:
+                previous = live_version(store)
+            else:
+                friday.new_model = friday.live and friday.model_version != previous
+                previous = friday.model_version
                 played.append(friday)
                 if not args.quiet:
                     say(friday_line(name, friday))

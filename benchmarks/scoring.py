@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.api.serving import UNKNOWN_CATALOGUE, BatchRows, load_latest_serving
-from pipeline.artefacts import ModelUnavailable
+from pipeline.artefacts import ModelUnavailable, read_pointer
 from pipeline.store import open_store
 
 # Issue 22 moves training-only code to pipeline/training/ and tranche keys into artefacts.
@@ -34,7 +34,7 @@ except ImportError:
     from pipeline.model import BASES, CATALOGUE_BASIS
 
 __all__ = ["DEFAULT_HISTORY_WEEKS", "choose_tranches", "BASES", "CATALOGUE_BASIS", "ANSWER_BASES",
-           "Answers", "served_answers", "coverage_by_basis", "mae", "COVERAGE_GOAL",
+           "Answers", "served_answers", "live_version", "coverage_by_basis", "mae", "COVERAGE_GOAL",
            "COVERAGE_ROWS_JUDGED", "coverage_met", "goal"]
 
 FloatArray = npt.NDArray[np.float64]
@@ -72,6 +72,15 @@ def served_answers(
     upper = answer.uppers if answer.uppers is not None else np.full(len(codes), math.nan)
     bases = [NO_BASIS if b is None else b for b in answer.bases]
     return Answers(serving.version, answer.estimates, upper, bases, answer.answered), ""
+
+
+def live_version(store_url: str) -> Optional[str]:
+    """The model_version ``models/latest.json`` names, None when nothing is published."""
+    try:
+        found = read_pointer(open_store(store_url))
+    except ModelUnavailable:
+        return None
+    return None if found is None else found[0].model_version
 
 
 def mae(hours: FloatArray, estimate: FloatArray) -> float:
