@@ -4,7 +4,7 @@
 (``pipeline.api.serving``: the same verification, parsing and batch answers as
 ``serve_model --unknown-products catalogue``), so a figure is what a client gets.
 :func:`coverage_by_basis` and :func:`mae` turn answers into the figures the benchmarks print.
-The stage's defaults are read from the stage itself, wherever the layout keeps them.
+The stage's defaults are read from the stage itself.
 """
 from __future__ import annotations
 
@@ -16,22 +16,10 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.api.serving import UNKNOWN_CATALOGUE, BatchRows, load_latest_serving
-from pipeline.artefacts import ModelUnavailable, read_pointer
+from pipeline.artefacts import ModelUnavailable, choose_tranches, read_pointer
+from pipeline.model_format import BASES, CATALOGUE_BASIS
 from pipeline.store import open_store
-
-# Issue 22 moves training-only code to pipeline/training/ and tranche keys into artefacts.
-try:
-    from pipeline.training.run import DEFAULT_HISTORY_WEEKS  # type: ignore[import-not-found]
-except ImportError:
-    from pipeline.train_model import DEFAULT_HISTORY_WEEKS
-try:
-    from pipeline.artefacts import choose_tranches  # type: ignore[attr-defined]
-except ImportError:
-    from pipeline.tranches import choose_tranches
-try:
-    from pipeline.model_format import BASES, CATALOGUE_BASIS  # type: ignore[import-not-found]
-except ImportError:
-    from pipeline.model import BASES, CATALOGUE_BASIS
+from pipeline.training.run import DEFAULT_HISTORY_WEEKS
 
 __all__ = ["DEFAULT_HISTORY_WEEKS", "choose_tranches", "BASES", "CATALOGUE_BASIS", "ANSWER_BASES",
            "Answers", "served_answers", "live_version", "coverage_by_basis", "mae", "COVERAGE_GOAL",
