@@ -28,7 +28,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from pipeline.api.serving import ServingModel, load_latest_serving
-from pipeline.api.settings import ServeSettings
+from pipeline.api.settings import UNKNOWN_PRODUCTS, ServeSettings
 from pipeline.artefacts import ModelUnavailable
 from pipeline.store import Store, StoreError, open_store
 
@@ -66,7 +66,6 @@ class ServeOptions:
 SETTINGS_FROM_FLAGS = (
     "model_refresh_seconds", "drain_seconds", "max_batch_rows", "root_path", "unknown_products"
 )
-UNKNOWN_PRODUCTS = ("reject", "catalogue")
 
 
 def _help(text: str, setting: str) -> str:
@@ -188,9 +187,7 @@ def load_model(store_url: str, settings: ServeSettings) -> Tuple[Store, ServingM
     """Open the store and load the verified latest model; StartupError says why not."""
     try:
         store = open_store(store_url)
-        return store, load_latest_serving(
-            store, settings.max_batch_rows, settings.unknown_products
-        )
+        return store, load_latest_serving(store, settings.unknown_products)
     except (ModelUnavailable, StoreError) as exc:
         reason = _one_line(str(exc))
         raise StartupError(f"no valid model to serve from {store_url}: {reason}") from exc
