@@ -293,6 +293,8 @@ def test_docs_and_unknown_routes(client: TestClient) -> None:
 
 
 KEY = "s3cr3t-key"
+MODEL = "/api/v0.1/model"
+PAGE = "/api/v0.1/model/product_codes"
 
 
 @pytest.fixture(scope="module")
@@ -317,7 +319,7 @@ def fast(store: Store) -> Iterator[TestClient]:
 
 
 class TestApiKey:
-    """With a key set, predictions need it; operations and docs stay open."""
+    """With a key set, predictions and the model's routes need it; health, metrics, docs don't."""
 
     KEY = KEY
 
@@ -337,8 +339,37 @@ class TestApiKey:
                               headers={"X-API-Key": self.KEY})
         assert response.status_code == 200
 
-    @pytest.mark.parametrize("path", ["/health", "/metrics", "/docs", "/openapi.json",
-                                      "/api/v0.1/model"])
+    @pytest.mark.parametrize("path", [MODEL, PAGE])
+    @pytest.mark.parametrize("key", [None, "", "wrong", KEY + "x"])
+    def test_the_model_and_its_codes_need_the_key(
+        self, keyed: TestClient, path: str, key: Any
+    ) -> None:
+        headers = {} if key is None else {"X-API-Key": key}
+        for method in ("GET", "HEAD"):
+            response = keyed.request(method, path, headers=headers)
+            assert response.status_code == 401, (method, response.text)
+        assert keyed.get(path, headers=headers).json() == {"detail": "missing or invalid API key"}
+        assert keyed.get(path, headers={"X-API-Key": self.KEY}).status_code == 200
+
+    def test_the_model_routes_need_the_key_behind_the_root_path(self, store: Store) -> None:
+        with TestClient(make_app(store, api_key=self.KEY, root_path="/ns/svc")) as client:
+            for path in (MODEL, PAGE):
+                assert client.get("/ns/svc" + path).status_code == 401
+                keyed = client.get("/ns/svc" + path, headers={"X-API-Key": self.KEY})
+                assert keyed.status_code == 200
+            body = {"product_code": "SKU001", "orders_placed": 3}
+            assert client.post("/ns/svc" + SINGLE, json=body).status_code == 401
+
+    def test_the_schema_says_which_routes_need_the_key(self, keyed: TestClient) -> None:
+        paths = keyed.get("/openapi.json").json()["paths"]
+        guarded = {(SINGLE, "post"), (BATCH, "post"), (MODEL, "get"), (PAGE, "get")}
+        for path, operations in paths.items():
+            for method, operation in operations.items():
+                needs = (path, method) in guarded
+                assert ("401" in operation["responses"]) is needs, (path, method)
+                assert bool(operation.get("security")) is needs, (path, method)
+
+    @pytest.mark.parametrize("path", ["/health", "/metrics", "/docs", "/redoc", "/openapi.json"])
     def test_operations_and_docs_stay_open(self, keyed: TestClient, path: str) -> None:
         assert keyed.get(path).status_code == 200
 

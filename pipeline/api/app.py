@@ -351,7 +351,8 @@ def _fastapi(state: ServiceState, predictions: Predictions) -> FastAPI:
             refresh=state.refresh,
         )
 
-    @app.get(MODEL_PATH, response_model=ModelInfo, tags=["operations"])
+    @app.get(MODEL_PATH, response_model=ModelInfo, responses=_key_responses(settings),
+             dependencies=keyed, tags=["operations"])
     async def model_info() -> ModelInfo:
         """The served model's facts: version, training, metrics, counts per basis (bounded)."""
         serving = state.serving
@@ -384,7 +385,8 @@ def _fastapi(state: ServiceState, predictions: Predictions) -> FastAPI:
             unknown_products=settings.unknown_products,
         )
 
-    @app.get(PRODUCT_CODES_PATH, response_model=ProductCodePage, tags=["operations"])
+    @app.get(PRODUCT_CODES_PATH, response_model=ProductCodePage,
+             responses=_key_responses(settings), dependencies=keyed, tags=["operations"])
     async def product_codes(
         offset: Annotated[int, Query(ge=0, description="How many codes to skip.")] = 0,
         limit: Annotated[

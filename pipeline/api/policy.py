@@ -4,9 +4,10 @@ The ASGI layer in front of FastAPI (:mod:`pipeline.api.fastpath`) applies it to 
 request for a guarded route, before the route sees it, whichever way the route is then
 answered. In order: the key (401), the body's Content-Type (415), its size (413).
 
-The key guards the predictions. Health, metrics and the docs stay open: probes and
-Prometheus carry no key, and the docs describe only the API, the same whatever model is
-served.
+The key guards what reveals the model or the catalogue: the predictions, the model's facts
+(store location, git commit, options, library versions) and its list of codes. Health,
+metrics and the docs stay open: probes and Prometheus carry no key, and the docs describe
+only the API, the same whatever model is served.
 """
 from __future__ import annotations
 
@@ -14,11 +15,13 @@ from hmac import compare_digest
 from typing import Dict, FrozenSet, NamedTuple, Optional, Tuple
 
 from pipeline.api.errors import message_body
-from pipeline.api.routes import BATCH_PATH, SINGLE_PATH
+from pipeline.api.routes import BATCH_PATH, MODEL_PATH, PRODUCT_CODES_PATH, SINGLE_PATH
 from pipeline.api.settings import ServeSettings
 
 Route = Tuple[str, str]
-KEYED_ROUTES: FrozenSet[Route] = frozenset({("POST", SINGLE_PATH), ("POST", BATCH_PATH)})
+KEYED_ROUTES: FrozenSet[Route] = frozenset({
+    ("POST", SINGLE_PATH), ("POST", BATCH_PATH), ("GET", MODEL_PATH), ("GET", PRODUCT_CODES_PATH),
+})
 JSON_BODY_ROUTES: FrozenSet[Route] = frozenset({("POST", SINGLE_PATH), ("POST", BATCH_PATH)})
 UNAUTHORIZED_MESSAGE = "missing or invalid API key"
 MAX_SHOWN_CONTENT_TYPE = 100

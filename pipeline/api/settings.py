@@ -30,7 +30,7 @@ class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TTD_", extra="ignore")
 
     api_key: Optional[SecretStr] = Field(
-        default=None, description="key the prediction endpoints require; none: open"
+        default=None, description="key the prediction and model routes require; none: open"
     )
     api_key_header: str = Field(
         default="X-API-Key", min_length=1, description="request header that carries the key"
