@@ -209,6 +209,25 @@ def test_the_code_list_pages_through_every_code_in_order(big: TestClient) -> Non
         assert response.json()["detail"][0]["loc"][0] == "query"
 
 
+@pytest.mark.parametrize("name, value, bound", [
+    ("offset", "58504253913700985382595505160192", "1000000000"),
+    ("offset", str(2**63), "1000000000"),
+    ("offset", "1000000001", "1000000000"),
+    ("limit", "58504253913700985382595505160192", "1000"),
+])
+def test_paging_parameters_are_bounded_and_a_huge_one_is_a_422(
+    big: TestClient, name: str, value: str, bound: str
+) -> None:
+    params = {"offset": "0", "limit": "949", name: value}
+    response = big.get(PAGE, params=params)
+    assert response.status_code == 422, response.text
+    [issue] = response.json()["detail"]
+    assert issue["loc"] == ["query", name]
+    assert issue["type"] == "less_than_equal" and bound in issue["msg"]
+    last = big.get(PAGE, params={"offset": "1000000000", "limit": "949"})
+    assert last.status_code == 200 and last.json()["product_codes"] == []
+
+
 def test_a_big_models_answers_equal_its_curves(big: TestClient) -> None:
     document = json.loads(catalogue_artefact(30_000, seed=3))
     for code in ("P000000", "P012345", "P029999"):

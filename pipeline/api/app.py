@@ -102,6 +102,7 @@ from pipeline.model_format import BASES
 from pipeline.store import Store
 
 PAGE_LIMIT = 1000
+PAGE_OFFSET_MAX = 1_000_000_000
 DOCS_ASSETS = files("fastapi_offline") / "static"
 DOCS_ASSET_TYPES = {
     "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
@@ -388,7 +389,9 @@ def _fastapi(state: ServiceState, predictions: Predictions) -> FastAPI:
     @app.get(PRODUCT_CODES_PATH, response_model=ProductCodePage,
              responses=_key_responses(settings), dependencies=keyed, tags=["operations"])
     async def product_codes(
-        offset: Annotated[int, Query(ge=0, description="How many codes to skip.")] = 0,
+        offset: Annotated[int, Query(
+            ge=0, le=PAGE_OFFSET_MAX, description="How many codes to skip."
+        )] = 0,
         limit: Annotated[
             int, Query(ge=1, le=PAGE_LIMIT, description=f"At most {PAGE_LIMIT} a page.")
         ] = PAGE_LIMIT,
