@@ -132,13 +132,44 @@ def test_unknown_parts_are_answered_from_the_catalogue_curve_on_request(store: S
     assert single.json()["basis"] == "catalogue"
     assert single.json()["est_hours_to_dispatch"] == CATALOGUE.curve.predict_one(50.0)
     assert single.json()["p90_hours_to_dispatch"] == CATALOGUE.bound.predict_one(50.0)
-    assert single.json()["extrapolated"] is None
+    assert single.json()["extrapolated"] is False
     assert batch["basis"] == ["catalogue", "product"]
     assert batch["est_hours_to_dispatch"][0] == single.json()["est_hours_to_dispatch"]
     assert batch["unknown_product_codes"] == [{"index": 0, "product_code": "NEW-1"}]
     with TestClient(make_app(store)) as client:
         assert client.post(SINGLE, json={"product_code": "NEW-1", "orders_placed": 50}
                            ).status_code == 422
+
+
+def test_a_catalogue_answer_says_whether_it_extrapolates(store: Store) -> None:
+    model = pooled(store)
+    low = min(low for low, _ in model.ranges.values())
+    high = max(high for _, high in model.ranges.values())
+    probes = [low, (low + high) / 2, high, high + 1e-9, 4_000.0, 30_000.0]
+    expected = [False, False, False, True, True, True]
+    if low > 0:
+        probes, expected = [0.0] + probes, [True] + expected
+    with TestClient(make_app(store, unknown_products="catalogue")) as client:
+        singles = [client.post(SINGLE, json={"product_code": "NEW-1", "orders_placed": orders})
+                   for orders in probes]
+        batch = client.post(BATCH, json=rows([("NEW-1", orders) for orders in probes])).json()
+        info = client.get(MODEL).json()
+    assert [answer.json()["extrapolated"] for answer in singles] == expected
+    assert batch["extrapolated"] == expected
+    assert batch["basis"] == ["catalogue"] * len(probes)
+    assert info["orders_placed_range"] == {"min": low, "max": high}
+
+
+def test_a_catalogue_answer_without_trained_ranges_leaves_extrapolated_null(
+    store: Store
+) -> None:
+    model = dataclasses.replace(pooled(store), ranges={})
+    publish_raw(store, "20261202-000000-noranges", model.to_json())
+    with TestClient(make_app(store, unknown_products="catalogue")) as client:
+        single = client.post(SINGLE, json={"product_code": "NEW-1", "orders_placed": 30_000})
+        batch = client.post(BATCH, json=rows([("NEW-1", 30_000), ("SKU001", 3)])).json()
+    assert single.json()["basis"] == "catalogue" and single.json()["extrapolated"] is None
+    assert batch["extrapolated"] == [None, None]
 
 
 def test_a_model_without_a_catalogue_curve_keeps_refusing_and_says_so(

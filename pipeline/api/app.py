@@ -363,7 +363,7 @@ def _fastapi(state: ServiceState, predictions: Predictions) -> FastAPI:
         if tranche is None:
             tranche = {key: metadata[key] for key in TRAINING_KEYS if key in metadata} or None
         held_mae, previous_version, previous_mae = accuracy_facts(metadata)
-        ranges = lookup.ranges
+        trained = lookup.orders_range
         return ModelInfo(
             model_version=serving.version,
             trained_at=serving.trained_at.isoformat() if serving.trained_at else None,
@@ -377,8 +377,8 @@ def _fastapi(state: ServiceState, predictions: Predictions) -> FastAPI:
             previous_model_version=previous_version,
             previous_realised_mae=previous_mae,
             metadata=metadata,
-            orders_placed_range=None if ranges is None else OrdersPlacedRange(
-                min=float(ranges[:, 0].min()), max=float(ranges[:, 1].max())
+            orders_placed_range=None if trained is None else OrdersPlacedRange(
+                min=trained[0], max=trained[1]
             ),
             coverage_p90=coverage_p90(metadata),
             bases=basis_summaries(serving),

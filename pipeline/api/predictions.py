@@ -216,7 +216,7 @@ class Predictions:
             extrapolated, basis = lookup.extrapolated(i, orders), lookup.basis(i)
         elif serving.answers_unknown:
             estimate, p90 = lookup.catalogue_answer(orders)
-            extrapolated, basis = None, CATALOGUE_BASIS
+            extrapolated, basis = lookup.outside_trained(orders), CATALOGUE_BASIS
         else:
             return _rejected(RequestRejected([unknown_issue(serving, code, ("product_code",))]))
         if not math.isfinite(estimate) or (p90 is not None and not math.isfinite(p90)):

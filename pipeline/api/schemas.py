@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, TypeAdapte
 from pydantic_core import CoreSchema, core_schema
 from typing_extensions import Annotated, Literal
 
-from pipeline.api.routes import PRODUCT_CODES_PATH
+from pipeline.api.routes import MODEL_PATH, PRODUCT_CODES_PATH
 from pipeline.api.settings import UnknownProducts
 
 PRODUCT_CODE_MAX_LENGTH = 256
@@ -75,8 +75,10 @@ BASIS_DESCRIPTION = (
 Basis = Optional[Literal["product", "pooled", "catalogue"]]
 EXTRAPOLATED_DESCRIPTION = (
     "True when orders_placed lies outside the range this product code was trained on "
-    f"(GET {PRODUCT_CODES_PATH} lists the ranges): the model is guessing. Null when "
-    "the served model does not record its ranges (format version 1)."
+    f"(GET {PRODUCT_CODES_PATH} lists the ranges): the model is guessing. For a part "
+    "answered from the catalogue curve, the range of the whole model (orders_placed_range "
+    f"in GET {MODEL_PATH}). Null when the served model does not record its ranges "
+    "(format version 1)."
 )
 
 

@@ -51,7 +51,9 @@ class BatchAnswer(NamedTuple):
     """A batch's answers in request order; ``answered`` is False for rows left unanswered.
 
     ``uppers`` is None when no row has a p90 bound, ``outside`` when no row has a trained
-    range; ``unknown`` holds the rows whose product code the model does not know.
+    range; ``bounded`` and ``ranged`` say which rows have them (a catalogue answer is
+    judged against the whole model's range); ``unknown`` holds the rows whose product code
+    the model does not know.
     """
 
     estimates: FloatArray
@@ -135,6 +137,7 @@ class ServingModel:
                     bases[row] = name
             answered = known.copy()
             bounded = known.copy() if uppers is not None else np.zeros(n, dtype=np.bool_)
+            ranged = known.copy()
             if len(unknown) and self.answers_unknown and lookup.catalogue is not None:
                 cx = rows.orders_placed[unknown]
                 zero = np.zeros(len(unknown), dtype=np.int64)
@@ -146,7 +149,11 @@ class ServingModel:
                     bases[row] = CATALOGUE_BASIS
                 answered[:] = True
                 bounded[unknown] = True
-        return BatchAnswer(estimates, uppers, outside, bases, answered, bounded, known, unknown)
+                trained = lookup.orders_range
+                if outside is not None and trained is not None:
+                    outside[unknown] = (cx < trained[0]) | (cx > trained[1])
+                    ranged[unknown] = True
+        return BatchAnswer(estimates, uppers, outside, bases, answered, bounded, ranged, unknown)
 
 
 def model_age_seconds(serving: ServingModel, now: float) -> Optional[float]:
