@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterator, List
 import orjson
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from benchmarks.serving_support import catalogue_artefact
@@ -170,6 +171,32 @@ def test_a_catalogue_answer_without_trained_ranges_leaves_extrapolated_null(
         batch = client.post(BATCH, json=rows([("NEW-1", 30_000), ("SKU001", 3)])).json()
     assert single.json()["basis"] == "catalogue" and single.json()["extrapolated"] is None
     assert batch["extrapolated"] == [None, None]
+
+
+def unknown_counted(client: TestClient) -> Dict[str, float]:
+    """ttd_unknown_product_codes_total by its answer label, from a scrape."""
+    families = text_string_to_metric_families(client.get("/metrics").text)
+    return {sample.labels["answer"]: sample.value for family in families
+            for sample in family.samples if sample.name == "ttd_unknown_product_codes_total"}
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_every_unknown_part_is_counted(store: Store, fast_path: bool) -> None:
+    pooled(store)
+    with TestClient(make_app(store, fast_path=fast_path)) as client:
+        assert unknown_counted(client) == {"rejected": 0, "catalogue": 0}
+        client.post(SINGLE, json={"product_code": "NEW-1", "orders_placed": 5})
+        client.post(SINGLE, json={"product_code": "NEW-1", "orders_placed": -5})
+        client.post(SINGLE, json={"product_code": "SKU001", "orders_placed": 5})
+        client.post(BATCH, json=rows([("NEW-1", 5), ("SKU001", 5), ("NEW-2", 5)]))
+        client.post(BATCH, json=rows([("NEW-1", 5), ("SKU001", -5)]))  # a 422: no row answered
+        rejected = unknown_counted(client)
+    with TestClient(make_app(store, unknown_products="catalogue", fast_path=fast_path)) as client:
+        client.post(SINGLE, json={"product_code": "NEW-1", "orders_placed": 5})
+        client.post(BATCH, json=rows([("NEW-1", 5), ("SKU001", 5), ("NEW-2", 5)]))
+        answered = unknown_counted(client)
+    assert rejected == {"rejected": 4, "catalogue": 0}
+    assert answered == {"rejected": 0, "catalogue": 3}
 
 
 def test_a_model_without_a_catalogue_curve_keeps_refusing_and_says_so(

@@ -249,9 +249,9 @@ def _answering_route(state: ServiceState, answers: Dict[str, Answer]) -> Type[AP
             answer = answers[self.path]
 
             async def handler(request: Request) -> Response:
-                status, payload, found, rows = answer(state.serving, await request.body())
+                status, payload, found, rows, unknown = answer(state.serving, await request.body())
                 fields = request.scope.setdefault(LOG_SCOPE_KEY, {})
-                fields.update(found, rows=rows)
+                fields.update(found, rows=rows, unknown=unknown)
                 return Response(payload, status, media_type="application/json")
 
             return handler

@@ -149,7 +149,7 @@ class PredictionLayer:
             except _BodyTooLarge:
                 refusal = self.policy.too_large
             except _ClientGone:
-                self._record(scope, request_id, CLIENT_CLOSED, start, serving, {}, 0)
+                self._record(scope, request_id, CLIENT_CLOSED, start, serving, {}, 0, 0)
                 return
         headers = [JSON_TYPE, (REQUEST_ID_HEADER, request_id.encode())]
         if refusal is not None:
@@ -157,23 +157,23 @@ class PredictionLayer:
             if refusal.close:
                 headers.append(CLOSE)
             fields: Dict[str, Any] = {}
-            rows = 0
+            rows = unknown = 0
         elif rule.answer is None:
             given = _replayed(body, receive) if rule.guard.json_body else receive
             await self._fall_through(scope, given, send, request_id, start)
             return
         else:
             try:
-                status, payload, fields, rows = rule.answer(serving, body)
+                status, payload, fields, rows, unknown = rule.answer(serving, body)
             except Exception:  # noqa: BLE001 - a defect still gets an id'd answer and log line
                 log.exception("request %s failed", request_id)
-                status, payload, fields, rows = 500, INTERNAL_ERROR, {}, 0
+                status, payload, fields, rows, unknown = 500, INTERNAL_ERROR, {}, 0, 0
         headers.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         # A HEAD request (a guarded GET route's) gets the headers only.
         await send({"type": "http.response.body",
                     "body": b"" if scope["method"] == "HEAD" else payload})
-        self._record(scope, request_id, status, start, serving, fields, rows)
+        self._record(scope, request_id, status, start, serving, fields, rows, unknown)
 
     async def _read_body(self, receive: Receive, first: Message) -> bytes:
         """The rest of a body that came in more than one message, refused (_BodyTooLarge) as
@@ -227,7 +227,8 @@ class PredictionLayer:
             await self.app(inner, receive, send_with_id)
         finally:
             rows = int(fields.pop("rows", 0))
-            self._record(scope, request_id, status[0], start, serving, fields, rows)
+            unknown = int(fields.pop("unknown", 0))
+            self._record(scope, request_id, status[0], start, serving, fields, rows, unknown)
 
     def _record(
         self,
@@ -238,6 +239,7 @@ class PredictionLayer:
         serving: ServingModel,
         fields: Dict[str, Any],
         rows: int,
+        unknown: int,
     ) -> None:
         elapsed = time.perf_counter() - start
         path: str = scope["path"]
@@ -246,6 +248,8 @@ class PredictionLayer:
         metrics.series(endpoint, status).observe(elapsed)
         if rows:
             metrics.count_predictions(endpoint, rows)
+        if unknown:
+            metrics.count_unknown(unknown, serving.answers_unknown)
         log = self.state.request_log
         if log.enabled:
             log.write({

@@ -33,14 +33,16 @@ NOT_FINITE_MSG = "The model gives no finite estimate for this orders_placed"
 class RequestRejected(Exception):
     """A request the served model cannot answer: its problems, shaped as pydantic's errors."""
 
-    def __init__(self, errors: List[Dict[str, Any]]) -> None:
+    def __init__(self, errors: List[Dict[str, Any]], unknown: int = 0) -> None:
         super().__init__(f"{len(errors)} problem(s) with the request")
         self.errors = errors
+        self.unknown = unknown
 
 
-# A prediction request's answer: status and body, the request log's fields, the rows answered.
-# A plain tuple: a NamedTuple's constructor costs the hot path half a microsecond.
-Outcome = Tuple[int, bytes, Dict[str, Any], int]
+# A prediction request's answer: status and body, the request log's fields, the rows answered
+# and the parts named that the model does not know. A plain tuple: a NamedTuple's constructor
+# costs the hot path half a microsecond.
+Outcome = Tuple[int, bytes, Dict[str, Any], int, int]
 
 
 def _literal(values: List[str]) -> str:
@@ -82,7 +84,7 @@ def _not_finite(loc: List[Any], value: float) -> bytes:
 
 
 def _rejected(exc: RequestRejected) -> Outcome:
-    return 422, validation_body(exc.errors), {"errors": summary(exc.errors)}, 0
+    return 422, validation_body(exc.errors), {"errors": summary(exc.errors)}, 0, exc.unknown
 
 
 def _column(values: Optional[Any], present: Any, n: int) -> Any:
@@ -146,7 +148,7 @@ class Predictions:
             return RequestRejected(errors)
         code = data.get("product_code") if isinstance(data, dict) else None
         if isinstance(code, str) and code not in serving.lookup.index:
-            return RequestRejected([unknown_issue(serving, code, ("product_code",))] + errors)
+            return RequestRejected([unknown_issue(serving, code, ("product_code",))] + errors, 1)
         return RequestRejected(errors)
 
     def parse_batch(self, body: bytes) -> BatchRows:
@@ -214,15 +216,17 @@ class Predictions:
             estimate = lookup.estimate(i, orders)
             p90 = lookup.upper(i, orders, estimate)
             extrapolated, basis = lookup.extrapolated(i, orders), lookup.basis(i)
+            unknown = 0
         elif serving.answers_unknown:
             estimate, p90 = lookup.catalogue_answer(orders)
             extrapolated, basis = lookup.outside_trained(orders), CATALOGUE_BASIS
+            unknown = 1
         else:
-            return _rejected(RequestRejected([unknown_issue(serving, code, ("product_code",))]))
+            return _rejected(RequestRejected([unknown_issue(serving, code, ("product_code",))], 1))
         if not math.isfinite(estimate) or (p90 is not None and not math.isfinite(p90)):
             loc: List[Any] = ["body", "orders_placed"]
             fields["errors"] = [{"type": "value_error", "loc": loc}]
-            return 422, _not_finite(loc, orders), fields, 0
+            return 422, _not_finite(loc, orders), fields, 0, unknown
         fields["prediction"] = estimate
         payload = orjson.dumps({
             "est_hours_to_dispatch": estimate,
@@ -231,7 +235,7 @@ class Predictions:
             "basis": basis,
             "model_version": serving.version,
         })
-        return 200, payload, fields, 1
+        return 200, payload, fields, 1, unknown
 
     def batch(self, serving: ServingModel, body: bytes) -> Outcome:
         """Validate and answer one batch request body."""
@@ -242,11 +246,12 @@ class Predictions:
         answer = serving.predict_batch(rows)
         estimates, uppers, answered = answer.estimates, answer.uppers, answer.answered
         n = len(estimates)
+        unknown = len(answer.unknown)
         fields: Dict[str, Any] = {
             "input": {"rows": n, "product_codes": len(set(rows.product_codes))}
         }
-        if len(answer.unknown):
-            fields["unknown_product_codes"] = len(answer.unknown)
+        if unknown:
+            fields["unknown_product_codes"] = unknown
         with np.errstate(invalid="ignore"):
             broken = answered & ~np.isfinite(estimates)
             if uppers is not None:
@@ -256,7 +261,7 @@ class Predictions:
             loc: List[Any] = ["body", bad, "orders_placed"]
             fields["errors"] = [{"type": "value_error", "loc": loc}]
             payload = _not_finite(loc, float(rows.orders_placed[bad]))
-            return 422, payload, fields, 0
+            return 422, payload, fields, 0, unknown
         done = estimates[answered]
         if len(done):
             fields["prediction"] = {
@@ -278,4 +283,4 @@ class Predictions:
             },
             option=orjson.OPT_SERIALIZE_NUMPY,
         )
-        return 200, payload, fields, int(answered.sum())
+        return 200, payload, fields, int(answered.sum()), unknown
