@@ -15,7 +15,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.api.serving import UNKNOWN_CATALOGUE, BatchRows, load_latest_serving
+from pipeline.api.serving import BatchRows, load_latest_serving
+from pipeline.api.settings import UNKNOWN_CATALOGUE
 from pipeline.artefacts import ModelUnavailable, choose_tranches, read_pointer
 from pipeline.model_format import BASES, CATALOGUE_BASIS
 from pipeline.store import open_store
@@ -30,7 +31,6 @@ ANSWER_BASES: Tuple[str, ...] = (*BASES, CATALOGUE_BASIS)
 NO_BASIS = "none recorded"
 COVERAGE_GOAL = (0.87, 0.93)
 COVERAGE_ROWS_JUDGED = 50
-MAX_BATCH_ROWS = 10_000_000
 
 
 @dataclass(frozen=True)
@@ -52,8 +52,7 @@ def served_answers(
     Returns (None, why) when the store has no loadable model.
     """
     try:
-        serving = load_latest_serving(open_store(store_url), MAX_BATCH_ROWS, UNKNOWN_CATALOGUE,
-                                      isolate=False)
+        serving = load_latest_serving(open_store(store_url), UNKNOWN_CATALOGUE, isolate=False)
     except ModelUnavailable as exc:
         return None, str(exc)
     answer = serving.predict_batch(BatchRows(list(codes), np.asarray(orders, dtype=np.float64)))

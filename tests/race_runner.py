@@ -161,7 +161,7 @@ def race_problems(
         problems.append("runs lost a race that no run won")
     try:
         loaded = load_latest(store)
-        build_serving_model(loaded, 10)
+        build_serving_model(loaded)
     except ModelUnavailable as exc:
         return problems + [f"the pointer's model does not load: {exc}"] + model_problems(
             store, complete)

@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterator, List
 import orjson
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
+from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
 from benchmarks.serving_support import catalogue_artefact
@@ -132,13 +133,70 @@ def test_unknown_parts_are_answered_from_the_catalogue_curve_on_request(store: S
     assert single.json()["basis"] == "catalogue"
     assert single.json()["est_hours_to_dispatch"] == CATALOGUE.curve.predict_one(50.0)
     assert single.json()["p90_hours_to_dispatch"] == CATALOGUE.bound.predict_one(50.0)
-    assert single.json()["extrapolated"] is None
+    assert single.json()["extrapolated"] is False
     assert batch["basis"] == ["catalogue", "product"]
     assert batch["est_hours_to_dispatch"][0] == single.json()["est_hours_to_dispatch"]
     assert batch["unknown_product_codes"] == [{"index": 0, "product_code": "NEW-1"}]
     with TestClient(make_app(store)) as client:
         assert client.post(SINGLE, json={"product_code": "NEW-1", "orders_placed": 50}
                            ).status_code == 422
+
+
+def test_a_catalogue_answer_says_whether_it_extrapolates(store: Store) -> None:
+    model = pooled(store)
+    low = min(low for low, _ in model.ranges.values())
+    high = max(high for _, high in model.ranges.values())
+    probes = [low, (low + high) / 2, high, high + 1e-9, 4_000.0, 30_000.0]
+    expected = [False, False, False, True, True, True]
+    if low > 0:
+        probes, expected = [0.0] + probes, [True] + expected
+    with TestClient(make_app(store, unknown_products="catalogue")) as client:
+        singles = [client.post(SINGLE, json={"product_code": "NEW-1", "orders_placed": orders})
+                   for orders in probes]
+        batch = client.post(BATCH, json=rows([("NEW-1", orders) for orders in probes])).json()
+        info = client.get(MODEL).json()
+    assert [answer.json()["extrapolated"] for answer in singles] == expected
+    assert batch["extrapolated"] == expected
+    assert batch["basis"] == ["catalogue"] * len(probes)
+    assert info["orders_placed_range"] == {"min": low, "max": high}
+
+
+def test_a_catalogue_answer_without_trained_ranges_leaves_extrapolated_null(
+    store: Store
+) -> None:
+    model = dataclasses.replace(pooled(store), ranges={})
+    publish_raw(store, "20261202-000000-noranges", model.to_json())
+    with TestClient(make_app(store, unknown_products="catalogue")) as client:
+        single = client.post(SINGLE, json={"product_code": "NEW-1", "orders_placed": 30_000})
+        batch = client.post(BATCH, json=rows([("NEW-1", 30_000), ("SKU001", 3)])).json()
+    assert single.json()["basis"] == "catalogue" and single.json()["extrapolated"] is None
+    assert batch["extrapolated"] == [None, None]
+
+
+def unknown_counted(client: TestClient) -> Dict[str, float]:
+    """ttd_unknown_product_codes_total by its answer label, from a scrape."""
+    families = text_string_to_metric_families(client.get("/metrics").text)
+    return {sample.labels["answer"]: sample.value for family in families
+            for sample in family.samples if sample.name == "ttd_unknown_product_codes_total"}
+
+
+@pytest.mark.parametrize("fast_path", [True, False])
+def test_every_unknown_part_is_counted(store: Store, fast_path: bool) -> None:
+    pooled(store)
+    with TestClient(make_app(store, fast_path=fast_path)) as client:
+        assert unknown_counted(client) == {"rejected": 0, "catalogue": 0}
+        client.post(SINGLE, json={"product_code": "NEW-1", "orders_placed": 5})
+        client.post(SINGLE, json={"product_code": "NEW-1", "orders_placed": -5})
+        client.post(SINGLE, json={"product_code": "SKU001", "orders_placed": 5})
+        client.post(BATCH, json=rows([("NEW-1", 5), ("SKU001", 5), ("NEW-2", 5)]))
+        client.post(BATCH, json=rows([("NEW-1", 5), ("SKU001", -5)]))  # a 422: no row answered
+        rejected = unknown_counted(client)
+    with TestClient(make_app(store, unknown_products="catalogue", fast_path=fast_path)) as client:
+        client.post(SINGLE, json={"product_code": "NEW-1", "orders_placed": 5})
+        client.post(BATCH, json=rows([("NEW-1", 5), ("SKU001", 5), ("NEW-2", 5)]))
+        answered = unknown_counted(client)
+    assert rejected == {"rejected": 4, "catalogue": 0}
+    assert answered == {"rejected": 0, "catalogue": 3}
 
 
 def test_a_model_without_a_catalogue_curve_keeps_refusing_and_says_so(
@@ -207,6 +265,25 @@ def test_the_code_list_pages_through_every_code_in_order(big: TestClient) -> Non
         response = big.get(PAGE, params=params)
         assert response.status_code == 422, params
         assert response.json()["detail"][0]["loc"][0] == "query"
+
+
+@pytest.mark.parametrize("name, value, bound", [
+    ("offset", "58504253913700985382595505160192", "1000000000"),
+    ("offset", str(2**63), "1000000000"),
+    ("offset", "1000000001", "1000000000"),
+    ("limit", "58504253913700985382595505160192", "1000"),
+])
+def test_paging_parameters_are_bounded_and_a_huge_one_is_a_422(
+    big: TestClient, name: str, value: str, bound: str
+) -> None:
+    params = {"offset": "0", "limit": "949", name: value}
+    response = big.get(PAGE, params=params)
+    assert response.status_code == 422, response.text
+    [issue] = response.json()["detail"]
+    assert issue["loc"] == ["query", name]
+    assert issue["type"] == "less_than_equal" and bound in issue["msg"]
+    last = big.get(PAGE, params={"offset": "1000000000", "limit": "949"})
+    assert last.status_code == 200 and last.json()["product_codes"] == []
 
 
 def test_a_big_models_answers_equal_its_curves(big: TestClient) -> None:

@@ -38,6 +38,33 @@ def test_every_route_is_described(store: Store) -> None:
     assert paths["/metrics"]["get"]["responses"]["200"]["content"].keys() == {"text/plain"}
 
 
+def test_the_routes_under_the_prefix_are_the_ones_the_service_names(store: Store) -> None:
+    from pipeline.api.routes import (
+        API_PREFIX,
+        BATCH_PATH,
+        MODEL_PATH,
+        PRODUCT_CODES_PATH,
+        SINGLE_PATH,
+    )
+
+    paths = openapi(store)["paths"]
+    assert API_PREFIX == "/api/v0.1"
+    assert {p for p in paths if p.startswith(API_PREFIX + "/")} == {
+        SINGLE_PATH, BATCH_PATH, MODEL_PATH, PRODUCT_CODES_PATH}
+    assert (SINGLE_PATH, BATCH_PATH) == (SINGLE, BATCH)
+
+
+def test_the_unknown_products_modes_are_one_type(store: Store) -> None:
+    from pipeline.api.settings import UNKNOWN_PRODUCTS
+    from pipeline.serve_model import build_parser
+
+    assert UNKNOWN_PRODUCTS == ("reject", "catalogue")
+    [flag] = [a for a in build_parser()._actions if a.dest == "unknown_products"]
+    assert tuple(flag.choices or ()) == UNKNOWN_PRODUCTS
+    schema = openapi(store)["components"]["schemas"]["ModelInfo"]["properties"]
+    assert tuple(schema["unknown_products"]["enum"]) == UNKNOWN_PRODUCTS
+
+
 def test_request_schema_gives_a_code_as_a_bounded_string_not_an_enum(store: Store) -> None:
     document = openapi(store)
     request = document["components"]["schemas"]["PredictionRequest"]

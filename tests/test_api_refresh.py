@@ -51,7 +51,7 @@ def store(tmp_path: Path) -> Store:
 
 def current(store: Store) -> ServingModel:
     """A ServingModel of the store's latest model."""
-    return build_serving_model(load_latest(store), 10_000)
+    return build_serving_model(load_latest(store))
 
 
 def test_same_pointer_is_unchanged(store: Store) -> None:

@@ -1,4 +1,4 @@
-"""The served-model bundle: the fast parsers agree with pydantic, batch equals single."""
+"""The prediction routes' parser agrees with pydantic; the served model's batch equals single."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from pipeline.api.lookup import summarise, summarise_metadata
-from pipeline.api.serving import BatchRows, RequestRejected, ServingModel, build_serving_model
+from pipeline.api.predictions import Predictions, RequestRejected
+from pipeline.api.serving import BatchRows, ServingModel, build_serving_model
 from pipeline.artefacts import load_latest
 from tests.api_support import CODES, new_store
 
@@ -23,9 +24,15 @@ FIXTURE_OK = [HealthCheck.function_scoped_fixture]
 
 @pytest.fixture(scope="module")
 def serving(tmp_path_factory: pytest.TempPathFactory) -> ServingModel:
-    """A ServingModel with a small batch cap."""
+    """A ServingModel of a five-part model."""
     store = new_store(tmp_path_factory.mktemp("serving"))
-    return build_serving_model(load_latest(store), CAP)
+    return build_serving_model(load_latest(store))
+
+
+@pytest.fixture(scope="module")
+def parser() -> Predictions:
+    """The prediction routes' parser with a small batch cap."""
+    return Predictions(CAP)
 
 
 values = st.one_of(
@@ -55,10 +62,10 @@ bodies = st.one_of(
 ).map(lambda data: json.dumps(data).encode())
 
 
-def reference(serving: ServingModel, body: bytes) -> Optional[BatchRows]:
+def reference(parser: Predictions, body: bytes) -> Optional[BatchRows]:
     """What pydantic alone makes of a body: the columns, or None when it is invalid."""
     try:
-        checked = serving.validators.batch.validate_json(body)
+        checked = parser.validators.batch.validate_json(body)
     except ValidationError:
         return None
     return BatchRows(
@@ -69,32 +76,34 @@ def reference(serving: ServingModel, body: bytes) -> Optional[BatchRows]:
 
 @settings(max_examples=300, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(body=bodies)
-def test_batch_parser_agrees_with_pydantic(serving: ServingModel, body: bytes) -> None:
-    expected = reference(serving, body)
+def test_batch_parser_agrees_with_pydantic(parser: Predictions, body: bytes) -> None:
+    expected = reference(parser, body)
     if expected is None:
         with pytest.raises(RequestRejected):
-            serving.parse_batch(body)
+            parser.parse_batch(body)
         return
-    got = serving.parse_batch(body)
+    got = parser.parse_batch(body)
     assert got.product_codes == expected.product_codes
     assert np.array_equal(got.orders_placed, expected.orders_placed)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=FIXTURE_OK)
 @given(body=any_rows.map(lambda data: json.dumps(data).encode()))
-def test_single_parser_agrees_with_pydantic(serving: ServingModel, body: bytes) -> None:
+def test_single_parser_agrees_with_pydantic(
+    parser: Predictions, serving: ServingModel, body: bytes
+) -> None:
     try:
-        row = serving.validators.single.validate_json(body)
+        row = parser.validators.single.validate_json(body)
     except ValidationError as exc:
         with pytest.raises(RequestRejected) as raised:
-            serving.parse_single(body)
+            parser.parse_single(body, serving)
         found = raised.value.errors
         if found[0]["type"] == "literal_error":  # a valid string the model does not know
             assert found[0]["loc"] == ("product_code",) and found[0]["input"] not in CODES
             found = found[1:]
         assert found == exc.errors(include_url=False)
         return
-    assert serving.parse_single(body) == (row["product_code"], row["orders_placed"])
+    assert parser.parse_single(body, serving) == (row["product_code"], row["orders_placed"])
 
 
 @pytest.mark.parametrize(
@@ -107,14 +116,14 @@ def test_single_parser_agrees_with_pydantic(serving: ServingModel, body: bytes) 
      b'{"product_code": "SKU001", "orders_placed": 1000000000.0000001}',
      b'{"product_code": "SKU001", "orders_placed": -0.0}'],
 )
-def test_single_parser_edge_cases(serving: ServingModel, body: bytes) -> None:
+def test_single_parser_edge_cases(parser: Predictions, serving: ServingModel, body: bytes) -> None:
     try:
-        row = serving.validators.single.validate_json(body)
+        row = parser.validators.single.validate_json(body)
     except ValidationError:
         with pytest.raises(RequestRejected):
-            serving.parse_single(body)
+            parser.parse_single(body, serving)
         return
-    assert serving.parse_single(body) == (row["product_code"], row["orders_placed"])
+    assert parser.parse_single(body, serving) == (row["product_code"], row["orders_placed"])
 
 
 @pytest.mark.parametrize(
@@ -124,23 +133,23 @@ def test_single_parser_edge_cases(serving: ServingModel, body: bytes) -> None:
      b'[{"product_code": "SKU001", "orders_placed": 18446744073709551616}]',
      b'[{"product_code": "SKU001", "orders_placed": -0.0}]'],
 )
-def test_batch_parser_edge_numbers(serving: ServingModel, body: bytes) -> None:
-    expected = reference(serving, body)
+def test_batch_parser_edge_numbers(parser: Predictions, body: bytes) -> None:
+    expected = reference(parser, body)
     if expected is None:
         with pytest.raises(RequestRejected):
-            serving.parse_batch(body)
+            parser.parse_batch(body)
     else:
-        assert serving.parse_batch(body).product_codes == expected.product_codes
+        assert parser.parse_batch(body).product_codes == expected.product_codes
 
 
 @pytest.mark.parametrize("n, ok", [(CAP, True), (CAP + 1, False)])
-def test_batch_cap_boundary(serving: ServingModel, n: int, ok: bool) -> None:
+def test_batch_cap_boundary(parser: Predictions, n: int, ok: bool) -> None:
     body = json.dumps([{"product_code": "SKU001", "orders_placed": 1}] * n).encode()
     if ok:
-        assert len(serving.parse_batch(body).product_codes) == n
+        assert len(parser.parse_batch(body).product_codes) == n
     else:
         with pytest.raises(RequestRejected) as raised:
-            serving.parse_batch(body)
+            parser.parse_batch(body)
         assert f"at most {CAP} items" in raised.value.errors[0]["msg"]
 
 
@@ -161,7 +170,7 @@ def test_batch_estimates_equal_single_estimates(serving: ServingModel, pairs: Li
 
 def test_model_facts_from_metadata(tmp_path: Path) -> None:
     loaded = load_latest(new_store(tmp_path))
-    serving = build_serving_model(loaded, 5)
+    serving = build_serving_model(loaded)
     assert serving.trained_at is not None and serving.trained_at.year == 2026
     assert serving.product_codes == CODES
     assert serving.metadata["model_version"] == serving.version

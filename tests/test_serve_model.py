@@ -12,17 +12,17 @@ import pytest
 import uvicorn
 
 from pipeline import serve_model
-from pipeline.api.settings import ServeSettings
-from pipeline.serve_model import (
+from pipeline.api.server import (
     CLOSE_HEADER,
     MAX_DRAIN_SECONDS,
     STOP_DEADLINE_SECONDS,
     DrainingServer,
     StartupError,
     load_model,
-    parse_options,
     stop_timeout_seconds,
 )
+from pipeline.api.settings import ServeSettings
+from pipeline.serve_model import parse_options
 from tests.serve_support import (
     SINGLE_PATH,
     RefusedRun,

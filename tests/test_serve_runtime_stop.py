@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from pipeline.serve_model import STOP_DEADLINE_SECONDS
+from pipeline.api.server import STOP_DEADLINE_SECONDS
 from tests.serve_support import (
     BATCH_PATH,
     SINGLE_PATH,

@@ -20,7 +20,18 @@ import math
 import time
 from contextlib import asynccontextmanager, suppress
 from importlib.resources import files
-from typing import Any, AsyncIterator, Callable, Dict, List, Mapping, Optional, Union
+from typing import (
+    Any,
+    AsyncIterator,
+    Callable,
+    Coroutine,
+    Dict,
+    List,
+    Mapping,
+    Optional,
+    Type,
+    Union,
+)
 
 import numpy as np
 import orjson
@@ -34,24 +45,27 @@ from fastapi.responses import (
     PlainTextResponse,
     Response,
 )
+from fastapi.routing import APIRoute
 from fastapi.security import APIKeyHeader
-from hmac import compare_digest
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from typing_extensions import Annotated
 
 from pipeline.api.errors import message_body, summary, validation_body
-from pipeline.api.fastpath import (
+from pipeline.api.fastpath import LOG_SCOPE_KEY, Answer, PredictionLayer
+from pipeline.api.predictions import Predictions
+from pipeline.api.routes import (
+    API_VERSION,
     BATCH_PATH,
-    LOG_SCOPE_KEY,
+    DOCS_ASSETS_PATH,
+    DOCS_PATH,
+    HEALTH_PATH,
+    METRICS_PATH,
+    MODEL_PATH,
+    PRODUCT_CODES_PATH,
+    REDOC_PATH,
     SINGLE_PATH,
-    Outcome,
-    PredictionLayer,
-    answer_batch,
-    answer_single,
-    is_json_content_type,
-    unsupported_media_type,
 )
 from pipeline.api.schemas import (
     BasisSummary,
@@ -68,7 +82,6 @@ from pipeline.api.schemas import (
     ValidationErrorResponse,
 )
 from pipeline.api.serving import (
-    PRODUCT_CODES_PATH,
     RefreshOutcome,
     ServingModel,
     build_serving_model,
@@ -88,14 +101,8 @@ from pipeline.artefacts import LoadedModel
 from pipeline.model_format import BASES
 from pipeline.store import Store
 
-API_VERSION = "0.1"
-MODEL_PATH = "/api/v0.1/model"
 PAGE_LIMIT = 1000
-HEALTH_PATH = "/health"
-METRICS_PATH = "/metrics"
-DOCS_PATH = "/docs"
-REDOC_PATH = "/redoc"
-DOCS_ASSETS_PATH = "/docs-assets"
+PAGE_OFFSET_MAX = 1_000_000_000
 DOCS_ASSETS = files("fastapi_offline") / "static"
 DOCS_ASSET_TYPES = {
     "swagger-ui-bundle.js": "text/javascript; charset=utf-8",
@@ -106,7 +113,7 @@ DOCS_ASSET_TYPES = {
 TITLE = "time-to-dispatch"
 DESCRIPTION = (
     "Estimated hours to dispatch an order, from the product code and the orders placed. "
-    "`GET /api/v0.1/model/product_codes` lists, page by page, the codes the served model "
+    f"`GET {PRODUCT_CODES_PATH}` lists, page by page, the codes the served model "
     "knows (they change when a new model is swapped in; this schema does not). Each "
     "estimate comes with `p90_hours_to_dispatch`, the hours within which 90% of such "
     "orders are dispatched, `extrapolated`, true when `orders_placed` is outside the range "
@@ -135,13 +142,12 @@ def create_app(
 ) -> PredictionLayer:
     """The ASGI app serving ``initial`` (already verified) and, if enabled, its successors."""
     if isinstance(initial, LoadedModel):
-        initial = build_serving_model(
-            initial, settings.max_batch_rows, settings.unknown_products
-        )
+        initial = build_serving_model(initial, settings.unknown_products)
     state = ServiceState(settings, store, initial)
-    api = _fastapi(state)
+    predictions = Predictions(settings.max_batch_rows)
+    api = _fastapi(state, predictions)
     known = frozenset(getattr(route, "path", "") for route in api.routes) - {""}
-    return PredictionLayer(api, state, known)
+    return PredictionLayer(api, state, known, predictions)
 
 
 def refresh_once(state: ServiceState) -> RefreshOutcome:
@@ -197,25 +203,17 @@ def _lifespan(state: ServiceState) -> Callable[[FastAPI], Any]:
     return lifespan
 
 
-def _api_key_dependency(settings: ServeSettings) -> List[Any]:
+def _key_declared(settings: ServeSettings) -> List[Any]:
+    """The API key as the schema declares it; the layer in front checks it (policy.py)."""
     if settings.api_key is None:
         return []
-    expected = settings.api_key.get_secret_value().encode()
-    scheme = APIKeyHeader(name=settings.api_key_header, auto_error=False)
-
-    def require_key(key: Annotated[Optional[str], Depends(scheme)]) -> None:
-        """401 unless the request carries the configured key."""
-        if key is None or not compare_digest(key.encode(), expected):
-            raise HTTPException(status_code=401, detail="missing or invalid API key")
-
-    return [Depends(require_key)]
+    return [Depends(APIKeyHeader(name=settings.api_key_header, auto_error=False))]
 
 
-def require_json_body(request: Request) -> None:
-    """415 unless the body is declared JSON (``application/json``, ``*/*+json``) or undeclared."""
-    value = request.headers.get("content-type")
-    if value is not None and not is_json_content_type(value.encode("latin-1")):
-        raise HTTPException(status_code=415, detail=unsupported_media_type(value))
+def _key_responses(settings: ServeSettings) -> Dict[Any, Any]:
+    if settings.api_key is None:
+        return {}
+    return {401: {"model": ErrorMessage, "description": "Missing or invalid API key."}}
 
 
 def _prediction_responses(settings: ServeSettings) -> Dict[Any, Any]:
@@ -237,26 +235,31 @@ def _prediction_responses(settings: ServeSettings) -> Dict[Any, Any]:
             "issues are listed; `more_errors` says how many more there were.",
         },
     }
-    if settings.api_key is not None:
-        responses[401] = {"model": ErrorMessage, "description": "Missing or invalid API key."}
+    responses.update(_key_responses(settings))
     return responses
 
 
-async def _answer_via_fastapi(
-    state: ServiceState, request: Request, answer: Callable[[ServingModel, bytes], Outcome]
-) -> Response:
-    """The prediction routes when they are reached through FastAPI (fast path off)."""
-    body = await request.body()
-    fields = request.scope.setdefault(LOG_SCOPE_KEY, {})
-    if len(body) > state.settings.max_body_bytes:
-        detail = f"request body exceeds {state.settings.max_body_bytes} bytes"
-        return Response(message_body(detail), 413, media_type="application/json")
-    status, payload, found, rows = answer(state.serving, body)
-    fields.update(found, rows=rows)
-    return Response(payload, status, media_type="application/json")
+def _answering_route(state: ServiceState, answers: Dict[str, Answer]) -> Type[APIRoute]:
+    """A prediction route with the fast path off: declared to FastAPI as usual (schema, docs),
+    its body read by the one parser of the prediction routes rather than by FastAPI's own."""
+
+    class AnsweringRoute(APIRoute):
+        def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+            """The handler: the raw body, already checked by the policy, to the route's answer."""
+            answer = answers[self.path]
+
+            async def handler(request: Request) -> Response:
+                status, payload, found, rows, unknown = answer(state.serving, await request.body())
+                fields = request.scope.setdefault(LOG_SCOPE_KEY, {})
+                fields.update(found, rows=rows, unknown=unknown)
+                return Response(payload, status, media_type="application/json")
+
+            return handler
+
+    return AnsweringRoute
 
 
-def _fastapi(state: ServiceState) -> FastAPI:
+def _fastapi(state: ServiceState, predictions: Predictions) -> FastAPI:
     settings = state.settings
     app = FastAPI(
         title=TITLE,
@@ -270,8 +273,10 @@ def _fastapi(state: ServiceState) -> FastAPI:
         redirect_slashes=False,
     )
     app.state.service = state
-    protected = _api_key_dependency(settings) + [Depends(require_json_body)]
+    keyed = _key_declared(settings)
     responses = _prediction_responses(settings)
+    answering = _answering_route(state, {SINGLE_PATH: predictions.single,
+                                         BATCH_PATH: predictions.batch})
     request_id = Header(alias="X-Request-ID", description="Echoed and logged.")
     batch_body = Annotated[
         List[PredictionRequest],
@@ -296,34 +301,18 @@ def _fastapi(state: ServiceState) -> FastAPI:
             media_type="application/json",
         )
 
-    @app.post(
-        SINGLE_PATH,
-        response_model=PredictionResponse,
-        responses=responses,
-        dependencies=protected,
-        tags=["predictions"],
-        summary="Estimate hours to dispatch for one product",
-    )
+    # The two prediction routes as the schema declares them; their requests are answered
+    # by the layer in front, or (fast path off) by AnsweringRoute, never by these bodies.
     async def time_to_dispatch(
-        request: Request,
         _body: PredictionRequest,
         _request_id: Annotated[Optional[str], request_id] = None,
     ) -> Response:
         """The estimated hours to dispatch for one product code and order count, the p90
         bound (90% of such orders are dispatched within it) and whether the order count is
         outside the code's trained range (extrapolated)."""
-        return await _answer_via_fastapi(state, request, answer_single)
+        raise NotImplementedError
 
-    @app.post(
-        BATCH_PATH,
-        response_model=BatchPredictionResponse,
-        responses=responses,
-        dependencies=protected,
-        tags=["predictions"],
-        summary=f"Estimate hours to dispatch for up to {settings.max_batch_rows} rows",
-    )
     async def time_to_dispatch_batch(
-        request: Request,
         _rows: batch_body,
         _request_id: Annotated[Optional[str], request_id] = None,
     ) -> Response:
@@ -332,7 +321,19 @@ def _fastapi(state: ServiceState) -> FastAPI:
         Parallel arrays in request order, row for row equal to the single endpoint's
         answers. An empty array is valid and gets empty arrays.
         """
-        return await _answer_via_fastapi(state, request, answer_batch)
+        raise NotImplementedError
+
+    for path, endpoint, model, summary_text in (
+        (SINGLE_PATH, time_to_dispatch, PredictionResponse,
+         "Estimate hours to dispatch for one product"),
+        (BATCH_PATH, time_to_dispatch_batch, BatchPredictionResponse,
+         f"Estimate hours to dispatch for up to {settings.max_batch_rows} rows"),
+    ):
+        app.router.add_api_route(
+            path, endpoint, methods=["POST"], response_model=model, responses=responses,
+            dependencies=keyed, tags=["predictions"], summary=summary_text,
+            route_class_override=answering,
+        )
 
     @app.get(HEALTH_PATH, response_model=HealthResponse, tags=["operations"])
     async def health() -> HealthResponse:
@@ -351,7 +352,8 @@ def _fastapi(state: ServiceState) -> FastAPI:
             refresh=state.refresh,
         )
 
-    @app.get(MODEL_PATH, response_model=ModelInfo, tags=["operations"])
+    @app.get(MODEL_PATH, response_model=ModelInfo, responses=_key_responses(settings),
+             dependencies=keyed, tags=["operations"])
     async def model_info() -> ModelInfo:
         """The served model's facts: version, training, metrics, counts per basis (bounded)."""
         serving = state.serving
@@ -361,7 +363,7 @@ def _fastapi(state: ServiceState) -> FastAPI:
         if tranche is None:
             tranche = {key: metadata[key] for key in TRAINING_KEYS if key in metadata} or None
         held_mae, previous_version, previous_mae = accuracy_facts(metadata)
-        ranges = lookup.ranges
+        trained = lookup.orders_range
         return ModelInfo(
             model_version=serving.version,
             trained_at=serving.trained_at.isoformat() if serving.trained_at else None,
@@ -375,8 +377,8 @@ def _fastapi(state: ServiceState) -> FastAPI:
             previous_model_version=previous_version,
             previous_realised_mae=previous_mae,
             metadata=metadata,
-            orders_placed_range=None if ranges is None else OrdersPlacedRange(
-                min=float(ranges[:, 0].min()), max=float(ranges[:, 1].max())
+            orders_placed_range=None if trained is None else OrdersPlacedRange(
+                min=trained[0], max=trained[1]
             ),
             coverage_p90=coverage_p90(metadata),
             bases=basis_summaries(serving),
@@ -384,9 +386,12 @@ def _fastapi(state: ServiceState) -> FastAPI:
             unknown_products=settings.unknown_products,
         )
 
-    @app.get(PRODUCT_CODES_PATH, response_model=ProductCodePage, tags=["operations"])
+    @app.get(PRODUCT_CODES_PATH, response_model=ProductCodePage,
+             responses=_key_responses(settings), dependencies=keyed, tags=["operations"])
     async def product_codes(
-        offset: Annotated[int, Query(ge=0, description="How many codes to skip.")] = 0,
+        offset: Annotated[int, Query(
+            ge=0, le=PAGE_OFFSET_MAX, description="How many codes to skip."
+        )] = 0,
         limit: Annotated[
             int, Query(ge=1, le=PAGE_LIMIT, description=f"At most {PAGE_LIMIT} a page.")
         ] = PAGE_LIMIT,

@@ -527,6 +527,11 @@ class Lookup:
         self._bound = None if prepared.bounds is None else _views(prepared.bounds)
         ranges = prepared.ranges
         self._ranges = None if ranges is None else np.ascontiguousarray(ranges).ravel().data
+        # From the smallest to the largest orders_placed any code was trained on: the range
+        # of the whole model, and so of its catalogue curve.
+        self.orders_range: Optional[Tuple[float, float]] = None
+        if ranges is not None and len(ranges):
+            self.orders_range = (float(ranges[:, 0].min()), float(ranges[:, 1].max()))
         self._bases = None if prepared.bases is None else prepared.bases.data
         catalogue = prepared.catalogue
         self._catalogue = None if catalogue is None else (
@@ -565,6 +570,13 @@ class Lookup:
         if ranges is None:
             return None
         return not ranges[2 * i] <= orders <= ranges[2 * i + 1]
+
+    def outside_trained(self, orders: float) -> Optional[bool]:
+        """Whether ``orders`` lies outside :attr:`orders_range`; None if not recorded."""
+        trained = self.orders_range
+        if trained is None:
+            return None
+        return not trained[0] <= orders <= trained[1]
 
     def basis(self, i: int) -> Optional[str]:
         """What code ``i``'s curve rests on; None for a model without bases."""

@@ -26,6 +26,10 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from pipeline.model_format import CATALOGUE_BASIS
+
+REJECTED = "rejected"
+UNKNOWN_ANSWERS = (REJECTED, CATALOGUE_BASIS)
 LATENCY_BUCKETS: Tuple[float, ...] = (
     0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 )
@@ -81,6 +85,7 @@ class ApiMetrics(Collector):
     def __init__(self, model_facts: Callable[[], ModelFacts]) -> None:
         self._series: Dict[Tuple[str, int], Series] = {}
         self.predictions: Dict[str, int] = {}
+        self.unknown: Dict[str, int] = dict.fromkeys(UNKNOWN_ANSWERS, 0)
         self.refreshes: Dict[str, int] = {}
         self._model_facts = model_facts
         self.registry = CollectorRegistry(auto_describe=False)
@@ -100,6 +105,11 @@ class ApiMetrics(Collector):
     def count_predictions(self, endpoint: str, rows: int) -> None:
         """Add to the predictions served by an endpoint."""
         self.predictions[endpoint] = self.predictions.get(endpoint, 0) + rows
+
+    def count_unknown(self, parts: int, from_catalogue: bool) -> None:
+        """Add to the unknown product codes asked for, by how they were answered."""
+        answer = CATALOGUE_BASIS if from_catalogue else REJECTED
+        self.unknown[answer] += parts
 
     def count_refresh(self, outcome: str) -> None:
         """Count one model refresh check by its outcome."""
@@ -132,6 +142,14 @@ class ApiMetrics(Collector):
         )
         for endpoint, rows in sorted(self.predictions.items()):
             predictions.add_metric([endpoint], rows)
+        unknown = CounterMetricFamily(
+            "ttd_unknown_product_codes",
+            "Product codes asked for that the served model does not know (single requests and "
+            "batch rows), by answer: rejected (a 422 or a null row) or catalogue (its curve)",
+            labels=["answer"],
+        )
+        for answer, parts in self.unknown.items():
+            unknown.add_metric([answer], parts)
         refreshes = CounterMetricFamily(
             "ttd_model_refresh_checks", "Model refresh checks by outcome", labels=["outcome"]
         )
@@ -155,7 +173,7 @@ class ApiMetrics(Collector):
             "model this replica refused to load (it keeps serving its own), else 0",
         )
         behind.add_metric([], 1.0 if facts.refresh_behind else 0.0)
-        yield from (requests, latency, predictions, refreshes, info, age, loaded, behind)
+        yield from (requests, latency, predictions, unknown, refreshes, info, age, loaded, behind)
         yield from accuracy_gauges(facts)
 
 

@@ -18,6 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, GetPydanticSchema, TypeAdapte
 from pydantic_core import CoreSchema, core_schema
 from typing_extensions import Annotated, Literal
 
+from pipeline.api.routes import MODEL_PATH, PRODUCT_CODES_PATH
+from pipeline.api.settings import UnknownProducts
+
 PRODUCT_CODE_MAX_LENGTH = 256
 ORDERS_PLACED_MAX = 1e9
 EXAMPLE_CODE = "SKU001"
@@ -28,7 +31,7 @@ ProductCodeText = Annotated[
     Field(
         strict=True,
         max_length=PRODUCT_CODE_MAX_LENGTH,
-        description="A product code. GET /api/v0.1/model/product_codes lists the codes the "
+        description=f"A product code. GET {PRODUCT_CODES_PATH} lists the codes the "
         "served model knows (the list changes with each model; the schema does not).",
         examples=[EXAMPLE_CODE],
     ),
@@ -72,8 +75,10 @@ BASIS_DESCRIPTION = (
 Basis = Optional[Literal["product", "pooled", "catalogue"]]
 EXTRAPOLATED_DESCRIPTION = (
     "True when orders_placed lies outside the range this product code was trained on "
-    "(GET /api/v0.1/model/product_codes lists the ranges): the model is guessing. Null when "
-    "the served model does not record its ranges (format version 1)."
+    f"(GET {PRODUCT_CODES_PATH} lists the ranges): the model is guessing. For a part "
+    "answered from the catalogue curve, the range of the whole model (orders_placed_range "
+    f"in GET {MODEL_PATH}). Null when the served model does not record its ranges "
+    "(format version 1)."
 )
 
 
@@ -292,7 +297,7 @@ class ModelInfo(BaseModel):
         "held-out accuracy (null where the model or its metadata does not record it).")
     catalogue_curve: bool = Field(
         description="Whether the model has a catalogue curve for parts it has never seen.")
-    unknown_products: Literal["reject", "catalogue"] = Field(
+    unknown_products: UnknownProducts = Field(
         description="How the service answers parts the model does not know: 'reject' (422) "
         "or 'catalogue' (from the catalogue curve, when the model has one).")
 

@@ -3,9 +3,9 @@
 A :class:`ServingModel` is built once per loaded model (the columnar
 :class:`~pipeline.api.lookup.Lookup`, the model's facts) and swapped in with one
 reference assignment, so a request that picked one up keeps a consistent view while a
-newer one replaces it. The request validators do not depend on the model (the schema is
-the same whatever is served): a product code the model does not know is found after
-validation, and answered as the service's ``unknown_products`` setting says.
+newer one replaces it. Requests are read by :mod:`pipeline.api.predictions`, the same
+whatever model is served; a product code the model does not know is answered as the
+service's ``unknown_products`` setting says.
 """
 from __future__ import annotations
 
@@ -19,16 +19,9 @@ from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
 import numpy.typing as npt
-import orjson
-from pydantic_core import ValidationError
 
 from pipeline.api.lookup import Lookup, MetadataMismatch, Prepared, prepare, prepare_isolated
-from pipeline.api.schemas import (
-    ORDERS_PLACED_MAX,
-    PRODUCT_CODE_MAX_LENGTH,
-    RequestValidators,
-    build_validators,
-)
+from pipeline.api.settings import UNKNOWN_CATALOGUE, UNKNOWN_REJECT, UnknownProducts
 from pipeline.artefacts import (
     LoadedModel,
     ModelUnavailable,
@@ -45,19 +38,6 @@ FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
 TRAINED_AT_KEYS = ("created_at", "trained_at")
-PRODUCT_CODES_PATH = "/api/v0.1/model/product_codes"
-UNKNOWN_REJECT = "reject"
-UNKNOWN_CATALOGUE = "catalogue"
-LISTED_CODES_MAX = 20
-CLOSE_MATCHES = 5
-
-
-class RequestRejected(Exception):
-    """A request the served model cannot answer: its problems, shaped as pydantic's errors."""
-
-    def __init__(self, errors: List[Dict[str, Any]]) -> None:
-        super().__init__(f"{len(errors)} problem(s) with the request")
-        self.errors = errors
 
 
 class BatchRows(NamedTuple):
@@ -71,7 +51,9 @@ class BatchAnswer(NamedTuple):
     """A batch's answers in request order; ``answered`` is False for rows left unanswered.
 
     ``uppers`` is None when no row has a p90 bound, ``outside`` when no row has a trained
-    range; ``unknown`` holds the rows whose product code the model does not know.
+    range; ``bounded`` and ``ranged`` say which rows have them (a catalogue answer is
+    judged against the whole model's range); ``unknown`` holds the rows whose product code
+    the model does not know.
     """
 
     estimates: FloatArray
@@ -95,12 +77,6 @@ def parse_time(value: Any) -> Optional[datetime]:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
-def _literal(values: List[str]) -> str:
-    """Values listed as pydantic's literal_error lists them: 'a', 'b' or 'c'."""
-    shown = [repr(v) for v in values]
-    return shown[0] if len(shown) == 1 else f"{', '.join(shown[:-1])} or {shown[-1]}"
-
-
 @dataclass(frozen=True)
 class ServingModel:
     """One loaded model, how unknown parts are answered, and precomputed per-model facts."""
@@ -108,9 +84,7 @@ class ServingModel:
     pointer: Pointer
     metadata: Dict[str, Any]
     lookup: Lookup
-    validators: RequestValidators
-    max_batch_rows: int
-    unknown_products: str
+    unknown_products: UnknownProducts
     trained_at: Optional[datetime]
     published_at: Optional[datetime]
     loaded_at: float
@@ -133,125 +107,6 @@ class ServingModel:
     def predict_one(self, product_code: str, orders_placed: float) -> float:
         """The estimate for one validated row of a known code (pure Python)."""
         return self.lookup.estimate(self.lookup.index[product_code], orders_placed)
-
-    def unknown_issue(self, code: str, loc: Tuple[Any, ...]) -> Dict[str, Any]:
-        """The 422 issue for a product code the model does not know, of bounded size.
-
-        Up to ``LISTED_CODES_MAX`` known codes are listed, as pydantic's literal_error
-        does; beyond that the issue gives their number, up to ``CLOSE_MATCHES`` close
-        matches and the route that lists them all.
-        """
-        codes = self.lookup.codes
-        ctx: Dict[str, Any]
-        if len(codes) <= LISTED_CODES_MAX:
-            expected = _literal(list(codes))
-            ctx = {"expected": expected}
-        else:
-            matches = self.lookup.close_matches(code, CLOSE_MATCHES)
-            near = f"; close matches: {_literal(matches)}" if matches else ""
-            expected = (
-                f"one of the {len(codes)} product codes the model knows "
-                f"(GET {PRODUCT_CODES_PATH} lists them){near}"
-            )
-            ctx = {"expected": expected, "product_codes": len(codes),
-                   "close_matches": matches, "product_codes_path": PRODUCT_CODES_PATH}
-        message = f"Input should be {expected}"
-        if self.unknown_products == UNKNOWN_CATALOGUE:
-            message += " (the model has no catalogue curve to answer parts it has never seen)"
-        return {"type": "literal_error", "loc": loc, "msg": message, "input": code, "ctx": ctx}
-
-    def parse_single(self, body: bytes) -> Tuple[str, float]:
-        """Validate a single-request body; RequestRejected lists its problems.
-
-        A well-formed body is accepted after orjson and a few checks that are no more
-        lenient than the schema; anything else is validated by pydantic-core, which
-        reports the errors. The code may be one the model does not know (see answer).
-        """
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            data = None
-        if type(data) is dict:
-            code: Any = data.get("product_code")
-            orders: Any = data.get("orders_placed")
-            kind = type(orders)
-            if (
-                (kind is int or kind is float)
-                and type(code) is str
-                and len(code) <= PRODUCT_CODE_MAX_LENGTH
-                and 0 <= orders <= ORDERS_PLACED_MAX
-            ):
-                return code, float(orders)
-        try:
-            row = self.validators.single.validate_json(body)
-        except ValidationError as exc:
-            raise RequestRejected(self._with_unknown_code(body, exc)) from None
-        return row["product_code"], row["orders_placed"]
-
-    def _with_unknown_code(self, body: bytes, exc: ValidationError) -> List[Dict[str, Any]]:
-        """pydantic's errors, led by the unknown-code issue when the code is a valid string."""
-        errors: List[Dict[str, Any]] = exc.errors(include_url=False)  # type: ignore[assignment]
-        if any(tuple(e["loc"])[:1] == ("product_code",) for e in errors) or self.answers_unknown:
-            return errors
-        try:
-            data = json.loads(body)
-        except (ValueError, RecursionError):
-            return errors
-        code = data.get("product_code") if isinstance(data, dict) else None
-        if isinstance(code, str) and code not in self.lookup.index:
-            return [self.unknown_issue(code, ("product_code",))] + errors
-        return errors
-
-    def parse_batch(self, body: bytes) -> BatchRows:
-        """Validate a batch body's structure; RequestRejected lists its problems.
-
-        The common case (a JSON array of well-formed rows) is checked column-wise after
-        orjson parses it; anything unusual is left to pydantic-core, which then reports
-        every error just as the declared schema does. A list over the row cap is refused
-        at once, without validating its rows. Unknown codes are not errors here.
-        """
-        rows = self._fast_columns(body)
-        if rows is not None:
-            return rows
-        try:
-            checked = self.validators.batch.validate_json(body)
-        except ValidationError as exc:
-            raise RequestRejected(exc.errors(include_url=False)) from None  # type: ignore[arg-type]
-        return BatchRows(
-            [row["product_code"] for row in checked],
-            np.array([row["orders_placed"] for row in checked], dtype=np.float64),
-        )
-
-    def _fast_columns(self, body: bytes) -> Optional[BatchRows]:
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            return None
-        if type(data) is not list:
-            return None
-        if len(data) > self.max_batch_rows:
-            ctx = {"field_type": "List", "max_length": self.max_batch_rows,
-                   "actual_length": len(data)}
-            raise RequestRejected([{
-                "type": "too_long", "loc": (), "input": data, "ctx": ctx,
-                "msg": f"List should have at most {self.max_batch_rows} items after "
-                       f"validation, not {len(data)}",
-            }])
-        try:
-            codes = [row["product_code"] for row in data]
-            orders = [row["orders_placed"] for row in data]
-        except (TypeError, KeyError):
-            return None
-        if not set(map(type, codes)) <= {str} or not {type(value) for value in orders} <= {
-            int, float
-        }:
-            return None
-        if codes and max(map(len, codes)) > PRODUCT_CODE_MAX_LENGTH:
-            return None
-        values = np.array(orders, dtype=np.float64)
-        if len(values) and not (values.min() >= 0.0 and values.max() <= ORDERS_PLACED_MAX):
-            return None
-        return BatchRows(codes, values)
 
     def predict_batch(self, rows: BatchRows) -> BatchAnswer:
         """Answers for validated rows, vectorised over all rows (equal to the single answers).
@@ -282,6 +137,7 @@ class ServingModel:
                     bases[row] = name
             answered = known.copy()
             bounded = known.copy() if uppers is not None else np.zeros(n, dtype=np.bool_)
+            ranged = known.copy()
             if len(unknown) and self.answers_unknown and lookup.catalogue is not None:
                 cx = rows.orders_placed[unknown]
                 zero = np.zeros(len(unknown), dtype=np.int64)
@@ -293,7 +149,11 @@ class ServingModel:
                     bases[row] = CATALOGUE_BASIS
                 answered[:] = True
                 bounded[unknown] = True
-        return BatchAnswer(estimates, uppers, outside, bases, answered, bounded, known, unknown)
+                trained = lookup.orders_range
+                if outside is not None and trained is not None:
+                    outside[unknown] = (cx < trained[0]) | (cx > trained[1])
+                    ranged[unknown] = True
+        return BatchAnswer(estimates, uppers, outside, bases, answered, bounded, ranged, unknown)
 
 
 def model_age_seconds(serving: ServingModel, now: float) -> Optional[float]:
@@ -321,8 +181,7 @@ class LoadFailed(Exception):
 def serving_from(
     prepared: Prepared,
     pointer: Pointer,
-    max_batch_rows: int,
-    unknown_products: str = UNKNOWN_REJECT,
+    unknown_products: UnknownProducts = UNKNOWN_REJECT,
 ) -> ServingModel:
     """The serving bundle of a prepared model (builds the code index in small steps)."""
     metadata = prepared.metadata
@@ -333,8 +192,6 @@ def serving_from(
         pointer=pointer,
         metadata=metadata,
         lookup=Lookup(prepared),
-        validators=build_validators(max_batch_rows),
-        max_batch_rows=max_batch_rows,
         unknown_products=unknown_products,
         trained_at=trained,
         published_at=parse_time(pointer.published_at),
@@ -349,7 +206,7 @@ def serving_from(
 
 
 def build_serving_model(
-    loaded: LoadedModel, max_batch_rows: int, unknown_products: str = UNKNOWN_REJECT
+    loaded: LoadedModel, unknown_products: UnknownProducts = UNKNOWN_REJECT
 ) -> ServingModel:
     """The serving bundle of a model already parsed (in this process; for small models)."""
     model = loaded.model
@@ -359,14 +216,13 @@ def build_serving_model(
     # Re-written, a version 1 model reads as version 2 without bounds: say what it was.
     version = 3 if model.bases or model.catalogue else 2 if model.bounds or model.ranges else 1
     prepared = prepared._replace(format_version=version)
-    return serving_from(prepared, loaded.pointer, max_batch_rows, unknown_products)
+    return serving_from(prepared, loaded.pointer, unknown_products)
 
 
 def load_serving(
     store: Store,
     pointer: Pointer,
-    max_batch_rows: int,
-    unknown_products: str = UNKNOWN_REJECT,
+    unknown_products: UnknownProducts = UNKNOWN_REJECT,
     isolate: bool = True,
     background: bool = False,
 ) -> ServingModel:
@@ -394,19 +250,18 @@ def load_serving(
     except OSError as exc:  # ChildProcessError included
         raise LoadFailed(f"the process parsing the model failed: {exc!r}") from exc
     del model_bytes, metadata_bytes
-    return serving_from(prepared, pointer, max_batch_rows, unknown_products)
+    return serving_from(prepared, pointer, unknown_products)
 
 
 def load_latest_serving(
-    store: Store, max_batch_rows: int, unknown_products: str = UNKNOWN_REJECT,
-    isolate: bool = True,
+    store: Store, unknown_products: UnknownProducts = UNKNOWN_REJECT, isolate: bool = True,
 ) -> ServingModel:
     """The current published model, ready to serve; ModelUnavailable says why there is none."""
     try:
         found = read_pointer(store)
         if found is None:
             raise ModelUnavailable("no model is published: the store has no models/latest.json")
-        return load_serving(store, found[0], max_batch_rows, unknown_products, isolate)
+        return load_serving(store, found[0], unknown_products, isolate)
     except (StoreError, LoadFailed) as exc:
         raise ModelUnavailable(str(exc)) from exc
 
@@ -440,8 +295,7 @@ def refresh_step(
         return RefreshOutcome(current, "unchanged", pointer.model_version, still)
     try:
         fresh = load_serving(
-            store, pointer, current.max_batch_rows, current.unknown_products, isolate,
-            background=isolate,
+            store, pointer, current.unknown_products, isolate, background=isolate,
         )
     except (StoreError, LoadFailed) as exc:
         return _kept(current, "failed", f"model refresh failed: {exc}", rejected)

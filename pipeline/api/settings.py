@@ -1,14 +1,19 @@
 """The service's settings: defaults, overridden by TTD_* environment variables or arguments."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
-from typing_extensions import Literal
+from typing_extensions import Literal, get_args
 
 DEFAULT_MAX_BATCH_ROWS = 10_000
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024
+
+UnknownProducts = Literal["reject", "catalogue"]
+"""How a part the model does not know is answered: refused, or from the catalogue curve."""
+UNKNOWN_PRODUCTS: Tuple[UnknownProducts, ...] = get_args(UnknownProducts)
+UNKNOWN_REJECT, UNKNOWN_CATALOGUE = UNKNOWN_PRODUCTS
 
 
 class ServeSettings(BaseSettings):
@@ -25,7 +30,7 @@ class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TTD_", extra="ignore")
 
     api_key: Optional[SecretStr] = Field(
-        default=None, description="key the prediction endpoints require; none: open"
+        default=None, description="key the prediction and model routes require; none: open"
     )
     api_key_header: str = Field(
         default="X-API-Key", min_length=1, description="request header that carries the key"
@@ -53,8 +58,8 @@ class ServeSettings(BaseSettings):
     fast_path: bool = Field(
         default=True, description="serve predictions through the lean ASGI layer"
     )
-    unknown_products: Literal["reject", "catalogue"] = Field(
-        default="reject",
+    unknown_products: UnknownProducts = Field(
+        default=UNKNOWN_REJECT,
         description="parts the model does not know: 'reject' (422) or 'catalogue' "
         "(answered from the catalogue curve)",
     )
