@@ -138,20 +138,23 @@ def test_publishes_a_verified_model_with_complete_metadata(
     assert meta["tranche"]["key"] == keys[-1]
     assert meta["tranche"]["sha256"] == artefacts.sha256_hex(store.read_bytes(keys[-1]))
     assert meta["rows"]["total"] == 1000
-    assert meta["rows"]["train"] + meta["rows"]["test"] == 1000
-    assert meta["rows"]["test"] == 200
+    # Last week's tranche is in the window: the scored model was fitted on it alone and judged
+    # on this whole week, the week that came after it.
+    assert meta["rows"]["train"] == 0 and meta["rows"]["test"] == 1000
+    assert meta["held_out"].startswith("the newest tranche, whole")
     assert sum(meta["rows"]["per_product_code"].values()) == 1000
     assert meta["product_codes"] == list(DEFAULT_PRODUCT_CODES)
     assert set(meta["fits"]) == set(DEFAULT_PRODUCT_CODES)
     held_out = meta["metrics"]["held_out"]
-    assert held_out["overall"]["rows"] == 200 and held_out["overall"]["r2"] > 0.8
+    assert held_out["overall"]["rows"] == 1000 and held_out["overall"]["r2"] > 0.8
     assert set(held_out["per_product_code"]) == set(DEFAULT_PRODUCT_CODES)
     gates = {g["gate"]: g["outcome"] for g in meta["gates"]}
     assert gates == {
         "r2": "pass", "mae": "pass", "coverage_p90": "pass", "monotone": "pass",
         "non_negative": "pass",
         "bounded": "pass", "champion": "pass", "refit_monotone": "pass",
-        "refit_non_negative": "pass", "refit_bounded": "pass",
+        "refit_non_negative": "pass", "refit_bounded": "pass", "refit_mae": "pass",
+        "refit_estimates": "pass", "refit_coverage_p90": "pass",
     }
     coverage = [held_out["overall"]["coverage_p90"]] + [
         m["coverage_p90"] for m in held_out["per_product_code"].values()]
@@ -261,7 +264,10 @@ def test_with_history_a_rare_code_gets_a_pooled_curve(published: str) -> None:
     assert "RARE01" in meta["product_codes"] and meta["rows"]["skipped_product_codes"] == {}
     assert model.bases["RARE01"] == "pooled" and model.bases["NEW001"] == "product"
     assert meta["bases"] == {"product": {"parts": 6}, "pooled": {"parts": 1}}
-    assert set(meta["metrics"]["held_out"]["by_basis"]) == {"product", "pooled"}
+    by_basis = meta["metrics"]["held_out"]["by_basis"]
+    assert set(by_basis) == {"product", "pooled", "catalogue"}
+    # NEW001 and RARE01 are new this week: the scored model answered them from its catalogue.
+    assert by_basis["catalogue"]["rows"] == 210
     assert model.catalogue is not None
     assert [h["newest"] for h in meta["history"]] == [True, False]
     assert meta["history"][1]["key"] == tranche_key(OLD_WEEK)

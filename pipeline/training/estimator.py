@@ -1,25 +1,35 @@
 """The model as a scikit-learn estimator: one monotone, non-negative curve per product code.
 
-Training only (the service loads the exported JSON knots with ``pipeline.model_format``
-and needs neither scikit-learn nor pandas).
+Training only (the service loads the exported JSON knots with ``pipeline.model_format`` and
+needs neither scikit-learn nor pandas).
 
-Per product code, ``cross_val_predict`` (``KFold``) predicts every row with every
-candidate family at once through ``CurveFamilies``; their MAE (``sklearn.metrics``) picks
-one of: a straight
-line, four one-parameter curved shapes (saturating exponential, log, power, and a line
-capped at a level) and piecewise-linear ramps with 2, 4 or 8 pieces. Every family is
-least squares with all coefficients >= 0 (bounded-variable least squares, or a closed
-form for the curved shapes, whose parameter is profiled on a grid inside ``fit``), so
-no curve falls as orders grow and none starts below 0. The simplest family whose CV
-MAE is within 1% of the lowest, or within floating-point noise of it (1e-9 of the
-labels' scale), wins: rounding never makes the choice. Codes with more rows than
-``cv_max_rows`` choose on a seeded sample of that many rows and fit the chosen family
-on all of them. Codes are fitted in parallel through joblib (``n_jobs``), or as tasks on an
-existing Dask cluster (``dask_scheduler``, see ``pipeline.training.cluster``) with the same result.
+Orders are judged by absolute error, so a curve estimates the conditional median of the hours.
+Per product code, ``cross_val_predict`` (``KFold``) predicts every row with every candidate
+family at once through ``CurveFamilies`` (least squares, cheap); their MAE picks the family: a
+straight line, four one-parameter curved shapes (saturating exponential, log, power, and a
+line capped at a level) or piecewise-linear ramps with 2, 4 or 8 pieces. The same folds then
+score three answers: the code's median (a flat curve: ``orders_placed`` carries no signal), the
+chosen family by least squares, and the chosen family by least absolute deviations
+(``MonotoneCurveRegressor(loss="absolute")``: iteratively reweighted least squares on the same
+machinery); the simplest whose CV MAE is within 1% of the lowest, or within floating-point
+noise of it (1e-9 of the labels' scale), wins: least squares where the noise is even (it is the
+more efficient), the median fit where a heavy tail would drag a mean. Every family has all
+coefficients >= 0 (bounded-variable least squares, or a closed form for the curved shapes,
+whose parameter is profiled on a grid inside ``fit``), so no curve falls as orders grow and
+none starts below 0. Codes with more rows than ``cv_max_rows`` choose on a seeded sample of
+that many rows and fit the chosen curve on all of them. Codes are fitted in parallel through
+joblib (``n_jobs``), or as tasks on an existing Dask cluster (``dask_scheduler``, see
+``pipeline.training.cluster``) with the same result.
 
-The same out-of-fold predictions of the chosen family calibrate each code's upper bound
-(``pipeline.training.bound``: split-conformal, scaled by a spread that grows with the queue), so the
-bound costs no extra fit.
+The same out-of-fold predictions of the chosen curve calibrate each code's upper bound
+(``pipeline.training.bound``: split-conformal, scaled by a spread that grows with the queue),
+so the bound costs no extra fit.
+
+:class:`DispatchRegressorBase` holds what both of the project's regressors share: their common
+parameters, the checks of their input (a DataFrame with ``product_code`` and
+``orders_placed``, or the same two columns as an array), ``predict`` and ``predict_upper``
+from the fitted curves, and the export; :class:`DispatchTimeRegressor` is the per-code model,
+``pipeline.training.pooling.PooledDispatchRegressor`` the one with partial pooling.
 """
 from __future__ import annotations
 
@@ -36,13 +46,18 @@ from sklearn.base import BaseEstimator, RegressorMixin
 from sklearn.metrics import mean_absolute_error
 from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.utils import resample
-from sklearn.utils.validation import check_array, check_is_fitted
+from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
 
 from pipeline.model_format import BOUND_QUANTILE, Curve, DispatchModel, rows_by_code, with_bounds
 from pipeline.training.bound import conformal_bound, label_scale
 
 CODE = "product_code"
 ORDERS = "orders_placed"
+TRANCHE = "tranche"
+FLAT = "flat"
+SQUARED = "squared"
+ABSOLUTE = "absolute"
+LOSSES = (SQUARED, ABSOLUTE)
 DEFAULT_FAMILIES: Tuple[str, ...] = (
     "linear", "saturating", "log", "power", "capped", "pieces-2", "pieces-4", "pieces-8"
 )
@@ -51,6 +66,11 @@ DEFAULT_MIN_ROWS_PER_CODE = 30
 DEFAULT_CV_MAX_ROWS = 20_000
 SIMPLER_TOLERANCE = 0.01
 ROUNDING_TOLERANCE = 1e-9
+# Least absolute deviations by reweighted least squares: rounds, and the smallest residual a
+# weight is computed from, as a share of the mean absolute residual (a curve through a row
+# would otherwise give it an infinite weight).
+ABSOLUTE_ROUNDS = 12
+ABSOLUTE_FLOOR = 1e-3
 CODES_PER_WORKER = 50
 # Codes per Dask task: enough to amortise a task's overhead, few enough to rerun cheaply.
 CODES_PER_TASK = 25
@@ -64,11 +84,16 @@ CURVED_PARAMETERS: Dict[str, npt.NDArray[np.float64]] = {
 }
 
 FloatArray = npt.NDArray[np.float64]
+IntArray = npt.NDArray[np.int64]
 
 
 @dataclass(frozen=True)
 class CodeFit:
-    """How one product code was fitted: rows, the family chosen and every family's CV MAE."""
+    """How one product code was fitted: rows, the curve chosen and every candidate's CV MAE.
+
+    ``family`` is ``"flat"`` (the code's median) or one of the families, fitted with ``loss``
+    (``"squared"``: least squares; ``"absolute"``: least absolute deviations).
+    """
 
     rows: int
     family: str
@@ -76,6 +101,7 @@ class CodeFit:
     cv_mae: Dict[str, float]
     orders_range: Tuple[float, float] = (0.0, 0.0)
     bound_quantile: float = 0.0
+    loss: str = SQUARED
 
 
 class FittedCode(NamedTuple):
@@ -97,9 +123,9 @@ class FitResult:
     pooling: Optional[Dict[str, Any]] = None
 
 
-def _quantiles(values: FloatArray, weights: FloatArray, levels: FloatArray) -> FloatArray:
-    """Quantiles of sorted distinct values repeated ``weights`` times (as np.quantile)."""
-    cumulative = np.cumsum(weights)
+def _quantiles(values: FloatArray, counts: FloatArray, levels: FloatArray) -> FloatArray:
+    """Quantiles of sorted distinct values repeated ``counts`` times (as np.quantile)."""
+    cumulative = np.cumsum(counts)
     positions = levels * (cumulative[-1] - 1.0)
     below = values[np.searchsorted(cumulative, np.floor(positions), side="right")]
     above = values[np.searchsorted(cumulative, np.ceil(positions), side="right")]
@@ -141,17 +167,28 @@ def _shapes(
     return shaped
 
 
-def _fit_curved(
-    orders: FloatArray, hours: FloatArray, weights: FloatArray, kind: str
-) -> Tuple[Curve, float]:
+class Aggregated(NamedTuple):
+    """Rows grouped by order count: the distinct counts, their weighted mean hours, their
+    summed weights and their row counts (which place knots, whatever the weights)."""
+
+    orders: FloatArray
+    means: FloatArray
+    weights: FloatArray
+    counts: FloatArray
+
+
+def _fit_curved(rows: Aggregated, kind: str,
+                shapes: Optional[FloatArray] = None) -> Tuple[Curve, float]:
     """Best a + b * shape(x) with a, b >= 0 over the kind's whole parameter grid in closed form.
 
     Weighted least squares of two coefficients has a closed form, so every parameter on the
     grid is solved at once from a few sums: a profile no library offers, and the reason a
-    grid search over the shape parameter costs no more than one fit.
+    grid search over the shape parameter costs no more than one fit. ``shapes`` (the grid's
+    shapes at the rows' order counts) may be given when the same counts are fitted again.
     """
+    orders, hours, weights = rows.orders, rows.means, rows.weights
     low, high = float(orders[0]), float(orders[-1])
-    g = _shapes(kind, orders, low, high)
+    g = _shapes(kind, orders, low, high) if shapes is None else shapes
     n = float(weights.sum())
     sy, syy = float(weights @ hours), float(weights @ (hours * hours))
     sg, sgg, sgy = weights @ g, weights @ (g * g), (weights * hours) @ g
@@ -179,7 +216,7 @@ def _fit_curved(
             (
                 np.linspace(0.0, high + span, CURVE_GRID_POINTS),
                 low + span * np.geomspace(1e-4, 1.0, CURVE_GRID_POINTS // 2),
-                _quantiles(orders, weights, QUANTILE_GRID),
+                _quantiles(orders, rows.counts, QUANTILE_GRID),
             )
         )
     )
@@ -190,70 +227,121 @@ def _fit_curved(
     return curve, float(CURVED_PARAMETERS[kind][i])
 
 
-def _fit_pieces(
-    orders: FloatArray, hours: FloatArray, weights: FloatArray, segments: int
-) -> Curve:
-    """A level plus ramps between quantile knots, every coefficient >= 0: it never falls."""
-    knots: FloatArray = np.unique(_quantiles(orders, weights, np.linspace(0.0, 1.0, segments + 1)))
+def _ramps(rows: Aggregated, segments: int) -> Tuple[FloatArray, FloatArray]:
+    """Knots at quantiles of the rows' order counts, and the design of a level plus ramps."""
+    orders = rows.orders
+    knots: FloatArray = np.unique(
+        _quantiles(orders, rows.counts, np.linspace(0.0, 1.0, segments + 1)))
     design = np.empty((len(orders), len(knots)), dtype=np.float64)
     design[:, 0] = 1.0
     design[:, 1:] = np.clip(
         (orders[:, None] - knots[None, :-1]) / np.diff(knots)[None, :], 0.0, 1.0
     )
-    root = np.sqrt(weights)
+    return knots, design
+
+
+def _fit_pieces(rows: Aggregated, segments: int,
+                ramps: Optional[Tuple[FloatArray, FloatArray]] = None) -> Curve:
+    """A level plus ramps between quantile knots, every coefficient >= 0: it never falls."""
+    knots, design = _ramps(rows, segments) if ramps is None else ramps
+    root = np.sqrt(rows.weights)
     # Bounded-variable least squares: scipy 1.13's nnls (the newest for Python 3.9) fails on
     # collinear ramps ("Matrix is singular", "Maximum number of iterations reached").
-    solved = lsq_linear(design * root[:, None], hours * root, bounds=(0.0, np.inf), method="bvls")
+    solved = lsq_linear(design * root[:, None], rows.means * root, bounds=(0.0, np.inf),
+                        method="bvls")
     values = np.cumsum(np.maximum(solved.x, 0.0))
     return Curve(tuple(float(k) for k in knots), tuple(float(v) for v in values))
 
 
-Aggregated = Tuple[FloatArray, FloatArray, FloatArray]
-
-
-def _aggregate(orders: FloatArray, hours: FloatArray) -> Aggregated:
-    """Distinct order counts, their mean hours and their row counts."""
-    # Rows sharing an order count share a design row: fit their means, weighted by count.
+def _aggregate(orders: FloatArray, hours: FloatArray,
+               weights: Optional[FloatArray] = None) -> Aggregated:
+    """Rows sharing an order count share a design row: fit their weighted means."""
     distinct, inverse = np.unique(orders, return_inverse=True)
-    weights = np.bincount(inverse).astype(np.float64)
-    return distinct, np.bincount(inverse, weights=hours) / weights, weights
+    counts = np.bincount(inverse).astype(np.float64)
+    if weights is None:
+        return Aggregated(distinct, np.bincount(inverse, weights=hours) / counts, counts, counts)
+    summed = np.asarray(np.bincount(inverse, weights=weights), dtype=np.float64)
+    return Aggregated(distinct, np.bincount(inverse, weights=weights * hours) / summed, summed,
+                      counts)
 
 
-def fit_curve(orders: FloatArray, hours: FloatArray, family: str) -> Tuple[Curve, float]:
-    """Fit one named family; returns the curve and its shape parameter (0 for pieces)."""
-    return _fit_family(_aggregate(orders, hours), family)
+def flat_curve(at: float, level: float) -> Curve:
+    """A constant curve (two knots from ``at``), never below 0."""
+    level = max(float(level), 0.0)
+    return Curve((float(at), float(at) + 1.0), (level, level))
 
 
-def _fit_family(aggregated: Aggregated, family: str) -> Tuple[Curve, float]:
-    distinct, means, weights = aggregated
-    if len(distinct) == 1:
-        level = max(float(means[0]), 0.0)
-        return Curve((float(distinct[0]), float(distinct[0]) + 1.0), (level, level)), 0.0
+def fit_curve(orders: FloatArray, hours: FloatArray, family: str,
+              loss: str = SQUARED) -> Tuple[Curve, float]:
+    """Fit one named family (or ``"flat"``) by ``loss``; the curve and its shape parameter."""
+    if family == FLAT:
+        centre = np.median(hours) if loss == ABSOLUTE else np.mean(hours)
+        return flat_curve(float(np.min(orders)), float(centre)), 0.0
+    if loss == SQUARED:
+        return _fit_family(_aggregate(orders, hours), family)
+    if loss != ABSOLUTE:
+        raise ValueError(f"loss must be one of {LOSSES}, not {loss!r}")
+    # Least absolute deviations as iteratively reweighted least squares: each round weighs a
+    # row by 1 / |its residual|, so the weighted squares approach the absolute deviations.
+    # The order counts, and so the family's design, stay the same from round to round.
+    distinct, inverse = np.unique(orders, return_inverse=True)
+    counts = np.bincount(inverse).astype(np.float64)
+    weights = np.ones(len(hours))
+    design: Dict[str, Any] = {}
+    for _ in range(ABSOLUTE_ROUNDS):
+        summed = np.asarray(np.bincount(inverse, weights=weights), dtype=np.float64)
+        rows = Aggregated(distinct, np.bincount(inverse, weights=weights * hours) / summed,
+                          summed, counts)
+        curve, parameter = _fit_family(rows, family, design)
+        residuals = np.abs(hours - curve.predict(distinct)[inverse])
+        floor = max(ABSOLUTE_FLOOR * float(np.mean(residuals)),
+                    ROUNDING_TOLERANCE * label_scale(hours), float(np.finfo(np.float64).tiny))
+        # floor / residual rather than 1 / residual: the same fit, and never an overflow.
+        weights = floor / np.maximum(residuals, floor)
+    return curve, parameter
+
+
+def _fit_family(rows: Aggregated, family: str,
+                design: Optional[Dict[str, Any]] = None) -> Tuple[Curve, float]:
+    """One family's curve on aggregated rows; ``design`` caches what depends only on the
+    order counts, for a caller that fits the same counts again with other weights."""
+    if len(rows.orders) == 1:
+        return flat_curve(float(rows.orders[0]), float(rows.means[0])), 0.0
+    cache: Dict[str, Any] = {} if design is None else design
     kind, _, value = family.partition("-")
-    if kind == "linear":
-        return _fit_pieces(distinct, means, weights, 1), 0.0
-    if kind == "pieces":
-        return _fit_pieces(distinct, means, weights, int(value)), 0.0
+    if kind in ("linear", "pieces"):
+        segments = 1 if kind == "linear" else int(value)
+        if family not in cache:
+            cache[family] = _ramps(rows, segments)
+        return _fit_pieces(rows, segments, cache[family]), 0.0
     if kind in CURVED_PARAMETERS:
-        curve, parameter = _fit_curved(distinct, means, weights, kind)
+        if family not in cache:
+            cache[family] = _shapes(kind, rows.orders, float(rows.orders[0]),
+                                    float(rows.orders[-1]))
+        curve, parameter = _fit_curved(rows, kind, cache[family])
         if np.isfinite(curve.values).all():
             return curve, parameter
-        return _fit_pieces(distinct, means, weights, 1), 0.0
+        return _fit_pieces(rows, 1), 0.0
     raise ValueError(f"unknown model family {family!r}")
 
 
 class MonotoneCurveRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
-    """One family's monotone, non-negative curve of hours on one feature (orders placed)."""
+    """One family's monotone, non-negative curve of hours on one feature (orders placed).
 
-    def __init__(self, family: str = "linear") -> None:
+    ``loss="squared"`` fits the conditional mean (least squares), ``"absolute"`` the
+    conditional median (least absolute deviations); ``family="flat"`` is a constant.
+    """
+
+    def __init__(self, family: str = "linear", loss: str = SQUARED) -> None:
         self.family = family
+        self.loss = loss
 
     def fit(self, X: Any, y: Any) -> "MonotoneCurveRegressor":
-        """Fit the family by least squares with non-negative coefficients."""
+        """Fit the family with non-negative coefficients."""
         orders, hours = _one_feature(X), np.asarray(y, dtype=np.float64)
         if hours.shape != orders.shape or not np.isfinite(hours).all():
             raise ValueError("y must be finite numbers, one per row of X")
-        self.curve_, self.parameter_ = fit_curve(orders, hours, self.family)
+        self.curve_, self.parameter_ = fit_curve(orders, hours, self.family, self.loss)
         self.n_features_in_ = 1
         return self
 
@@ -273,7 +361,7 @@ def _one_feature(X: Any) -> FloatArray:
 
 
 class CurveFamilies(RegressorMixin, BaseEstimator):  # type: ignore[misc]
-    """Every candidate family's curve fitted on the same rows: one output column per family.
+    """Every candidate family's least-squares curve on the same rows: a column per family.
 
     Cross-validating it scores all families on each fold for the cost of one pass over the
     rows (the aggregation by order count is shared), which is what makes choosing a family
@@ -304,7 +392,7 @@ def simplest_within_tolerance(mae: Sequence[float], relative: float, absolute: f
     """The first candidate (simplest first) whose CV MAE is within tolerance of the lowest.
 
     A score within ``relative`` of the lowest, or within ``absolute`` of it (floating-point
-    noise), ties, and a tie goes to the simpler family.
+    noise), ties, and a tie goes to the simpler candidate.
     """
     scores = np.asarray(mae, dtype=np.float64)
     lowest = float(np.min(scores))
@@ -322,36 +410,52 @@ def fit_code(
     rounding_tolerance: float = ROUNDING_TOLERANCE,
     bound_level: float = BOUND_QUANTILE,
 ) -> FittedCode:
-    """Choose the family by k-fold CV on MAE (ties to the simpler), fit it on all rows, and
-    calibrate its upper bound on the chosen family's out-of-fold residuals."""
+    """Choose the curve by k-fold CV on MAE (ties to the simpler), fit it on all rows, and
+    calibrate its upper bound on the chosen curve's out-of-fold residuals.
+
+    First the family, among least-squares fits; then, on the same folds, the code's median, that
+    family by least squares and that family by least absolute deviations.
+    """
     cv_orders, cv_hours = orders, hours
     if len(orders) > cv_max_rows:
         cv_orders, cv_hours = resample(
             orders, hours, replace=False, n_samples=cv_max_rows, random_state=random_state
         )
+    folds_of = KFold(folds, shuffle=True, random_state=random_state)
+    tolerance = rounding_tolerance * label_scale(cv_hours)
     # The data were checked once by the caller: skip scikit-learn's per-call re-validation,
     # which would cost more than the small fits themselves.
     with config_context(assume_finite=True, skip_parameter_validation=True):
         # Every row predicted by every family from the folds that did not hold it: one fit
         # per fold serves all families.
         out_of_fold = cross_val_predict(
-            CurveFamilies(tuple(families)), cv_orders[:, None], cv_hours,
-            cv=KFold(folds, shuffle=True, random_state=random_state),
-        )
+            CurveFamilies(tuple(families)), cv_orders[:, None], cv_hours, cv=folds_of)
         mae = [float(mean_absolute_error(cv_hours, out_of_fold[:, i]))
                for i in range(len(families))]
-        chosen = simplest_within_tolerance(
-            mae, relative_tolerance, rounding_tolerance * label_scale(cv_hours)
-        )
-        best = MonotoneCurveRegressor(families[chosen]).fit(orders[:, None], hours)
-    bound = conformal_bound(best.curve_, cv_orders, cv_hours, out_of_fold[:, chosen], bound_level)
+        family = families[simplest_within_tolerance(mae, relative_tolerance, tolerance)]
+        candidates = [(FLAT, ABSOLUTE), (family, SQUARED), (family, ABSOLUTE)]
+        predicted = [
+            cross_val_predict(MonotoneCurveRegressor(FLAT, ABSOLUTE), cv_orders[:, None],
+                              cv_hours, cv=folds_of),
+            out_of_fold[:, list(families).index(family)],
+            cross_val_predict(MonotoneCurveRegressor(family, ABSOLUTE), cv_orders[:, None],
+                              cv_hours, cv=folds_of),
+        ]
+        scores = [float(mean_absolute_error(cv_hours, p)) for p in predicted]
+        chosen = simplest_within_tolerance(scores, relative_tolerance, tolerance)
+        best = MonotoneCurveRegressor(*candidates[chosen]).fit(orders[:, None], hours)
+    bound = conformal_bound(best.curve_, cv_orders, cv_hours, predicted[chosen], bound_level)
+    cv_mae = {name: score for name, score in zip(families, mae)}
+    cv_mae["median"] = scores[0]
+    cv_mae[f"{family} ({ABSOLUTE})"] = scores[2]
     fitted = CodeFit(
         rows=int(len(orders)),
         family=str(best.family),
         parameter=float(best.parameter_),
-        cv_mae={name: score for name, score in zip(families, mae)},
+        cv_mae=cv_mae,
         orders_range=(float(orders.min()), float(orders.max())),
         bound_quantile=bound.quantile,
+        loss=str(best.loss),
     )
     return FittedCode(best.curve_, bound.curve, fitted)
 
@@ -407,47 +511,48 @@ def features(product_codes: Any, orders_placed: Any) -> pd.DataFrame:
     })
 
 
-def _columns(X: Any) -> Tuple[List[str], npt.NDArray[np.int64], FloatArray]:
-    """Distinct codes (sorted), each row's position among them, and the order counts."""
-    if not isinstance(X, pd.DataFrame) or CODE not in X or ORDERS not in X:
-        raise ValueError(f"X must be a pandas DataFrame with columns {CODE!r} and {ORDERS!r}")
-    codes = X[CODE]
-    if isinstance(codes.dtype, pd.CategoricalDtype):
+class Rows(NamedTuple):
+    """The estimator's input, checked: distinct codes (sorted), each row's part (its position
+    among them), its order count, its tranche (0 = the newest) and, when given, its hours."""
+
+    names: List[str]
+    part: IntArray
+    orders: FloatArray
+    tranche: IntArray
+    hours: Optional[FloatArray]
+
+
+def _code_positions(codes: Any) -> Tuple[List[str], IntArray]:
+    """Distinct codes as text, sorted, and each row's position among them."""
+    if isinstance(codes, pd.Series) and isinstance(codes.dtype, pd.CategoricalDtype):
         names = [str(c) for c in codes.cat.categories]
         order = np.argsort(names, kind="stable")
         rank = np.empty(len(order), dtype=np.int64)
         rank[order] = np.arange(len(order))
-        index = rank[codes.cat.codes.to_numpy()]
-        names = [names[i] for i in order]
-    else:
-        index, unique = pd.factorize(codes.astype(str), sort=True)
-        names = [str(c) for c in unique]
-    if (index < 0).any():
-        raise ValueError(f"X has rows without a {CODE}")
-    orders = check_array(X[[ORDERS]], dtype=np.float64)[:, 0]
-    return names, np.asarray(index, dtype=np.int64), orders
+        raw = codes.cat.codes.to_numpy()
+        if (raw < 0).any():
+            raise ValueError(f"X has rows without a {CODE} (NaN, None or inf)")
+        return [names[i] for i in order], np.asarray(rank[raw], dtype=np.int64)
+    values = np.asarray(codes)
+    series = pd.Series(values.astype(object))
+    numeric = values.dtype.kind in "fc" and not np.isfinite(values).all()
+    if numeric or series.isna().any():
+        raise ValueError(f"X has rows without a {CODE} (NaN, None or inf)")
+    index, unique = pd.factorize(series.astype(str), sort=True)
+    return [str(c) for c in unique], np.asarray(index, dtype=np.int64)
 
 
-def predict_per_code(X: pd.DataFrame, curves: Dict[str, Curve]) -> FloatArray:
-    """Each row's value on its code's curve; KeyError names the first code without one."""
-    names, index, orders = _columns(X)
-    result = np.empty(len(orders), dtype=np.float64)
-    for position, rows in rows_by_code(index, len(names)):
-        result[rows] = curves[names[position]].predict(orders[rows])
-    return result
+class DispatchRegressorBase(RegressorMixin, BaseEstimator):  # type: ignore[misc]
+    """What the project's regressors share: parameters, input checks, predictions, export.
 
-
-class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
-    """Hours to dispatch from ``product_code`` and ``orders_placed``: a curve per code.
-
-    ``fit`` learns one monotone, non-negative curve for every code with at least
-    ``min_rows_per_code`` rows (rarer codes are left out and listed in ``skipped_``),
-    its family chosen by ``folds``-fold cross-validated MAE, and an upper bound within which
-    a ``bound_level`` share of dispatches fall (``predict_upper``); ``predict`` raises KeyError
-    for a code it has not learned; ``to_dispatch_model`` exports the published artefact.
-    Codes are fitted in ``n_jobs`` local processes or, given ``dask_scheduler`` (an address
-    such as ``tcp://host:8786``), as tasks on that Dask cluster, with the same result.
+    ``X`` is a pandas DataFrame with ``product_code`` and ``orders_placed`` (and, for a
+    regressor that reads older tranches, optionally ``tranche``: 0 the newest, 1, 2, ... older
+    ones), or an array whose columns are those, in that order. ``y`` is the hours to dispatch,
+    finite and >= 0. Subclasses fit ``curves_`` and ``bounds_`` (a curve per code) and export
+    them with ``to_dispatch_model``.
     """
+
+    reads_tranches = False
 
     def __init__(
         self,
@@ -473,27 +578,122 @@ class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc
         self.bound_level = bound_level
         self.dask_scheduler = dask_scheduler
 
-    def fit(self, X: pd.DataFrame, y: Any) -> "DispatchTimeRegressor":
-        """Fit a curve per product code with enough rows, in parallel over codes."""
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.target_tags.positive_only = True
+        tags.input_tags.string = True
+        return tags
+
+    def code_settings(self) -> CodeSettings:
+        """fit_code's settings from this estimator's parameters, once they are checked."""
         if self.folds < 2 or self.min_rows_per_code < self.folds:
             raise ValueError("need folds >= 2 and min_rows_per_code >= folds")
         if not self.families or len(set(self.families)) != len(self.families):
             raise ValueError("need at least one candidate family, each named once")
         if not 0.0 < self.bound_level < 1.0:
             raise ValueError("bound_level must be between 0 and 1")
-        names, index, orders = _columns(X)
-        hours = check_array(np.asarray(y), ensure_2d=False, dtype=np.float64)
-        if len(hours) != len(orders):
-            raise ValueError(f"X has {len(orders)} rows but y has {len(hours)}")
-        groups = list(rows_by_code(index, len(names)))
-        learned = [(names[p], rows) for p, rows in groups if len(rows) >= self.min_rows_per_code]
-        settings = CodeSettings(
+        return CodeSettings(
             tuple(self.families), self.folds, self.random_state, self.cv_max_rows,
             self.relative_tolerance, self.rounding_tolerance, self.bound_level,
         )
+
+    def _rows(self, X: Any, y: Any = None, fitting: bool = False) -> Rows:
+        """X (and y) checked and taken apart; ValueError names the problem."""
+        width = 3 if self.reads_tranches else 2
+        if isinstance(X, pd.DataFrame):
+            if CODE not in X or ORDERS not in X:
+                raise ValueError(
+                    f"X must have the columns {CODE!r} and {ORDERS!r}, not {list(X.columns)}")
+            codes, orders_in = X[CODE], X[[ORDERS]]
+            tranche_in = X[[TRANCHE]] if TRANCHE in X and self.reads_tranches else None
+        else:
+            table = check_array(X, dtype=None, ensure_2d=True, ensure_all_finite=False,
+                                ensure_min_samples=1)
+            if not 2 <= table.shape[1] <= width:
+                raise ValueError(
+                    f"X has {table.shape[1]} feature(s), but {type(self).__name__} is expecting "
+                    f"2 features as input: {CODE} and {ORDERS}"
+                    + (f" (and {TRANCHE})" if width == 3 else ""))
+            codes, orders_in = table[:, 0], table[:, 1:2]
+            tranche_in = table[:, 2:3] if table.shape[1] == 3 else None
+        orders = check_array(orders_in, dtype=np.float64, ensure_min_samples=1)[:, 0]
+        names, index = _code_positions(codes)
+        tranche = np.zeros(len(orders), dtype=np.int64)
+        if tranche_in is not None:
+            tranche = check_array(tranche_in, dtype=np.int64)[:, 0]
+            if (tranche < 0).any():
+                raise ValueError(f"{TRANCHE} must be >= 0 (0 is the newest tranche)")
+        hours = None
+        if fitting and y is None:
+            raise ValueError(f"{type(self).__name__} requires y to be passed, but the target y "
+                             f"is None: the hours to dispatch, one per row of X")
+        if y is not None:
+            hours = column_or_1d(check_array(np.asarray(y), ensure_2d=False, dtype=np.float64),
+                                 warn=True)
+            if len(hours) != len(orders):
+                raise ValueError(f"X has {len(orders)} rows but y has {len(hours)}")
+            if (hours < 0).any():
+                raise ValueError("y (hours to dispatch) must be >= 0")
+        if fitting:
+            self.n_features_in_ = 2
+            self.feature_names_in_ = np.asarray([CODE, ORDERS], dtype=object)
+        return Rows(names, index, orders, tranche, hours)
+
+    def predict(self, X: Any) -> FloatArray:
+        """Estimated hours per row (the conditional median); KeyError names the first code
+        the model does not know."""
+        check_is_fitted(self)
+        return self._per_code(X, self.curves_)
+
+    def predict_upper(self, X: Any) -> FloatArray:
+        """Each row's upper bound: ``bound_level`` of dispatches take at most this long."""
+        check_is_fitted(self)
+        return self._per_code(X, self.bounds_)
+
+    def _per_code(self, X: Any, curves: Dict[str, Curve]) -> FloatArray:
+        rows = self._rows(X)
+        result = np.empty(len(rows.orders), dtype=np.float64)
+        for position, members in rows_by_code(rows.part, len(rows.names)):
+            result[members] = self._curve_of(curves, rows.names[position]).predict(
+                rows.orders[members])
+        return result
+
+    def _curve_of(self, curves: Dict[str, Curve], code: str) -> Curve:
+        """The curve that answers a code; KeyError for a code the model does not know."""
+        return curves[code]
+
+    def to_dispatch_model(self) -> DispatchModel:
+        """The published model."""
+        raise NotImplementedError
+
+    def fit_result(self) -> FitResult:
+        """The exported model with the choice made per code."""
+        raise NotImplementedError
+
+
+class DispatchTimeRegressor(DispatchRegressorBase):
+    """Hours to dispatch from ``product_code`` and ``orders_placed``: a curve per code.
+
+    ``fit`` learns one monotone, non-negative curve for every code with at least
+    ``min_rows_per_code`` rows (rarer codes are left out and listed in ``skipped_``),
+    chosen by ``folds``-fold cross-validated MAE, and an upper bound within which a
+    ``bound_level`` share of dispatches fall (``predict_upper``); ``predict`` raises KeyError
+    for a code it has not learned; ``to_dispatch_model`` exports the published artefact.
+    Codes are fitted in ``n_jobs`` local processes or, given ``dask_scheduler`` (an address
+    such as ``tcp://host:8786``), as tasks on that Dask cluster, with the same result.
+    """
+
+    def fit(self, X: Any, y: Any) -> "DispatchTimeRegressor":
+        """Fit a curve per product code with enough rows, in parallel over codes."""
+        settings = self.code_settings()
+        rows = self._rows(X, y, fitting=True)
+        assert rows.hours is not None
+        groups = list(rows_by_code(rows.part, len(rows.names)))
+        learned = [(rows.names[p], members) for p, members in groups
+                   if len(members) >= self.min_rows_per_code]
         fitted = fit_codes(
-            [(orders[rows], hours[rows]) for _, rows in learned], settings, self.n_jobs,
-            self.dask_scheduler,
+            [(rows.orders[members], rows.hours[members]) for _, members in learned], settings,
+            self.n_jobs, self.dask_scheduler,
         )
         self.curves_: Dict[str, Curve] = {}
         self.bounds_: Dict[str, Curve] = {}
@@ -501,24 +701,10 @@ class DispatchTimeRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc
         for (code, _), (curve, bound, code_fit) in zip(learned, fitted):
             self.curves_[code], self.bounds_[code], self.fits_[code] = curve, bound, code_fit
         self.skipped_: Dict[str, int] = {
-            names[p]: int(len(rows)) for p, rows in groups if len(rows) < self.min_rows_per_code
+            rows.names[p]: int(len(members)) for p, members in groups
+            if len(members) < self.min_rows_per_code
         }
-        self.n_features_in_ = 2
-        self.feature_names_in_ = np.asarray([CODE, ORDERS], dtype=object)
         return self
-
-    def predict(self, X: pd.DataFrame) -> FloatArray:
-        """Estimated hours per row; KeyError names the first code the model has not learned."""
-        check_is_fitted(self)
-        return self._per_code(X, self.curves_)
-
-    def predict_upper(self, X: pd.DataFrame) -> FloatArray:
-        """Each row's upper bound: ``bound_level`` of dispatches take at most this long."""
-        check_is_fitted(self)
-        return self._per_code(X, self.bounds_)
-
-    def _per_code(self, X: pd.DataFrame, curves: Dict[str, Curve]) -> FloatArray:
-        return predict_per_code(X, curves)
 
     def to_dispatch_model(self) -> DispatchModel:
         """The published model: each code's curve, upper bound and trained orders range."""
