@@ -144,7 +144,7 @@ def test_heavy_tailed_rows_get_a_median_fit_that_beats_least_squares() -> None:
         return orders, median * np.exp(rng.normal(0.0, 0.4, rows)) + tail, median
 
     orders, hours, _ = draw(400)
-    curve, _, fit = fit_code(orders, hours)
+    curve, _, fit, _ = fit_code(orders, hours)
     assert fit.loss == "absolute" or fit.family == "flat"
     mean_fit = MonotoneCurveRegressor(fit.family if fit.family != "flat" else "linear").fit(
         orders[:, None], hours)
@@ -159,7 +159,7 @@ def test_a_curve_stays_flat_where_orders_placed_carries_no_signal() -> None:
     rng = np.random.default_rng(4)
     orders = rng.integers(0, 250, 300).astype(float)
     hours = 40.0 * np.exp(rng.normal(0.0, 0.8, 300))
-    curve, _, fit = fit_code(orders, hours)
+    curve, _, fit, _ = fit_code(orders, hours)
     assert fit.family == "flat" and fit.loss == "absolute"
     assert curve.predict_one(0.0) == curve.predict_one(250.0) == pytest.approx(np.median(hours))
 
@@ -180,7 +180,7 @@ def test_a_noise_free_line_perturbed_at_1e_12_is_still_linear(seed: int) -> None
     rng = np.random.default_rng(seed)
     orders = np.tile(np.arange(0.0, 200.0), 3)
     hours = 2.0 + 0.05 * orders + rng.uniform(-1e-12, 1e-12, len(orders))
-    _, _, fit = fit_code(orders, hours, random_state=seed)
+    _, _, fit, _ = fit_code(orders, hours, random_state=seed)
     assert fit.family == "linear"
 
 
@@ -188,8 +188,8 @@ def test_large_codes_choose_on_a_sample_and_fit_on_every_row() -> None:
     rng = np.random.default_rng(5)
     orders = rng.integers(0, 300, 5000).astype(float)
     hours = 1.0 + 6.0 * (1.0 - np.exp(-orders / 50.0)) + rng.normal(0.0, 0.2, 5000)
-    curve, _, fit = fit_code(orders, hours, cv_max_rows=500)
+    curve, _, fit, _ = fit_code(orders, hours, cv_max_rows=500)
     assert fit.rows == 5000 and fit.family != "linear"
     assert fit.orders_range == (float(orders.min()), float(orders.max()))
-    again, _, _ = fit_code(orders, hours, cv_max_rows=500)
+    again, _, _, _ = fit_code(orders, hours, cv_max_rows=500)
     assert again == curve

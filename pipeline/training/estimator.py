@@ -33,6 +33,8 @@ from the fitted curves, and the export; :class:`DispatchTimeRegressor` is the pe
 """
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -72,6 +74,8 @@ ROUNDING_TOLERANCE = 1e-9
 ABSOLUTE_ROUNDS = 12
 ABSOLUTE_FLOOR = 1e-3
 CODES_PER_WORKER = 50
+# How many rows of recent per-code fits are remembered (see FitMemory).
+FIT_MEMORY_ROWS = 4_000_000
 # Codes per Dask task: enough to amortise a task's overhead, few enough to rerun cheaply.
 CODES_PER_TASK = 25
 CURVE_GRID_POINTS = 129
@@ -105,11 +109,13 @@ class CodeFit:
 
 
 class FittedCode(NamedTuple):
-    """One product code's estimate curve, its upper bound and how it was chosen."""
+    """One product code's estimate curve, its upper bound and how it was chosen; ``scores``:
+    its rows' out-of-fold errors in units of the bound's margin (rows of the CV sample)."""
 
     curve: Curve
     bound: Curve
     fit: CodeFit
+    scores: FloatArray = np.zeros(0)
 
 
 @dataclass(frozen=True)
@@ -457,7 +463,10 @@ def fit_code(
         bound_quantile=bound.quantile,
         loss=str(best.loss),
     )
-    return FittedCode(best.curve_, bound.curve, fitted)
+    estimate = best.curve_.predict(cv_orders)
+    margin = np.maximum(bound.curve.predict(cv_orders) - estimate,
+                        ROUNDING_TOLERANCE * label_scale(cv_hours))
+    return FittedCode(best.curve_, bound.curve, fitted, (cv_hours - predicted[chosen]) / margin)
 
 
 class CodeSettings(NamedTuple):
@@ -481,25 +490,76 @@ def fit_batch(batch: Tuple[Sequence[CodeRows], CodeSettings]) -> List[FittedCode
     return [fit_code(orders, hours, *settings) for orders, hours in codes]
 
 
+class FitMemory:
+    """The last fits, by a digest of their rows and settings (a fit depends on nothing else).
+
+    A training run fits the same rows more than once: its refit's first calibration origin is
+    the scored model's data again. Those fits are looked up here instead of repeated. Held to
+    ``rows`` rows of fits, the oldest forgotten first.
+    """
+
+    def __init__(self, rows: int) -> None:
+        self.rows = rows
+        self.held = 0
+        self.fits: "OrderedDict[bytes, FittedCode]" = OrderedDict()
+
+    @staticmethod
+    def key(orders: FloatArray, hours: FloatArray, settings: CodeSettings) -> bytes:
+        """The digest of one code's rows and the settings."""
+        digest = hashlib.sha256(repr(settings).encode())
+        digest.update(np.ascontiguousarray(orders, dtype=np.float64).tobytes())
+        digest.update(np.ascontiguousarray(hours, dtype=np.float64).tobytes())
+        return digest.digest()
+
+    def get(self, key: bytes) -> Optional[FittedCode]:
+        """A fit seen before, or None."""
+        found = self.fits.get(key)
+        if found is not None:
+            self.fits.move_to_end(key)
+        return found
+
+    def put(self, key: bytes, fitted: FittedCode) -> None:
+        """Keep a fit, forgetting the oldest beyond the rows held."""
+        if key in self.fits:
+            return
+        self.fits[key] = fitted
+        self.held += fitted.fit.rows
+        while self.held > self.rows and len(self.fits) > 1:
+            _, old = self.fits.popitem(last=False)
+            self.held -= old.fit.rows
+
+
+FIT_MEMORY = FitMemory(FIT_MEMORY_ROWS)
+
+
 def fit_codes(
     codes: Sequence[CodeRows], settings: CodeSettings, n_jobs: Optional[int],
     dask_scheduler: Optional[str] = None,
 ) -> List[FittedCode]:
-    """Every code's fit, in order: in ``n_jobs`` local processes, or on a Dask cluster."""
+    """Every code's fit, in order: in ``n_jobs`` local processes, or on a Dask cluster; a code
+    fitted on the same rows with the same settings lately is taken from FIT_MEMORY."""
+    keys = [FitMemory.key(orders, hours, settings) for orders, hours in codes]
+    known = [FIT_MEMORY.get(key) for key in keys]
+    missing = [i for i, found in enumerate(known) if found is None]
+    todo = [codes[i] for i in missing]
+    fitted: List[FittedCode]
     if dask_scheduler:
         from pipeline.training.cluster import map_on_cluster
 
-        batches = [(codes[start:start + CODES_PER_TASK], settings)
-                   for start in range(0, len(codes), CODES_PER_TASK)]
-        return [fitted for batch in map_on_cluster(dask_scheduler, fit_batch, batches)
-                for fitted in batch]
-    # A worker process costs about a second to start (it imports this module): only
-    # enough codes per worker pay for it, so small tranches are fitted in this process.
-    jobs = min(effective_n_jobs(n_jobs), max(1, len(codes) // CODES_PER_WORKER))
-    fitted: List[FittedCode] = Parallel(n_jobs=jobs)(
-        delayed(fit_code)(orders, hours, *settings) for orders, hours in codes
-    )
-    return fitted
+        batches = [(todo[start:start + CODES_PER_TASK], settings)
+                   for start in range(0, len(todo), CODES_PER_TASK)]
+        fitted = [one for batch in map_on_cluster(dask_scheduler, fit_batch, batches)
+                  for one in batch] if batches else []
+    else:
+        # A worker process costs about a second to start (it imports this module): only
+        # enough codes per worker pay for it, so small tranches are fitted in this process.
+        jobs = min(effective_n_jobs(n_jobs), max(1, len(todo) // CODES_PER_WORKER))
+        fitted = Parallel(n_jobs=jobs)(
+            delayed(fit_code)(orders, hours, *settings) for orders, hours in todo)
+    for i, one in zip(missing, fitted):
+        FIT_MEMORY.put(keys[i], one)
+        known[i] = one
+    return [one for one in known if one is not None]
 
 
 def features(product_codes: Any, orders_placed: Any) -> pd.DataFrame:
@@ -698,8 +758,10 @@ class DispatchTimeRegressor(DispatchRegressorBase):
         self.curves_: Dict[str, Curve] = {}
         self.bounds_: Dict[str, Curve] = {}
         self.fits_: Dict[str, CodeFit] = {}
-        for (code, _), (curve, bound, code_fit) in zip(learned, fitted):
+        self.scores_: Dict[str, FloatArray] = {}
+        for (code, _), (curve, bound, code_fit, scores) in zip(learned, fitted):
             self.curves_[code], self.bounds_[code], self.fits_[code] = curve, bound, code_fit
+            self.scores_[code] = scores
         self.skipped_: Dict[str, int] = {
             rows.names[p]: int(len(members)) for p, members in groups
             if len(members) < self.min_rows_per_code

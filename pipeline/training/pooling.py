@@ -49,12 +49,11 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 from sklearn.linear_model import LinearRegression
-from sklearn.model_selection import KFold
 from sklearn.utils.validation import check_is_fitted
 
 from pipeline.model_format import (
     BOUND_QUANTILE, CATALOGUE_BASIS, POOLED_BASIS, PRODUCT_BASIS, CatalogueCurve, Curve,
-    DispatchModel, upper_bound_curve,
+    DispatchModel, rows_by_code, upper_bound_curve,
 )
 from pipeline.training.bound import (
     LABEL_SCALE_FLOOR, SPREAD_FLOOR, conformal_quantile, label_scale,
@@ -62,7 +61,7 @@ from pipeline.training.bound import (
 from pipeline.training.estimator import (
     CODE, DEFAULT_CV_MAX_ROWS, DEFAULT_FAMILIES, DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE,
     ORDERS, ROUNDING_TOLERANCE, SIMPLER_TOLERANCE, TRANCHE, DispatchRegressorBase,
-    ABSOLUTE, FLAT, DispatchTimeRegressor, FitResult, FittedCode, Rows, fit_code, fit_curve,
+    ABSOLUTE, FLAT, DispatchTimeRegressor, FitResult, FittedCode, Rows, fit_codes, fit_curve,
 )
 
 DEFAULT_CATALOGUE_KNOTS = 10
@@ -88,7 +87,7 @@ LEVEL_VARIANCES = np.concatenate(([0.0], np.geomspace(1e-5, 1.0, 31)))
 # (Akaike's price of one more parameter): with a handful of weeks a random walk is the default.
 WEEKLY_NOISE_GAIN = 1.0
 OUT_OF_TIME = "later weeks"
-WITHIN_WEEK = "folds of the newest tranche"
+WITHIN_WEEK = "each row against the rest of its week"
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
@@ -116,6 +115,7 @@ class Shifts:
             scaled = scaled - d
             d = np.zeros_like(d)
             self.scaled = scaled
+        self.d = d
 
         def summed(values: FloatArray) -> FloatArray:
             result: FloatArray = np.bincount(index, weights=values, minlength=parts).astype(
@@ -167,6 +167,22 @@ class Shifts:
         self.level, self.power = self.clipped(b, m)
         # How uncertain each part's level still is (a part never seen: the prior's variance).
         self.level_variance: FloatArray = np.where(self.n > 0, v00, self.between[0])
+
+    def left_out(self) -> Tuple[FloatArray, FloatArray, FloatArray]:
+        """Each row's fitted value from its part's other rows alone, the variance left in that
+        part's level, and how many rows the value rests on: a within-week test of every row."""
+        fitted = np.empty(len(self.index))
+        variance = np.empty(len(self.index))
+        for start in range(0, len(self.index), LEFT_OUT_CHUNK):
+            rows = slice(start, start + LEFT_OUT_CHUNK)
+            i, w, z, d = self.index[rows], self.weight[rows], self.scaled[rows], self.d[rows]
+            s00, s01, s11, r0, r1 = (v[i] for v in self.sums)
+            b, m, v00, _, _ = self.posterior(s00 - w, s01 - w * d, s11 - w * d * d, r0 - w * z,
+                                             r1 - w * d * z)
+            level, power = self.clipped(b, m)
+            fitted[rows] = level + power * self.curve[rows]
+            variance[rows] = v00
+        return fitted, variance, self.n[self.index] - 1.0
 
     def posterior(self, s00: FloatArray, s01: FloatArray, s11: FloatArray, r0: FloatArray,
                   r1: FloatArray) -> Tuple[FloatArray, ...]:
@@ -304,6 +320,7 @@ class PooledFit(NamedTuple):
     between: float
     weeks: Dict[str, Any]
     catalogue_family: str
+    within_week: Tuple[FloatArray, IntArray]
 
     def position(self, codes: Sequence[str]) -> IntArray:
         """Each code's position in ``names`` (-1: a part this fit never saw)."""
@@ -340,10 +357,7 @@ def _catalogue_shape(orders: FloatArray, hours: FloatArray, regressor: "PooledDi
     if len(orders) < 2 * regressor.folds:
         curve, family = fit_curve(orders, hours, FLAT, ABSOLUTE)[0], FLAT
     else:
-        full = fit_code(orders, hours, tuple(regressor.families), regressor.folds,
-                        regressor.random_state, regressor.cv_max_rows,
-                        regressor.relative_tolerance, regressor.rounding_tolerance,
-                        regressor.bound_level)
+        [full] = fit_codes([(orders, hours)], regressor.code_settings(), 1)
         curve = full.curve
         family = full.fit.family + ("" if full.fit.family == FLAT else f" ({full.fit.loss})")
     top = float(orders.max())
@@ -353,8 +367,12 @@ def _catalogue_shape(orders: FloatArray, hours: FloatArray, regressor: "PooledDi
     return Curve(tuple(float(k) for k in grid), tuple(float(v) for v in values)), family
 
 
-def fit_pooled(rows: Rows, regressor: "PooledDispatchRegressor") -> PooledFit:
-    """The pooled model on some rows: product curves, catalogue curve, parts, weeks."""
+def fit_pooled(rows: Rows, regressor: "PooledDispatchRegressor",
+               within_week: bool = False) -> PooledFit:
+    """The pooled model on some rows: product curves, catalogue curve, parts, weeks; with
+    ``within_week``, also every row's score against a fit that did not see it (a product part's
+    out-of-fold error, any other part's estimate from its other rows), for a bound that has
+    no later week to calibrate on."""
     names, index, orders, tranche, found = rows
     assert found is not None
     hours: FloatArray = found
@@ -399,16 +417,41 @@ def fit_pooled(rows: Rows, regressor: "PooledDispatchRegressor") -> PooledFit:
                                                       minlength=weeks), 1e-12)
     measured = np.bincount(tranche, minlength=weeks) > 0
     forecast, week_model = local_level_forecast(levels[measured], variances[measured])
+    median_shift = float(np.median(residuals))
+    scored: Tuple[FloatArray, IntArray] = (np.zeros(0), np.zeros(0, dtype=np.int64))
+    if within_week:
+        where = {code: i for i, code in enumerate(names)}
+        own = np.zeros(parts, dtype=bool)
+        own[[where[code] for code in product.curves_]] = True
+        scored = _left_out_scores(shifts, spread, z - levels[tranche] - median_shift, orders,
+                                  own[index], product.scores_)
     return PooledFit(
         names=names, product={code: FittedCode(curve, product.bounds_[code], product.fits_[code])
                               for code, curve in product.curves_.items()},
         knots=knots, log_curve=log_curve, offset=offset, level=shifts.level, power=shifts.power,
         prior=shifts.prior(), levels=levels, forecast=forecast,
-        median_shift=float(np.median(residuals)), spread=spread,
+        median_shift=median_shift, spread=spread, within_week=scored,
         rows=np.bincount(index, minlength=parts).astype(np.float64), newest_rows=newest_rows,
         level_variance=shifts.level_variance,
         noise=shifts.noise, between=shifts.between[0], weeks=week_model,
         catalogue_family=family)
+
+
+def _left_out_scores(shifts: Shifts, spread: Tuple[float, float], target: FloatArray,
+                     orders: FloatArray, product_rows: npt.NDArray[np.bool_],
+                     product_scores: Dict[str, FloatArray]) -> Tuple[FloatArray, IntArray]:
+    """Within-week scores: each pooled row's error against its part's other rows (in units of
+    its spread and what its part's level is unsure of, as in PooledFit.width), grouped by how
+    many rows that rests on; and the product parts' out-of-fold scores."""
+    fitted, variance, others = shifts.left_out()
+    width = np.sqrt((spread[0] + spread[1] * orders) ** 2 + (2.0 / np.pi) * variance)
+    pooled = ~product_rows
+    found = [(target[pooled] - fitted[pooled]) / width[pooled]]
+    groups = [rows_bucket(others[pooled])]
+    for scores in product_scores.values():
+        found.append(scores)
+        groups.append(np.full(len(scores), PRODUCT_GROUP, dtype=np.int64))
+    return np.concatenate(found), np.concatenate(groups)
 
 
 def scores_of(fit: PooledFit, codes: Sequence[str], orders: FloatArray,
@@ -424,14 +467,16 @@ def scores_of(fit: PooledFit, codes: Sequence[str], orders: FloatArray,
         part, orders)
     groups = rows_bucket(np.where(part >= 0, fit.rows[np.maximum(part, 0)], 0.0))
     factor = fit.week_factor()
-    for i in np.flatnonzero(part >= 0):
-        code = fit.names[part[i]]
-        if code in fit.product:
-            curve, bound, _ = fit.product[code]
-            estimate = factor * float(curve.predict_one(orders[i]))
-            margin = factor * float(bound.predict_one(orders[i])) - estimate
-            scores[i] = (hours[i] - estimate) / max(margin, 1e-12 * (1.0 + abs(estimate)))
-            groups[i] = PRODUCT_GROUP
+    for position, members in rows_by_code(np.maximum(part, 0), len(fit.names)):
+        found = fit.product.get(fit.names[position])
+        members = members[part[members] >= 0]
+        if found is None or not len(members):
+            continue
+        estimate = factor * found.curve.predict(orders[members])
+        margin = factor * found.bound.predict(orders[members]) - estimate
+        scores[members] = (hours[members] - estimate) / np.maximum(
+            margin, 1e-12 * (1.0 + np.abs(estimate)))
+        groups[members] = PRODUCT_GROUP
     return scores, groups
 
 
@@ -453,8 +498,15 @@ class Calibration(NamedTuple):
     group_rows: Dict[str, int]
 
 
-def calibrate(rows: Rows, regressor: "PooledDispatchRegressor") -> Calibration:
-    """The bound's quantiles from rows the model did not see: later weeks, else folds."""
+def has_later_weeks(rows: Rows, regressor: "PooledDispatchRegressor") -> bool:
+    """Whether the bound can be calibrated on a later week: some tranche after the oldest, and
+    older rows enough to fit on."""
+    return bool(rows.tranche.max() > 0 and (rows.tranche > 0).sum() >= regressor.folds)
+
+
+def calibrate(rows: Rows, regressor: "PooledDispatchRegressor", fit: PooledFit) -> Calibration:
+    """The bound's quantiles from rows the model did not see: later weeks, else (a store's
+    first tranche) every row against a fit without it, at a wider level."""
     assert rows.hours is not None
     names = np.asarray(rows.names, dtype=object)
     scores: List[FloatArray] = []
@@ -464,26 +516,17 @@ def calibrate(rows: Rows, regressor: "PooledDispatchRegressor") -> Calibration:
     while (origin < last and origin < regressor.calibration_weeks
            and sum(map(len, scores)) < regressor.calibration_rows
            and (rows.tranche > origin).sum() >= regressor.folds):
-        fit = fit_pooled(_subset(rows, rows.tranche > origin, origin + 1), regressor)
+        earlier = fit_pooled(_subset(rows, rows.tranche > origin, origin + 1), regressor)
         later = rows.tranche == origin
-        found = scores_of(fit, names[rows.part[later]], rows.orders[later], rows.hours[later])
+        found = scores_of(earlier, names[rows.part[later]], rows.orders[later],
+                          rows.hours[later])
         scores.append(found[0])
         groups.append(found[1])
         origin += 1
     source, level = OUT_OF_TIME, regressor.bound_level
     if not scores:
         source, level = WITHIN_WEEK, (1.0 + regressor.bound_level) / 2.0
-        folds = KFold(min(regressor.folds, len(rows.orders)), shuffle=True,
-                      random_state=regressor.random_state)
-        for kept, held in folds.split(rows.orders):
-            if sum(map(len, scores)) >= regressor.calibration_rows:
-                break
-            inside = np.zeros(len(rows.orders), dtype=bool)
-            inside[kept] = True
-            fit = fit_pooled(_subset(rows, inside), regressor)
-            found = scores_of(fit, names[rows.part[held]], rows.orders[held], rows.hours[held])
-            scores.append(found[0])
-            groups.append(found[1])
+        scores, groups = [fit.within_week[0]], [fit.within_week[1]]
     every_score, every_group = np.concatenate(scores), np.concatenate(groups)
     sizes = np.bincount(every_group, minlength=PRODUCT_GROUP + 1)
     labels = bucket_names() + [PRODUCT_BASIS]
@@ -589,8 +632,8 @@ class PooledDispatchRegressor(DispatchRegressorBase):
         if len(rows.orders) < self.folds:
             raise ValueError(f"n_samples = {len(rows.orders)}: the pooled model needs at least "
                              f"{self.folds} rows (folds), one part or many")
-        fit = fit_pooled(rows, self)
-        calibration = calibrate(rows, self)
+        fit = fit_pooled(rows, self, within_week=not has_later_weeks(rows, self))
+        calibration = calibrate(rows, self, fit)
         self._export(fit, calibration, rows)
         return self
 
@@ -603,7 +646,7 @@ class PooledDispatchRegressor(DispatchRegressorBase):
         self.bases_: Dict[str, str] = {}
         self.ranges_: Dict[str, Tuple[float, float]] = {}
         q_product = float(quantiles[PRODUCT_GROUP])
-        for code, (curve, bound, code_fit) in fit.product.items():
+        for code, (curve, bound, code_fit, _) in fit.product.items():
             estimate = Curve(curve.knots, tuple(factor * v for v in curve.values))
             raw = np.asarray(bound.values) * factor
             at = np.asarray(bound.knots)
