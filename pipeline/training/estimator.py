@@ -33,10 +33,11 @@ from the fitted curves, and the export; :class:`DispatchTimeRegressor` is the pe
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -494,14 +495,20 @@ class FitMemory:
     """The last fits, by a digest of their rows and settings (a fit depends on nothing else).
 
     A training run fits the same rows more than once: its refit's first calibration origin is
-    the scored model's data again. Those fits are looked up here instead of repeated. Held to
-    ``rows`` rows of fits, the oldest forgotten first.
+    the scored model's data again. Within :func:`remembered_fits` those fits are looked up here
+    instead of repeated; held to ``rows`` rows of fits, the oldest forgotten first, and all
+    forgotten when the block ends. Outside it nothing is kept.
     """
 
-    def __init__(self, rows: int) -> None:
-        self.rows = rows
+    def __init__(self) -> None:
+        self.rows = 0
         self.held = 0
         self.fits: "OrderedDict[bytes, FittedCode]" = OrderedDict()
+
+    def reset(self, rows: int) -> None:
+        """Forget every fit; from now on hold up to ``rows`` rows of fits (0: none)."""
+        self.rows, self.held = rows, 0
+        self.fits.clear()
 
     @staticmethod
     def key(orders: FloatArray, hours: FloatArray, settings: CodeSettings) -> bytes:
@@ -520,7 +527,7 @@ class FitMemory:
 
     def put(self, key: bytes, fitted: FittedCode) -> None:
         """Keep a fit, forgetting the oldest beyond the rows held."""
-        if key in self.fits:
+        if key in self.fits or self.rows <= 0:
             return
         self.fits[key] = fitted
         self.held += fitted.fit.rows
@@ -529,7 +536,17 @@ class FitMemory:
             self.held -= old.fit.rows
 
 
-FIT_MEMORY = FitMemory(FIT_MEMORY_ROWS)
+FIT_MEMORY = FitMemory()
+
+
+@contextlib.contextmanager
+def remembered_fits(rows: int = FIT_MEMORY_ROWS) -> Iterator[None]:
+    """Within this block, per-code fits repeated on the same rows are looked up (FitMemory)."""
+    FIT_MEMORY.reset(rows)
+    try:
+        yield
+    finally:
+        FIT_MEMORY.reset(0)
 
 
 def fit_codes(

@@ -43,7 +43,7 @@ from pipeline.store import (
 from pipeline.training.cluster import ClusterError, connect_timeout
 from pipeline.training.drift import DEFAULT_DRIFT_THRESHOLD, DriftSummary, tranche_drift
 from pipeline.training.estimator import (
-    DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE, DispatchTimeRegressor, FitResult,
+    DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE, DispatchTimeRegressor, FitResult, remembered_fits,
 )
 from pipeline.training.gates import (
     COVERAGE_GATE, DEFAULT_CHAMPION_TOLERANCE, FAIL, KEEP, PASS, WARN, Decision, Evaluation,
@@ -719,15 +719,16 @@ def run(store_url: str, options: TrainOptions, record: Optional[RunRecord] = Non
     record.drift = drift.to_dict()
     history = read_history(store, delivered, options, record)
     split = choose_split(tranche.code_index, history, options)
-    trained = train_and_gate(tranche, split, options, history)
-    record.held_out, record.pooling = trained.held_out.to_dict(), trained.fit.pooling
-    record.decisions = [d.to_dict() for d in trained.decisions]
-    record.new_model = trained.fit.model
-    require_passed(trained.decisions, "the model")
-    verdict = challenge(trained, champion, tranche.subset(split.test), options, record)
-    if verdict.outcome == KEEP:
-        return EXIT_OK
-    final = finish(trained, verdict, tranche, options, history, record, split)
+    with remembered_fits():
+        trained = train_and_gate(tranche, split, options, history)
+        record.held_out, record.pooling = trained.held_out.to_dict(), trained.fit.pooling
+        record.decisions = [d.to_dict() for d in trained.decisions]
+        record.new_model = trained.fit.model
+        require_passed(trained.decisions, "the model")
+        verdict = challenge(trained, champion, tranche.subset(split.test), options, record)
+        if verdict.outcome == KEEP:
+            return EXIT_OK
+        final = finish(trained, verdict, tranche, options, history, record, split)
     model_bytes = final.fit.model.to_json()
     created_at = datetime.now(timezone.utc)
     metadata = build_metadata(
