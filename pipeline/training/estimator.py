@@ -37,7 +37,9 @@ import contextlib
 import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import (
+    Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple,
+)
 
 import numpy as np
 import numpy.typing as npt
@@ -184,8 +186,16 @@ class Aggregated(NamedTuple):
     counts: FloatArray
 
 
+class Solved(NamedTuple):
+    """A family solved on aggregated rows: its values at their order counts, and how to build
+    the published curve (only the last round of a reweighted fit needs it)."""
+
+    at_orders: FloatArray
+    build: Callable[[], Tuple[Curve, float]]
+
+
 def _fit_curved(rows: Aggregated, kind: str,
-                shapes: Optional[FloatArray] = None) -> Tuple[Curve, float]:
+                shapes: Optional[FloatArray] = None) -> Solved:
     """Best a + b * shape(x) with a, b >= 0 over the kind's whole parameter grid in closed form.
 
     Weighted least squares of two coefficients has a closed form, so every parameter on the
@@ -217,21 +227,27 @@ def _fit_curved(rows: Aggregated, kind: str,
         if sse[i] < best[0]:
             best = (float(sse[i]), float(oa[i]), float(ob[i]), i)
     _, a0, b0, i = best
-    span = high - low
-    grid = np.unique(
-        np.concatenate(
-            (
-                np.linspace(0.0, high + span, CURVE_GRID_POINTS),
-                low + span * np.geomspace(1e-4, 1.0, CURVE_GRID_POINTS // 2),
-                _quantiles(orders, rows.counts, QUANTILE_GRID),
+
+    def build() -> Tuple[Curve, float]:
+        span = high - low
+        grid = np.unique(
+            np.concatenate(
+                (
+                    np.linspace(0.0, high + span, CURVE_GRID_POINTS),
+                    low + span * np.geomspace(1e-4, 1.0, CURVE_GRID_POINTS // 2),
+                    _quantiles(orders, rows.counts, QUANTILE_GRID),
+                )
             )
         )
-    )
+        with np.errstate(all="ignore"):
+            values = a0 + b0 * _shapes(kind, grid, low, high, only=i)[:, 0]
+        values = np.maximum.accumulate(np.maximum(values, 0.0))
+        curve = Curve(tuple(float(k) for k in grid), tuple(float(v) for v in values))
+        return curve, float(CURVED_PARAMETERS[kind][i])
+
     with np.errstate(all="ignore"):
-        values = a0 + b0 * _shapes(kind, grid, low, high, only=i)[:, 0]
-    values = np.maximum.accumulate(np.maximum(values, 0.0))
-    curve = Curve(tuple(float(k) for k in grid), tuple(float(v) for v in values))
-    return curve, float(CURVED_PARAMETERS[kind][i])
+        at_orders = a0 + b0 * g[:, i]
+    return Solved(at_orders, build)
 
 
 def _ramps(rows: Aggregated, segments: int) -> Tuple[FloatArray, FloatArray]:
@@ -248,7 +264,7 @@ def _ramps(rows: Aggregated, segments: int) -> Tuple[FloatArray, FloatArray]:
 
 
 def _fit_pieces(rows: Aggregated, segments: int,
-                ramps: Optional[Tuple[FloatArray, FloatArray]] = None) -> Curve:
+                ramps: Optional[Tuple[FloatArray, FloatArray]] = None) -> Solved:
     """A level plus ramps between quantile knots, every coefficient >= 0: it never falls."""
     knots, design = _ramps(rows, segments) if ramps is None else ramps
     root = np.sqrt(rows.weights)
@@ -256,8 +272,13 @@ def _fit_pieces(rows: Aggregated, segments: int,
     # collinear ramps ("Matrix is singular", "Maximum number of iterations reached").
     solved = lsq_linear(design * root[:, None], rows.means * root, bounds=(0.0, np.inf),
                         method="bvls")
-    values = np.cumsum(np.maximum(solved.x, 0.0))
-    return Curve(tuple(float(k) for k in knots), tuple(float(v) for v in values))
+    steps = np.maximum(solved.x, 0.0)
+
+    def build() -> Tuple[Curve, float]:
+        values = np.cumsum(steps)
+        return Curve(tuple(float(k) for k in knots), tuple(float(v) for v in values)), 0.0
+
+    return Solved(design @ steps, build)
 
 
 def _aggregate(orders: FloatArray, hours: FloatArray,
@@ -299,37 +320,47 @@ def fit_curve(orders: FloatArray, hours: FloatArray, family: str,
         summed = np.asarray(np.bincount(inverse, weights=weights), dtype=np.float64)
         rows = Aggregated(distinct, np.bincount(inverse, weights=weights * hours) / summed,
                           summed, counts)
-        curve, parameter = _fit_family(rows, family, design)
-        residuals = np.abs(hours - curve.predict(distinct)[inverse])
+        solved = _solve_family(rows, family, design)
+        residuals = np.abs(hours - solved.at_orders[inverse])
         floor = max(ABSOLUTE_FLOOR * float(np.mean(residuals)),
                     ROUNDING_TOLERANCE * label_scale(hours), float(np.finfo(np.float64).tiny))
         # floor / residual rather than 1 / residual: the same fit, and never an overflow.
         weights = floor / np.maximum(residuals, floor)
-    return curve, parameter
+    return solved.build()
 
 
-def _fit_family(rows: Aggregated, family: str,
-                design: Optional[Dict[str, Any]] = None) -> Tuple[Curve, float]:
-    """One family's curve on aggregated rows; ``design`` caches what depends only on the
+def _solve_family(rows: Aggregated, family: str,
+                  design: Optional[Dict[str, Any]] = None) -> Solved:
+    """One family solved on aggregated rows; ``design`` caches what depends only on the
     order counts, for a caller that fits the same counts again with other weights."""
     if len(rows.orders) == 1:
-        return flat_curve(float(rows.orders[0]), float(rows.means[0])), 0.0
+        level = float(rows.means[0])
+        return Solved(np.maximum(rows.means, 0.0),
+                      lambda: (flat_curve(float(rows.orders[0]), level), 0.0))
     cache: Dict[str, Any] = {} if design is None else design
     kind, _, value = family.partition("-")
     if kind in ("linear", "pieces"):
         segments = 1 if kind == "linear" else int(value)
         if family not in cache:
             cache[family] = _ramps(rows, segments)
-        return _fit_pieces(rows, segments, cache[family]), 0.0
+        return _fit_pieces(rows, segments, cache[family])
     if kind in CURVED_PARAMETERS:
         if family not in cache:
             cache[family] = _shapes(kind, rows.orders, float(rows.orders[0]),
                                     float(rows.orders[-1]))
-        curve, parameter = _fit_curved(rows, kind, cache[family])
-        if np.isfinite(curve.values).all():
-            return curve, parameter
-        return _fit_pieces(rows, 1), 0.0
+        solved = _fit_curved(rows, kind, cache[family])
+        if np.isfinite(solved.at_orders).all():
+            return solved
+        return _fit_pieces(rows, 1)
     raise ValueError(f"unknown model family {family!r}")
+
+
+def _fit_family(rows: Aggregated, family: str) -> Tuple[Curve, float]:
+    """One family's curve and shape parameter on aggregated rows."""
+    curve, parameter = _solve_family(rows, family).build()
+    if not np.isfinite(curve.values).all():
+        return _fit_pieces(rows, 1).build()
+    return curve, parameter
 
 
 class MonotoneCurveRegressor(RegressorMixin, BaseEstimator):  # type: ignore[misc]
