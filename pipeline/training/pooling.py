@@ -290,11 +290,21 @@ def group_quantiles(scores: FloatArray, groups: IntArray, level: float) -> Float
     return result
 
 
-def _spread(orders: FloatArray, residuals: FloatArray, weights: FloatArray) -> Tuple[float, float]:
-    """The spread line ``a + b x`` of the rows' absolute residuals (``a``, ``b`` >= 0, floored)."""
+def _spread(distinct: FloatArray, inverse: IntArray, residuals: FloatArray,
+            weights: FloatArray) -> Tuple[float, float]:
+    """The spread line ``a + b x`` of the rows' absolute residuals (``a``, ``b`` >= 0, floored).
+
+    Fitted on the weighted mean absolute residual of each distinct order count (``distinct``,
+    and each row's position among them, ``inverse``): the same line as on the rows, on a few
+    hundred points instead of millions.
+    """
     floor = SPREAD_FLOOR * float(np.mean(np.abs(residuals))) + LABEL_SCALE_FLOOR
-    line = LinearRegression(positive=True).fit(orders[:, None], np.abs(residuals),
-                                               sample_weight=weights)
+    summed = np.bincount(inverse, weights=weights, minlength=len(distinct))
+    held = summed > 0
+    means = np.bincount(inverse, weights=weights * np.abs(residuals), minlength=len(distinct))
+    line = LinearRegression(positive=True).fit(distinct[held, None],
+                                               means[held] / summed[held],
+                                               sample_weight=summed[held])
     return max(float(line.intercept_), floor), float(line.coef_[0])
 
 
@@ -321,12 +331,6 @@ class PooledFit(NamedTuple):
     weeks: Dict[str, Any]
     catalogue_family: str
     within_week: Tuple[FloatArray, IntArray]
-
-    def position(self, codes: Sequence[str]) -> IntArray:
-        """Each code's position in ``names`` (-1: a part this fit never saw)."""
-        where = {code: i for i, code in enumerate(self.names)}
-        return np.fromiter((where.get(str(c), -1) for c in codes), dtype=np.int64,
-                           count=len(codes))
 
     def log_estimate(self, part: IntArray, orders: FloatArray) -> FloatArray:
         """log(estimate + d) of the pooled curve of each row's part (-1: the typical part)."""
@@ -398,12 +402,13 @@ def fit_pooled(rows: Rows, regressor: "PooledDispatchRegressor",
     weeks = int(tranche.max()) + 1
     levels = np.zeros(weeks)
     weight = np.ones(len(z))
+    distinct, inverse = np.unique(orders, return_inverse=True)
     for _ in range(max(regressor.level_iterations, 1)):
         shifts = Shifts(index, g, z - levels[tranche], weight / float(np.mean(weight)), parts,
                         regressor.shift_iterations, slopes)
         fitted = shifts.level[index] + shifts.power[index] * g
         residuals = z - levels[tranche] - fitted
-        spread = _spread(orders, residuals, weight)
+        spread = _spread(distinct, inverse, residuals, weight)
         width = spread[0] + spread[1] * orders
         distance = np.abs(residuals) / width
         weight = np.minimum(1.0, HUBER_LIMIT / np.maximum(distance, 1e-12)) / (width * width)
@@ -454,15 +459,15 @@ def _left_out_scores(shifts: Shifts, spread: Tuple[float, float], target: FloatA
     return np.concatenate(found), np.concatenate(groups)
 
 
-def scores_of(fit: PooledFit, codes: Sequence[str], orders: FloatArray,
+def scores_of(fit: PooledFit, part: IntArray, orders: FloatArray,
               hours: FloatArray) -> Tuple[FloatArray, IntArray]:
     """Each row's error in units of the fit's margin for it, and its calibration group.
 
-    A product part's margin is its own conformal bound's distance from its estimate; any other
-    part's is the log-scale spread ``s(x)``. The group is the part's rows bucket (0: a part the
-    fit never saw) or PRODUCT_GROUP.
+    ``part`` is each row's position in the fit's names (-1, or a part without rows in the fit:
+    one it never saw). A product part's margin is its own conformal bound's distance from its
+    estimate; any other part's is its log-scale width (PooledFit.width). The group is the part's
+    rows bucket (0: a part the fit never saw) or PRODUCT_GROUP.
     """
-    part = fit.position(codes)
     scores = (np.log(hours + fit.offset) - fit.log_estimate(part, orders)) / fit.width(
         part, orders)
     groups = rows_bucket(np.where(part >= 0, fit.rows[np.maximum(part, 0)], 0.0))
@@ -508,7 +513,6 @@ def calibrate(rows: Rows, regressor: "PooledDispatchRegressor", fit: PooledFit) 
     """The bound's quantiles from rows the model did not see: later weeks, else (a store's
     first tranche) every row against a fit without it, at a wider level."""
     assert rows.hours is not None
-    names = np.asarray(rows.names, dtype=object)
     scores: List[FloatArray] = []
     groups: List[IntArray] = []
     last = int(rows.tranche.max())
@@ -518,8 +522,7 @@ def calibrate(rows: Rows, regressor: "PooledDispatchRegressor", fit: PooledFit) 
            and (rows.tranche > origin).sum() >= regressor.folds):
         earlier = fit_pooled(_subset(rows, rows.tranche > origin, origin + 1), regressor)
         later = rows.tranche == origin
-        found = scores_of(earlier, names[rows.part[later]], rows.orders[later],
-                          rows.hours[later])
+        found = scores_of(earlier, rows.part[later], rows.orders[later], rows.hours[later])
         scores.append(found[0])
         groups.append(found[1])
         origin += 1
