@@ -38,7 +38,8 @@ def test_clone_and_params_round_trip() -> None:
     assert copy.get_params()["folds"] == 4 and regressor.get_params()["folds"] == 3
     assert clone(MonotoneCurveRegressor("log")).get_params() == {"family": "log",
                                                                  "loss": "squared"}
-    assert clone(CurveFamilies(("linear",))).get_params() == {"families": ("linear",)}
+    assert clone(CurveFamilies(("linear",))).get_params() == {"families": ("linear",),
+                                                              "loss": "squared"}
 
 
 def test_curve_families_predict_one_column_per_family_as_each_family_alone() -> None:
@@ -49,7 +50,9 @@ def test_curve_families_predict_one_column_per_family_as_each_family_alone() -> 
     assert together.shape == (300, len(DEFAULT_FAMILIES))
     for i, family in enumerate(DEFAULT_FAMILIES):
         alone = MonotoneCurveRegressor(family).fit(orders, hours).predict(orders)
-        np.testing.assert_array_equal(together[:, i], alone)
+        # The folds' predictions come from each family's exact shape, a published curve is that
+        # shape at its knots and linear in between: equal to interpolation error.
+        np.testing.assert_allclose(together[:, i], alone, rtol=1e-3)
 
 
 def test_fitted_state_ends_in_an_underscore_and_is_absent_before_fit() -> None:

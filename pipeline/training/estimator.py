@@ -48,7 +48,6 @@ from joblib import Parallel, delayed, effective_n_jobs
 from scipy.optimize import lsq_linear
 from sklearn import config_context
 from sklearn.base import BaseEstimator, RegressorMixin
-from sklearn.metrics import mean_absolute_error
 from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.utils import resample
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
@@ -71,10 +70,13 @@ DEFAULT_MIN_ROWS_PER_CODE = 30
 DEFAULT_CV_MAX_ROWS = 20_000
 SIMPLER_TOLERANCE = 0.01
 ROUNDING_TOLERANCE = 1e-9
-# Least absolute deviations by reweighted least squares: rounds, and the smallest residual a
+# Least absolute deviations by reweighted least squares: at most this many rounds, stopping
+# once a round lowers the mean absolute deviation by less than ABSOLUTE_CONVERGED of it (even
+# noise converges in a few rounds, a heavy tail in a few dozen); and the smallest residual a
 # weight is computed from, as a share of the mean absolute residual (a curve through a row
 # would otherwise give it an infinite weight).
-ABSOLUTE_ROUNDS = 12
+ABSOLUTE_ROUNDS = 30
+ABSOLUTE_CONVERGED = 1e-4
 ABSOLUTE_FLOOR = 1e-3
 CODES_PER_WORKER = 50
 # How many rows of recent per-code fits are remembered (see FitMemory).
@@ -187,28 +189,31 @@ class Aggregated(NamedTuple):
 
 
 class Solved(NamedTuple):
-    """A family solved on aggregated rows: its values at their order counts, and how to build
-    the published curve (only the last round of a reweighted fit needs it)."""
+    """A family solved on aggregated rows: its values at their order counts, its values at any
+    order counts (``predict``: what a cross-validation fold needs), and how to build the
+    published curve (only the final fit needs it)."""
 
     at_orders: FloatArray
+    predict: Callable[[FloatArray], FloatArray]
     build: Callable[[], Tuple[Curve, float]]
 
 
 def _fit_curved(rows: Aggregated, kind: str,
-                shapes: Optional[FloatArray] = None) -> Solved:
+                shapes: Optional[Tuple[FloatArray, FloatArray]] = None) -> Solved:
     """Best a + b * shape(x) with a, b >= 0 over the kind's whole parameter grid in closed form.
 
     Weighted least squares of two coefficients has a closed form, so every parameter on the
     grid is solved at once from a few sums: a profile no library offers, and the reason a
     grid search over the shape parameter costs no more than one fit. ``shapes`` (the grid's
-    shapes at the rows' order counts) may be given when the same counts are fitted again.
+    shapes at the rows' order counts, and their squares) may be given when the same counts are
+    fitted again.
     """
     orders, hours, weights = rows.orders, rows.means, rows.weights
     low, high = float(orders[0]), float(orders[-1])
-    g = _shapes(kind, orders, low, high) if shapes is None else shapes
+    g, squares = _curved_design(rows, kind) if shapes is None else shapes
     n = float(weights.sum())
     sy, syy = float(weights @ hours), float(weights @ (hours * hours))
-    sg, sgg, sgy = weights @ g, weights @ (g * g), (weights * hours) @ g
+    sg, sgg, sgy = weights @ g, weights @ squares, (weights * hours) @ g
     with np.errstate(all="ignore"):
         b = (sgy - sg * sy / n) / (sgg - sg * sg / n)
         a = (sy - b * sg) / n
@@ -245,9 +250,21 @@ def _fit_curved(rows: Aggregated, kind: str,
         curve = Curve(tuple(float(k) for k in grid), tuple(float(v) for v in values))
         return curve, float(CURVED_PARAMETERS[kind][i])
 
+    def predict(x: FloatArray) -> FloatArray:
+        with np.errstate(all="ignore"):
+            result: FloatArray = np.maximum(a0 + b0 * _shapes(kind, x, low, high, only=i)[:, 0],
+                                            0.0)
+        return result
+
     with np.errstate(all="ignore"):
         at_orders = a0 + b0 * g[:, i]
-    return Solved(at_orders, build)
+    return Solved(at_orders, predict, build)
+
+
+def _curved_design(rows: Aggregated, kind: str) -> Tuple[FloatArray, FloatArray]:
+    """The shapes of a curved kind at the rows' order counts, a column per parameter, squared."""
+    g = _shapes(kind, rows.orders, float(rows.orders[0]), float(rows.orders[-1]))
+    return g, g * g
 
 
 def _ramps(rows: Aggregated, segments: int) -> Tuple[FloatArray, FloatArray]:
@@ -278,7 +295,7 @@ def _fit_pieces(rows: Aggregated, segments: int,
         values = np.cumsum(steps)
         return Curve(tuple(float(k) for k in knots), tuple(float(v) for v in values)), 0.0
 
-    return Solved(design @ steps, build)
+    return Solved(design @ steps, lambda x: build()[0].predict(x), build)
 
 
 def _aggregate(orders: FloatArray, hours: FloatArray,
@@ -302,11 +319,21 @@ def flat_curve(at: float, level: float) -> Curve:
 def fit_curve(orders: FloatArray, hours: FloatArray, family: str,
               loss: str = SQUARED) -> Tuple[Curve, float]:
     """Fit one named family (or ``"flat"``) by ``loss``; the curve and its shape parameter."""
+    curve, parameter = solve_curve(orders, hours, family, loss).build()
+    if not np.isfinite(curve.values).all():
+        return _fit_pieces(_aggregate(orders, hours), 1).build()
+    return curve, parameter
+
+
+def solve_curve(orders: FloatArray, hours: FloatArray, family: str,
+                loss: str = SQUARED) -> Solved:
+    """One named family (or ``"flat"``) solved by ``loss`` on some rows (see Solved)."""
     if family == FLAT:
         centre = np.median(hours) if loss == ABSOLUTE else np.mean(hours)
-        return flat_curve(float(np.min(orders)), float(centre)), 0.0
+        flat = flat_curve(float(np.min(orders)), float(centre))
+        return Solved(flat.predict(orders), flat.predict, lambda: (flat, 0.0))
     if loss == SQUARED:
-        return _fit_family(_aggregate(orders, hours), family)
+        return _solve_family(_aggregate(orders, hours), family)
     if loss != ABSOLUTE:
         raise ValueError(f"loss must be one of {LOSSES}, not {loss!r}")
     # Least absolute deviations as iteratively reweighted least squares: each round weighs a
@@ -316,17 +343,23 @@ def fit_curve(orders: FloatArray, hours: FloatArray, family: str,
     counts = np.bincount(inverse).astype(np.float64)
     weights = np.ones(len(hours))
     design: Dict[str, Any] = {}
+    smallest = max(ROUNDING_TOLERANCE * label_scale(hours), float(np.finfo(np.float64).tiny))
+    best: Optional[Solved] = None
+    last = np.inf
     for _ in range(ABSOLUTE_ROUNDS):
         summed = np.asarray(np.bincount(inverse, weights=weights), dtype=np.float64)
         rows = Aggregated(distinct, np.bincount(inverse, weights=weights * hours) / summed,
                           summed, counts)
         solved = _solve_family(rows, family, design)
         residuals = np.abs(hours - solved.at_orders[inverse])
-        floor = max(ABSOLUTE_FLOOR * float(np.mean(residuals)),
-                    ROUNDING_TOLERANCE * label_scale(hours), float(np.finfo(np.float64).tiny))
+        deviation = float(np.mean(residuals))
+        if best is not None and deviation > last * (1.0 - ABSOLUTE_CONVERGED):
+            return solved if deviation <= last else best
+        best, last = solved, deviation
+        floor = max(ABSOLUTE_FLOOR * deviation, smallest)
         # floor / residual rather than 1 / residual: the same fit, and never an overflow.
         weights = floor / np.maximum(residuals, floor)
-    return solved.build()
+    return solved
 
 
 def _solve_family(rows: Aggregated, family: str,
@@ -334,9 +367,8 @@ def _solve_family(rows: Aggregated, family: str,
     """One family solved on aggregated rows; ``design`` caches what depends only on the
     order counts, for a caller that fits the same counts again with other weights."""
     if len(rows.orders) == 1:
-        level = float(rows.means[0])
-        return Solved(np.maximum(rows.means, 0.0),
-                      lambda: (flat_curve(float(rows.orders[0]), level), 0.0))
+        flat = flat_curve(float(rows.orders[0]), float(rows.means[0]))
+        return Solved(np.maximum(rows.means, 0.0), flat.predict, lambda: (flat, 0.0))
     cache: Dict[str, Any] = {} if design is None else design
     kind, _, value = family.partition("-")
     if kind in ("linear", "pieces"):
@@ -346,8 +378,7 @@ def _solve_family(rows: Aggregated, family: str,
         return _fit_pieces(rows, segments, cache[family])
     if kind in CURVED_PARAMETERS:
         if family not in cache:
-            cache[family] = _shapes(kind, rows.orders, float(rows.orders[0]),
-                                    float(rows.orders[-1]))
+            cache[family] = _curved_design(rows, kind)
         solved = _fit_curved(rows, kind, cache[family])
         if np.isfinite(solved.at_orders).all():
             return solved
@@ -399,31 +430,41 @@ def _one_feature(X: Any) -> FloatArray:
 
 
 class CurveFamilies(RegressorMixin, BaseEstimator):  # type: ignore[misc]
-    """Every candidate family's least-squares curve on the same rows: a column per family.
+    """Every candidate family's curve on the same rows, by one loss: a column per family.
 
-    Cross-validating it scores all families on each fold for the cost of one pass over the
-    rows (the aggregation by order count is shared), which is what makes choosing a family
-    for thousands of product codes affordable.
+    Cross-validating it scores all families on each fold in one pass over the rows (by least
+    squares the aggregation by order count is shared), which is what makes choosing a family
+    for thousands of product codes affordable. ``"flat"`` is a family too (the mean, or by
+    absolute loss the median).
     """
 
-    def __init__(self, families: Sequence[str] = DEFAULT_FAMILIES) -> None:
+    def __init__(self, families: Sequence[str] = DEFAULT_FAMILIES, loss: str = SQUARED) -> None:
         self.families = families
+        self.loss = loss
 
     def fit(self, X: Any, y: Any) -> "CurveFamilies":
-        """Fit every family by least squares with non-negative coefficients."""
+        """Fit every family with non-negative coefficients."""
         orders, hours = _one_feature(X), np.asarray(y, dtype=np.float64)
         if hours.shape != orders.shape or not np.isfinite(hours).all():
             raise ValueError("y must be finite numbers, one per row of X")
-        aggregated = _aggregate(orders, hours)
-        self.curves_ = [_fit_family(aggregated, family)[0] for family in self.families]
+        aggregated = _aggregate(orders, hours) if self.loss == SQUARED else None
+        self.solved_ = [
+            _solve_family(aggregated, family)
+            if aggregated is not None and family != FLAT
+            else solve_curve(orders, hours, family, self.loss)
+            for family in self.families]
         self.n_features_in_ = 1
         return self
 
     def predict(self, X: Any) -> FloatArray:
-        """Each family's estimate (columns in the order of ``families``) for each row."""
+        """Each family's estimate (columns in the order of ``families``) for each row.
+
+        From each family's solved shape (a published curve is that shape at knots, linear in
+        between: the two agree to interpolation error).
+        """
         check_is_fitted(self)
         orders = _one_feature(X)
-        return np.column_stack([curve.predict(orders) for curve in self.curves_])
+        return np.column_stack([solved.predict(orders) for solved in self.solved_])
 
 
 def simplest_within_tolerance(mae: Sequence[float], relative: float, absolute: float) -> int:
@@ -459,7 +500,7 @@ def fit_code(
         cv_orders, cv_hours = resample(
             orders, hours, replace=False, n_samples=cv_max_rows, random_state=random_state
         )
-    folds_of = KFold(folds, shuffle=True, random_state=random_state)
+    folds_of = list(KFold(folds, shuffle=True, random_state=random_state).split(cv_orders))
     tolerance = rounding_tolerance * label_scale(cv_hours)
     # The data were checked once by the caller: skip scikit-learn's per-call re-validation,
     # which would cost more than the small fits themselves.
@@ -468,18 +509,13 @@ def fit_code(
         # per fold serves all families.
         out_of_fold = cross_val_predict(
             CurveFamilies(tuple(families)), cv_orders[:, None], cv_hours, cv=folds_of)
-        mae = [float(mean_absolute_error(cv_hours, out_of_fold[:, i]))
-               for i in range(len(families))]
+        mae = np.mean(np.abs(out_of_fold - cv_hours[:, None]), axis=0).tolist()
         family = families[simplest_within_tolerance(mae, relative_tolerance, tolerance)]
         candidates = [(FLAT, ABSOLUTE), (family, SQUARED), (family, ABSOLUTE)]
-        predicted = [
-            cross_val_predict(MonotoneCurveRegressor(FLAT, ABSOLUTE), cv_orders[:, None],
-                              cv_hours, cv=folds_of),
-            out_of_fold[:, list(families).index(family)],
-            cross_val_predict(MonotoneCurveRegressor(family, ABSOLUTE), cv_orders[:, None],
-                              cv_hours, cv=folds_of),
-        ]
-        scores = [float(mean_absolute_error(cv_hours, p)) for p in predicted]
+        medians = cross_val_predict(CurveFamilies((FLAT, family), ABSOLUTE), cv_orders[:, None],
+                                    cv_hours, cv=folds_of)
+        predicted = [medians[:, 0], out_of_fold[:, list(families).index(family)], medians[:, 1]]
+        scores = [float(np.mean(np.abs(cv_hours - p))) for p in predicted]
         chosen = simplest_within_tolerance(scores, relative_tolerance, tolerance)
         best = MonotoneCurveRegressor(*candidates[chosen]).fit(orders[:, None], hours)
     bound = conformal_bound(best.curve_, cv_orders, cv_hours, predicted[chosen], bound_level)
