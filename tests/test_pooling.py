@@ -3,6 +3,7 @@ estimates are medians that a heavy tail or a thin week cannot drag; the bound is
 later weeks."""
 from __future__ import annotations
 
+import dataclasses
 from typing import List, Tuple
 
 import numpy as np
@@ -150,6 +151,32 @@ def test_held_out_coverage_holds_for_both_bases(fitted) -> None:
     bound = regressor.summary_.bound
     assert bound["calibrated_on"] == OUT_OF_TIME and bound["weeks"] >= 1
     assert bound["rows"] >= regressor.calibration_rows or bound["weeks"] == 3
+
+
+@pytest.mark.parametrize("step", [0.88, 1.12])
+def test_a_jump_of_the_warehouse_in_the_newest_week_neither_narrows_nor_shifts_the_bound(
+    step: float
+) -> None:
+    # One later week is one draw of how far a week's level strays from its forecast: the bound
+    # must not learn that draw's sign (a drop once gave 0.71 on the newest week).
+    world = catalogue_world(150, 3000, 4, seed=7)
+    world = dataclasses.replace(world, week_factor=np.array([1.0, 1.0, 1.0, step]))
+    weekly = [world.tranche(w) for w in reversed(range(4))]
+    X = frame(list(np.concatenate([t.product_code for t in weekly])),
+              np.concatenate([t.orders_placed for t in weekly]),
+              np.concatenate([np.full(3000, i) for i in range(4)]))
+    regressor = PooledDispatchRegressor(n_jobs=1).fit(
+        X, np.concatenate([t.hours_to_dispatch for t in weekly]))
+    fresh = world.tranche(3, draw=1)
+    model = regressor.to_dispatch_model()
+    known = np.isin(fresh.product_code, list(model.curves))
+    codes = list(fresh.product_code[known])
+    _, upper, _ = model.predict_bounded(codes, fresh.orders_placed[known])
+    assert upper is not None
+    basis = np.asarray([model.bases[c] for c in codes])
+    covered = fresh.hours_to_dispatch[known] <= upper
+    for name in ("product", "pooled"):
+        assert 0.86 <= covered[basis == name].mean() <= 0.96, name
 
 
 def test_median_estimates_survive_a_heavy_tail_and_cover_by_basis() -> None:

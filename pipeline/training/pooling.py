@@ -225,7 +225,7 @@ def local_level_forecast(levels: FloatArray, variances: FloatArray) -> Tuple[flo
     obs, var = levels[::-1], variances[::-1]
     if len(obs) < 2:
         return float(levels[0]), {"weeks": int(len(obs)), "model": "one week", "step_variance":
-                                  0.0, "weekly_variance": 0.0}
+                                  0.0, "weekly_variance": 0.0, "forecast_variance": 0.0}
     q = LEVEL_VARIANCES[:, None]
     r_all = LEVEL_VARIANCES[None, :]
     best: Dict[str, Any] = {}
@@ -242,13 +242,14 @@ def local_level_forecast(levels: FloatArray, variances: FloatArray) -> Tuple[flo
             state = state + gain * (o - state)
             level_var = (1.0 - gain) * predicted
         i = np.unravel_index(int(np.argmax(loglik)), loglik.shape)
-        best[name] = (float(loglik[i]), float(state[i]), float(q[i[0], 0]),
-                      float(np.broadcast_to(r, loglik.shape)[i]))
+        step, weekly = float(q[i[0], 0]), float(np.broadcast_to(r, loglik.shape)[i])
+        best[name] = (float(loglik[i]), float(state[i]), step, weekly,
+                      float(level_var[i]) + step + weekly)
     walk, noisy = best["random walk"], best["random walk + weekly noise"]
     name, chosen = (("random walk + weekly noise", noisy)
                     if noisy[0] - walk[0] > WEEKLY_NOISE_GAIN else ("random walk", walk))
     return chosen[1], {"weeks": int(len(obs)), "model": name, "step_variance": chosen[2],
-                       "weekly_variance": chosen[3]}
+                       "weekly_variance": chosen[3], "forecast_variance": chosen[4]}
 
 
 def rows_bucket(rows: FloatArray) -> IntArray:
@@ -332,26 +333,37 @@ class PooledFit(NamedTuple):
     catalogue_family: str
     within_week: Tuple[FloatArray, IntArray]
 
-    def log_estimate(self, part: IntArray, orders: FloatArray) -> FloatArray:
-        """log(estimate + d) of the pooled curve of each row's part (-1: the typical part)."""
+    def log_estimate(self, part: IntArray, orders: FloatArray,
+                     week: Optional[float] = None) -> FloatArray:
+        """log(estimate + d) of the pooled curve of each row's part (-1: the typical part), in
+        next week (its forecast level) or in a week of level ``week`` (relative to the newest)."""
         g = np.interp(orders, self.knots, self.log_curve)
         known = part >= 0
         level = np.where(known, self.level[np.maximum(part, 0)], self.prior[0])
         power = np.where(known, self.power[np.maximum(part, 0)], self.prior[1])
-        result: FloatArray = level + power * g + self.forecast + self.median_shift
+        at = self.forecast if week is None else week
+        result: FloatArray = level + power * g + at + self.median_shift
         return result
 
-    def width(self, part: IntArray, orders: FloatArray) -> FloatArray:
-        """The log-scale margin of each row: the rows' spread ``s(x)`` and what its part's level
-        is still unsure of, both as mean absolute deviations (``sqrt(2 / pi)`` sd)."""
+    def width(self, part: IntArray, orders: FloatArray, ahead: bool = False) -> FloatArray:
+        """The log-scale margin of each row: the rows' spread ``s(x)``, what its part's level
+        is still unsure of and, ``ahead`` (for next week), what the forecast of next week's level
+        is unsure of, all as mean absolute deviations (``sqrt(2 / pi)`` sd)."""
         unsure = np.where(part >= 0, self.level_variance[np.maximum(part, 0)], self.between)
         spread = self.spread[0] + self.spread[1] * orders
-        result: FloatArray = np.sqrt(spread * spread + (2.0 / np.pi) * unsure)
+        result: FloatArray = np.sqrt(spread * spread + (2.0 / np.pi) * (
+            unsure + (self.forecast_variance if ahead else 0.0)))
         return result
 
-    def week_factor(self) -> float:
-        """How much slower next week is forecast to be than the newest: product curves'."""
-        return float(np.exp(self.forecast))
+    @property
+    def forecast_variance(self) -> float:
+        """The variance of the forecast of next week's level (log scale)."""
+        return float(self.weeks.get("forecast_variance", 0.0))
+
+    def week_factor(self, week: Optional[float] = None) -> float:
+        """How much slower than the newest next week is forecast to be (or a week of level
+        ``week`` is): the factor on the product parts' curves."""
+        return float(np.exp(self.forecast if week is None else week))
 
 
 def _catalogue_shape(orders: FloatArray, hours: FloatArray, regressor: "PooledDispatchRegressor",
@@ -459,19 +471,24 @@ def _left_out_scores(shifts: Shifts, spread: Tuple[float, float], target: FloatA
     return np.concatenate(found), np.concatenate(groups)
 
 
-def scores_of(fit: PooledFit, part: IntArray, orders: FloatArray,
-              hours: FloatArray) -> Tuple[FloatArray, IntArray]:
-    """Each row's error in units of the fit's margin for it, and its calibration group.
+def scores_of(fit: PooledFit, part: IntArray, orders: FloatArray, hours: FloatArray,
+              week: float) -> Tuple[FloatArray, IntArray]:
+    """Each row of a later week (its level ``week`` relative to the fit's newest) scored: its
+    error in units of the fit's margin for it, and its calibration group.
 
-    ``part`` is each row's position in the fit's names (-1, or a part without rows in the fit:
-    one it never saw). A product part's margin is its own conformal bound's distance from its
-    estimate; any other part's is its log-scale width (PooledFit.width). The group is the part's
-    rows bucket (0: a part the fit never saw) or PRODUCT_GROUP.
+    The week's own level is given, as measured by the fit on every row: the scores carry what
+    the parts' estimates and the rows' noise miss, while how far next week's level can stray from
+    its forecast is the local-level model's to say (PooledFit.width with ``ahead``): one later
+    week is one draw of that, which a quantile cannot learn. ``part`` is each row's position in
+    the fit's names (-1, or a part without rows in the fit: one it never saw). A product part's
+    margin is its own conformal bound's distance from its estimate; any other part's is its
+    log-scale width. The group is the part's rows bucket (0: a part the fit never saw) or
+    PRODUCT_GROUP.
     """
-    scores = (np.log(hours + fit.offset) - fit.log_estimate(part, orders)) / fit.width(
+    scores = (np.log(hours + fit.offset) - fit.log_estimate(part, orders, week)) / fit.width(
         part, orders)
     groups = rows_bucket(np.where(part >= 0, fit.rows[np.maximum(part, 0)], 0.0))
-    factor = fit.week_factor()
+    factor = fit.week_factor(week)
     for position, members in rows_by_code(np.maximum(part, 0), len(fit.names)):
         found = fit.product.get(fit.names[position])
         members = members[part[members] >= 0]
@@ -522,7 +539,8 @@ def calibrate(rows: Rows, regressor: "PooledDispatchRegressor", fit: PooledFit) 
            and (rows.tranche > origin).sum() >= regressor.folds):
         earlier = fit_pooled(_subset(rows, rows.tranche > origin, origin + 1), regressor)
         later = rows.tranche == origin
-        found = scores_of(earlier, rows.part[later], rows.orders[later], rows.hours[later])
+        found = scores_of(earlier, rows.part[later], rows.orders[later], rows.hours[later],
+                          float(fit.levels[origin] - fit.levels[origin + 1]))
         scores.append(found[0])
         groups.append(found[1])
         origin += 1
@@ -649,11 +667,16 @@ class PooledDispatchRegressor(DispatchRegressorBase):
         self.bases_: Dict[str, str] = {}
         self.ranges_: Dict[str, Tuple[float, float]] = {}
         q_product = float(quantiles[PRODUCT_GROUP])
+        ahead = (2.0 / np.pi) * fit.forecast_variance
         for code, (curve, bound, code_fit, _) in fit.product.items():
             estimate = Curve(curve.knots, tuple(factor * v for v in curve.values))
-            raw = np.asarray(bound.values) * factor
             at = np.asarray(bound.knots)
-            values = estimate.predict(at) + q_product * (raw - estimate.predict(at))
+            here = estimate.predict(at)
+            # The part's own margin (its conformal multiple of its spread), and next week's level
+            # as unsure as the forecast says, in the same multiple of its spread in hours.
+            margin = np.asarray(bound.values) * factor - here
+            margin = np.sqrt(margin * margin + ahead * (code_fit.bound_quantile * here) ** 2)
+            values = here + q_product * margin
             self.curves_[code] = estimate
             self.bounds_[code] = upper_bound_curve(estimate, at.tolist(), values.tolist())
             self.bases_[code] = PRODUCT_BASIS
@@ -664,14 +687,16 @@ class PooledDispatchRegressor(DispatchRegressorBase):
         self.catalogue_ = CatalogueCurve(
             Curve(knots_t, tuple(map(float, np.maximum(np.exp(typical) - fit.offset, 0.0)))),
             Curve(knots_t, tuple(map(float, np.maximum(
-                np.exp(typical + quantiles[0] * fit.width(unseen, knots)) - fit.offset, 0.0)))))
+                np.exp(typical + quantiles[0] * fit.width(unseen, knots, ahead=True))
+                - fit.offset, 0.0)))))
         pooled = np.flatnonzero((fit.rows > 0) & ~np.isin(
             np.asarray(fit.names, dtype=object), list(fit.product)))
         log_estimate = (fit.level[pooled, None] + fit.power[pooled, None] * fit.log_curve[None, :]
                         + fit.forecast + fit.median_shift)
         estimate = np.maximum(np.exp(log_estimate) - fit.offset, 0.0)
         spread = fit.spread[0] + fit.spread[1] * knots
-        width = np.sqrt(spread[None, :] ** 2 + (2.0 / np.pi) * fit.level_variance[pooled, None])
+        width = np.sqrt(spread[None, :] ** 2 + (2.0 / np.pi) * (
+            fit.level_variance[pooled, None] + fit.forecast_variance))
         margin = quantiles[rows_bucket(fit.rows[pooled])][:, None] * width
         upper = np.maximum(np.exp(log_estimate + margin) - fit.offset, 0.0)
         low = np.full(len(fit.names), np.inf)
