@@ -16,7 +16,7 @@ from typing import Optional, Sequence, Tuple
 import joblib
 
 from pipeline.store import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, StoreError, open_store
-from pipeline.training.cluster import ADDRESS_ENV
+from pipeline.training.cluster import ADDRESS_ENV, demote_dask_errors
 from pipeline.training.drift import DEFAULT_DRIFT_THRESHOLD
 from pipeline.training.estimator import DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE
 from pipeline.training.gates import (
@@ -156,6 +156,7 @@ def configure_logging(level: str) -> None:
                                   "%Y-%m-%dT%H:%M:%SZ")
     formatter.converter = time.gmtime
     handler.setFormatter(formatter)
+    handler.addFilter(demote_dask_errors)
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(handler)
