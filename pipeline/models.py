@@ -31,13 +31,18 @@ def _number(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _minute(record: Dict[str, Any]) -> str:
+    return str(record.get("at", ""))[:16].replace("T", " ")
+
+
 def _how(entry: history.ModelEntry) -> str:
     parts = []
     if entry.live:
         parts.append(f"live ({entry.live_by})")
     for record in entry.rollbacks:
-        parts.append(f"rolled back to {str(record.get('at', ''))[:16].replace('T', ' ')} "
-                     f"by {record.get('by')}")
+        parts.append(f"rolled back to {_minute(record)} by {record.get('by')}")
+    for record in entry.rollbacks_from:
+        parts.append(f"rolled back from {_minute(record)} by {record.get('by')}")
     if not entry.published:
         parts.append("never published (lost the pointer race, or its run was stopped first)")
     return "; ".join(parts) or "-"
@@ -110,6 +115,13 @@ def show_text(store: Store, entry: history.ModelEntry) -> str:
     for record in entry.rollbacks:
         lines.append(f"  rolled back to   at {record.get('at')} by {record.get('by')} from "
                      f"{(record.get('from') or {}).get('model_version')}: {record.get('reason')}")
+    for record in entry.rollbacks_from:
+        lines.append(f"  rolled back from at {record.get('at')} by {record.get('by')} to "
+                     f"{(record.get('to') or {}).get('model_version')}: {record.get('reason')}")
+    if entry.rollbacks_from:
+        lines.append(f"  held             train_model publishes nothing on its tranche "
+                     f"{history.tranche_stem(data['tranche_key'] or '-')} (these bytes) again: "
+                     f"a new tranche or --force retrains")
     lines.append(f"  metadata         {store.location(artefacts.metadata_key(entry.version))}")
     report = meta.get("report")
     if isinstance(report, dict) and report.get("html"):

@@ -24,7 +24,7 @@ from pipeline.training.gates import (
     DEFAULT_MAE_MAX, DEFAULT_MAE_WARN, DEFAULT_R2_MIN, DEFAULT_R2_WARN, LogicOptions,
     MetricThresholds,
 )
-from pipeline.training.report import RunRecord, write_report
+from pipeline.training.report import UNCHANGED, RunRecord, write_report
 from pipeline.training.run import (
     DEFAULT_DASK_CONNECT_SECONDS, DEFAULT_HISTORY_WEEKS, DEFAULT_SEED, DEFAULT_TEST_FRACTION,
     EXIT_BAD_DATA, EXIT_CONCURRENT, EXIT_GATES, EXIT_NO_TRANCHE, EXIT_OK, EXIT_STORE, TrainOptions,
@@ -171,7 +171,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_logging(level)
     record = RunRecord(store_url)
     status = run_and_record(store_url, options, record)
-    if options.report and record.tranche_key is not None:
+    # A run that changed nothing (a re-run, a rollback that holds) says why in its one INFO line;
+    # a report of it at every retry or weekly re-run would bury the reports that matter.
+    if options.report and record.tranche_key is not None and record.outcome != UNCHANGED:
         try:
             write_report(open_store(store_url, options.store_attempts, options.store_timeout),
                          record)
