@@ -15,6 +15,7 @@ from typing import Optional, Sequence, Tuple
 
 import joblib
 
+from pipeline.cli import HelpFormatter, log_level
 from pipeline.store import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, StoreError, open_store
 from pipeline.training.cluster import ADDRESS_ENV, demote_dask_errors
 from pipeline.training.drift import DEFAULT_DRIFT_THRESHOLD
@@ -33,6 +34,7 @@ from pipeline.training.run import (
 from pipeline.training.validation import DEFAULT_MAX_HOURS, DEFAULT_MIN_ROWS, ContractOptions
 
 log = logging.getLogger("train_model")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions, str]:
@@ -41,9 +43,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
         prog="train_model",
         description="Train the time-to-dispatch model on the newest tranche in STORE, gate it "
                     "and publish it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog=f"exit status: {EXIT_OK} published or current model deliberately kept, "
-               f"2 bad options, {EXIT_STORE} store or Dask cluster unavailable, "
+        formatter_class=HelpFormatter,
+        epilog=f"exit status: {EXIT_OK} published, current model deliberately kept, or nothing "
+               f"to do (the live model's own tranche, or a rollback holds), 2 bad options, "
+               f"{EXIT_STORE} store unavailable or the Dask cluster failed, "
                f"{EXIT_NO_TRANCHE} no tranche, "
                f"{EXIT_BAD_DATA} tranche breaks the data contract, {EXIT_GATES} model failed the "
                f"gates, {EXIT_CONCURRENT} another run published meanwhile",
@@ -98,10 +101,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
     add("--store-timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
         help="seconds to connect to or read from S3 before retrying")
     add("--force", action="store_true",
-        help="train even when the live model was trained on this very tranche")
+        help="train even when the live model was trained on this very tranche, or an operator "
+             "rolled back from a model trained on it")
     add("--no-report", dest="report", action="store_false",
         help="write no run report under reports/")
-    add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add("--log-level", default="INFO", choices=LOG_LEVELS, type=log_level(LOG_LEVELS),
+        help="log threshold (either case)")
     args = parser.parse_args(argv)
     problems = [
         text for bad, text in (
