@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import queue
@@ -130,6 +131,118 @@ def test_the_printed_curl_works_as_pasted_with_and_without_a_key(
                                      env={"PATH": os.environ["PATH"]}, capture_output=True,
                                      text=True, timeout=20)
             assert without.stdout.rsplit("\n", 1)[1] == "401"
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+class Holder(http.server.BaseHTTPRequestHandler):
+    """Another process's server on the port: it answers /health for some other model."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+        body = json.dumps({"status": "ok", "model_version": "someone-elses-model"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_run_local_fails_clearly_when_the_port_is_taken(tmp_path: Path) -> None:
+    venv = _ready_venv(tmp_path / "venv")
+    holder = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Holder)
+    port = holder.server_address[1]
+    threading.Thread(target=holder.serve_forever, daemon=True).start()
+    env = dict(os.environ, VENV=str(venv), STORE=str(tmp_path / "store"), PORT=str(port),
+               ROWS="300", WEEKS="1")
+    env.pop("TTD_API_KEY", None)
+    try:
+        done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "run_local.sh")],
+                              cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=300)
+    finally:
+        holder.shutdown()
+        holder.server_close()
+    assert done.returncode != 0, done.stdout
+    assert "serving at" not in done.stdout + done.stderr
+    said = [line for line in done.stderr.splitlines() if f"127.0.0.1:{port}" in line]
+    assert said and "taken" in said[-1] and "someone-elses-model" in said[-1], done.stderr
+    assert "PORT=" in said[-1], "it says how to choose another port"
+
+
+def test_a_rollback_survives_run_local(tmp_path: Path) -> None:
+    from pipeline import models, train_model
+    from pipeline.artefacts import read_pointer
+    from pipeline.simulate import main as simulate
+    from pipeline.store import open_store
+
+    store = str(tmp_path / "store")
+    assert simulate([store, "--rows", "300", "--until", "2026-11-14"]) == 0
+    assert train_model.main([store, "--no-report"]) == 0
+    first = read_pointer(open_store(store))
+    assert simulate([store, "--rows", "300", "--next"]) == 0
+    assert train_model.main([store, "--no-report", "--champion-tolerance", "100"]) == 0
+    assert first is not None
+    assert models.main([store, "rollback", first[0].model_version, "--by", "alice"]) == 0
+    venv = _ready_venv(tmp_path / "venv")
+    port = free_port()
+    env = dict(os.environ, VENV=str(venv), STORE=store, PORT=str(port))
+    env.pop("TTD_API_KEY", None)
+    process = subprocess.Popen(
+        ["bash", str(REPO_ROOT / "scripts" / "run_local.sh")], cwd=tmp_path, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        output = "".join(_lines_until(process, "curl -s -X POST"))
+        assert "rolled back from" in output and "alice" in output, output
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as answer:
+            assert json.loads(answer.read())["model_version"] == first[0].model_version
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=20) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_the_local_drill_a_new_week_reaches_a_service_that_polls(tmp_path: Path) -> None:
+    from pipeline import train_model
+    from pipeline.artefacts import read_pointer
+    from pipeline.simulate import main as simulate
+    from pipeline.store import open_store
+
+    venv = _ready_venv(tmp_path / "venv")
+    port = free_port()
+    store = str(tmp_path / "store")
+    env = dict(os.environ, VENV=str(venv), STORE=store, PORT=str(port), ROWS="300", WEEKS="2",
+               TTD_MODEL_REFRESH_SECONDS="0.5")
+    env.pop("TTD_API_KEY", None)
+    process = subprocess.Popen(
+        ["bash", str(REPO_ROOT / "scripts" / "run_local.sh")], cwd=tmp_path, env=env,
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    try:
+        output = "".join(_lines_until(process, "curl -s -X POST"))
+        assert "polls" in output, output
+        before = read_pointer(open_store(store))
+        assert before is not None and before[0].model_version in output
+        # A new week arrives (docs/operations.md, the local drill).
+        assert simulate([store, "--rows", "300", "--next"]) == 0
+        assert train_model.main([store, "--no-report", "--champion-tolerance", "100"]) == 0
+        after = read_pointer(open_store(store))
+        assert after is not None and after[0].model_version != before[0].model_version
+        served, deadline = "", time.monotonic() + 60
+        while served != after[0].model_version and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as answer:
+                served = json.loads(answer.read())["model_version"]
+        assert served == after[0].model_version
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
     finally:

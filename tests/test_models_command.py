@@ -513,3 +513,32 @@ def test_a_rollback_survives_the_stage_as_bodywork_and_the_schedule_run_it(
     said = [line for line in done.stderr.splitlines() if "rolled back from" in line]
     assert len(said) == 1 and " INFO " in said[0] and "alice" in said[0], done.stderr
     assert live_version(local_url) == oldest
+
+
+def test_show_prints_the_metrics_by_basis_and_the_realised_accuracy_of_later_weeks(
+    three_weeks: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = three_weeks
+    store = open_store(url)
+    oldest = listed(url, capsys)[-1]["model_version"]
+    assert models.main([url, "rollback", oldest, "--by", "alice"]) == 0
+    assert week(url, 3) == 0  # the oldest model, live again, is scored on week 3 as well
+    meta = json.loads(store.read_bytes(artefacts.metadata_key(oldest)))
+    product = meta["metrics"]["held_out"]["by_basis"]["product"]
+    capsys.readouterr()
+    assert models.main([url, "show", oldest]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    by_basis = next(line for line in lines if line.strip().startswith("by basis"))
+    assert (f"product: MAE {product['mae']:.4f} h, R² {product['r2']:.4f}, p90 coverage "
+            f"{product['coverage_p90']:.3f} on {product['rows']} rows") in by_basis
+    assert "pooled: no rows" in by_basis
+    start = next(i for i, line in enumerate(lines) if "realised on later tranches" in line)
+    later = lines[start + 1:start + 3]
+    records = sorted((json.loads(store.read_bytes(k)) for k in store.list_keys(
+        f"models/{oldest}/realised/")), key=lambda r: r["tranche"]["key"])
+    assert len(records) == 2
+    for line, record in zip(later, records):
+        assert history.tranche_stem(record["tranche"]["key"]) in line
+        assert f"MAE {record['mae']:.4f} h, R² {record['r2']:.4f}" in line
+        basis = record["by_basis"]["product"]
+        assert f"product: MAE {basis['mae']:.4f} h" in line and f"on {basis['rows']} rows" in line
