@@ -154,13 +154,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
     return args.store, options, args.log_level
 
 
-def configure_logging(level: str) -> None:
-    """Plain, UTC-timestamped lines on stderr (unless the host already set up logging)."""
-    handler = logging.StreamHandler(sys.stderr)
+def log_formatter() -> logging.Formatter:
+    """The stage's log lines: ``2026-11-21T06:40:29Z INFO train_model: ...`` (UTC)."""
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
                                   "%Y-%m-%dT%H:%M:%SZ")
     formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
+    return formatter
+
+
+def configure_logging(level: str) -> None:
+    """Plain, UTC-timestamped lines on stderr (unless the host already set up logging)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(log_formatter())
     handler.addFilter(demote_dask_errors)
     root = logging.getLogger()
     if not root.handlers:

@@ -20,6 +20,7 @@ HELPS: Tuple[Tuple[str, ...], ...] = (
     ("-m", "pipeline.models", "STORE", "rollback", "--help"),
     ("benchmarks/reliability_full.py", "--help"),
     ("benchmarks/bench_train.py", "--help"),
+    ("scripts/make_doc_examples.py", "--help"),
 )
 OPTION = re.compile(r"^  (-\S+)")
 

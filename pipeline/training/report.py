@@ -136,7 +136,7 @@ MIN_FONT_POINTS = 10
 FONTS = {"font.size": 11, "axes.titlesize": 12, "axes.labelsize": 11, "xtick.labelsize": 10,
          "ytick.labelsize": 10, "legend.fontsize": 10, "figure.titlesize": 12}
 PANEL_HEIGHT = 3.2  # inches per row of curve panels
-BAND_ALPHA = 0.22
+BAND_ALPHA = 0.3
 
 
 class Drawn(NamedTuple):
