@@ -1,6 +1,7 @@
 """scripts/run_local.sh: seeds the local store, trains, serves, and prints a curl that works."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import json
@@ -15,7 +16,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
@@ -60,17 +61,40 @@ def _lines_until(process: "subprocess.Popen[str]", marker: str) -> List[str]:
     raise AssertionError("no ready message in time:\n" + "".join(seen))
 
 
-def test_run_local_seeds_trains_serves_and_prints_a_working_curl(tmp_path: Path) -> None:
-    venv = _ready_venv(tmp_path / "venv")
-    port = free_port()
-    env = dict(os.environ, VENV=str(venv), STORE=str(tmp_path / "store"), PORT=str(port),
-               ROWS="300", WEEKS="2")
+def local_env(tmp_path: Path, **settings: str) -> Dict[str, str]:
+    """run_local.sh's environment: a ready venv, no API key, and the given settings."""
+    env = dict(os.environ, VENV=str(_ready_venv(tmp_path / "venv")))
     env.pop("TTD_API_KEY", None)
+    env.update(settings)
+    return env
+
+
+@contextlib.contextmanager
+def run_local(tmp_path: Path, env: Dict[str, str]) -> Iterator["subprocess.Popen[str]"]:
+    """run_local.sh running with its output on a pipe; killed if the test leaves it running."""
     process = subprocess.Popen(
         ["bash", str(REPO_ROOT / "scripts" / "run_local.sh")], cwd=tmp_path, env=env,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def stops_gracefully(process: "subprocess.Popen[str]") -> bool:
+    """SIGTERM, as Ctrl-C or Kubernetes sends it: the service drains and the script exits 0."""
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=20) == 0
+
+
+def test_run_local_seeds_trains_serves_and_prints_a_working_curl(tmp_path: Path) -> None:
+    port = free_port()
+    env = local_env(tmp_path, STORE=str(tmp_path / "store"), PORT=str(port), ROWS="300",
+                    WEEKS="2")
+    with run_local(tmp_path, env) as process:
         output = "".join(_lines_until(process, "curl -s -X POST"))
         assert "reusing" in output and "wrote 2 tranche(s)" in output
         assert "published model" in output
@@ -85,12 +109,7 @@ def test_run_local_seeds_trains_serves_and_prints_a_working_curl(tmp_path: Path)
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
             assert json.loads(response.read())["est_hours_to_dispatch"] > 0
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert stops_gracefully(process)
     assert len(list((tmp_path / "store" / "datasets").iterdir())) == 2
 
 
@@ -99,18 +118,9 @@ def test_run_local_seeds_trains_serves_and_prints_a_working_curl(tmp_path: Path)
 def test_the_printed_curl_works_as_pasted_with_and_without_a_key(
     tmp_path: Path, key: Optional[str]
 ) -> None:
-    venv = _ready_venv(tmp_path / "venv")
-    port = free_port()
-    env = dict(os.environ, VENV=str(venv), STORE=str(tmp_path / "store"), PORT=str(port),
-               ROWS="300", WEEKS="1")
-    env.pop("TTD_API_KEY", None)
-    if key is not None:
-        env["TTD_API_KEY"] = key
-    process = subprocess.Popen(
-        ["bash", str(REPO_ROOT / "scripts" / "run_local.sh")], cwd=tmp_path, env=env,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
+    env = local_env(tmp_path, STORE=str(tmp_path / "store"), PORT=str(free_port()), ROWS="300",
+                    WEEKS="1", **({"TTD_API_KEY": key} if key is not None else {}))
+    with run_local(tmp_path, env) as process:
         output = "".join(_lines_until(process, "-d '"))
         printed = re.search(r"^\s*(curl -s -X POST .*\\\n\s*-d '[^']+')$", output, re.MULTILINE)
         assert printed, output
@@ -131,12 +141,7 @@ def test_the_printed_curl_works_as_pasted_with_and_without_a_key(
                                      env={"PATH": os.environ["PATH"]}, capture_output=True,
                                      text=True, timeout=20)
             assert without.stdout.rsplit("\n", 1)[1] == "401"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert stops_gracefully(process)
 
 
 class Holder(http.server.BaseHTTPRequestHandler):
@@ -155,13 +160,11 @@ class Holder(http.server.BaseHTTPRequestHandler):
 
 
 def test_run_local_fails_clearly_when_the_port_is_taken(tmp_path: Path) -> None:
-    venv = _ready_venv(tmp_path / "venv")
     holder = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Holder)
     port = holder.server_address[1]
     threading.Thread(target=holder.serve_forever, daemon=True).start()
-    env = dict(os.environ, VENV=str(venv), STORE=str(tmp_path / "store"), PORT=str(port),
-               ROWS="300", WEEKS="1")
-    env.pop("TTD_API_KEY", None)
+    env = local_env(tmp_path, STORE=str(tmp_path / "store"), PORT=str(port), ROWS="300",
+                    WEEKS="1")
     try:
         done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "run_local.sh")],
                               cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
@@ -190,25 +193,13 @@ def test_a_rollback_survives_run_local(tmp_path: Path) -> None:
     assert train_model.main([store, "--no-report", "--champion-tolerance", "100"]) == 0
     assert first is not None
     assert models.main([store, "rollback", first[0].model_version, "--by", "alice"]) == 0
-    venv = _ready_venv(tmp_path / "venv")
     port = free_port()
-    env = dict(os.environ, VENV=str(venv), STORE=store, PORT=str(port))
-    env.pop("TTD_API_KEY", None)
-    process = subprocess.Popen(
-        ["bash", str(REPO_ROOT / "scripts" / "run_local.sh")], cwd=tmp_path, env=env,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
+    with run_local(tmp_path, local_env(tmp_path, STORE=store, PORT=str(port))) as process:
         output = "".join(_lines_until(process, "curl -s -X POST"))
         assert "rolled back from" in output and "alice" in output, output
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as answer:
             assert json.loads(answer.read())["model_version"] == first[0].model_version
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert stops_gracefully(process)
 
 
 def test_the_local_drill_a_new_week_reaches_a_service_that_polls(tmp_path: Path) -> None:
@@ -217,17 +208,11 @@ def test_the_local_drill_a_new_week_reaches_a_service_that_polls(tmp_path: Path)
     from pipeline.simulate import main as simulate
     from pipeline.store import open_store
 
-    venv = _ready_venv(tmp_path / "venv")
     port = free_port()
     store = str(tmp_path / "store")
-    env = dict(os.environ, VENV=str(venv), STORE=store, PORT=str(port), ROWS="300", WEEKS="2",
-               TTD_MODEL_REFRESH_SECONDS="0.5")
-    env.pop("TTD_API_KEY", None)
-    process = subprocess.Popen(
-        ["bash", str(REPO_ROOT / "scripts" / "run_local.sh")], cwd=tmp_path, env=env,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
+    env = local_env(tmp_path, STORE=store, PORT=str(port), ROWS="300", WEEKS="2",
+                    TTD_MODEL_REFRESH_SECONDS="0.5")
+    with run_local(tmp_path, env) as process:
         output = "".join(_lines_until(process, "curl -s -X POST"))
         assert "polls" in output, output
         before = read_pointer(open_store(store))
@@ -243,9 +228,4 @@ def test_the_local_drill_a_new_week_reaches_a_service_that_polls(tmp_path: Path)
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as answer:
                 served = json.loads(answer.read())["model_version"]
         assert served == after[0].model_version
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert stops_gracefully(process)
