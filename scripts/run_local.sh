@@ -69,7 +69,8 @@ try:
     with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as answer:
         health = json.loads(answer.read())
     served, loaded = health["model_version"], health.get("model_loaded_at")
-    if served == version and loaded and datetime.fromisoformat(loaded).timestamp() >= since:
+    moment = loaded and datetime.fromisoformat(loaded.replace("Z", "+00:00")).timestamp()
+    if served == version and moment and moment >= since:
         print("ours")
         sys.exit(0)
     print(f"another time-to-dispatch service, serving model {served}")
