@@ -242,7 +242,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     was = done.previous.model_version if done.previous else "none"
     log.info("rolled back from %s to %s; recorded in %s; services refreshing their model pick it "
-             "up at their next poll", was, args.version, store.location(done.audit_key))
+             "up at their next poll; train_model publishes nothing on the tranche %s was trained "
+             "on until a new tranche arrives (or --force)", was, args.version,
+             store.location(done.audit_key), was)
     return EXIT_OK
 
 
