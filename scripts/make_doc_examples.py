@@ -41,7 +41,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from pipeline import models, simulate, train_model  # noqa: E402
-from pipeline.api.fastpath import BATCH_PATH, SINGLE_PATH  # noqa: E402
+from pipeline.api.routes import BATCH_PATH, SINGLE_PATH  # noqa: E402
 from pipeline.store import open_store  # noqa: E402
 from pipeline.training.report import REPORTS_PREFIX  # noqa: E402
 
@@ -126,7 +126,7 @@ def ask_the_service(store: Path) -> Dict[str, str]:
 
     settings = ServeSettings(api_key=None, unknown_products="reject", request_log="")
     opened = open_store(str(store))
-    loaded = load_latest_serving(opened, settings.max_batch_rows, settings.unknown_products)
+    loaded = load_latest_serving(opened, settings.unknown_products)
     with TestClient(create_app(settings, opened, loaded)) as client:
         single = client.post(SINGLE_PATH, json=SINGLE)
         batch = client.post(BATCH_PATH, json=BATCH)
