@@ -48,23 +48,25 @@ PY="$VENV/bin/python"
 # 2. Data: simulated weekly tranches, written only into an empty store.
 "$PY" -m pipeline.simulate "$STORE" --rows "$ROWS" --weeks "$WEEKS" --seed "$SEED" --only-if-empty
 
-# What answers on HOST:PORT: exit 0 and nothing printed when nothing listens; exit 3 and what
-# holds the port when something does; exit 0 and "ours" when a time-to-dispatch service answers
-# /health with model $1 loaded at or after the moment $2 (seconds since the epoch): ours.
+# What answers on HOST:PORT: exit 0 and "ours" when a time-to-dispatch service answers /health
+# with model $1 loaded at or after the moment $2 (seconds since the epoch); exit 3 and what holds
+# the port when something else answers or holds it. With $3 "port", exit 0 and nothing printed
+# when the port is free (a bind test); without it, only /health is asked.
 probe() {
-    "$PY" - "$HOST" "$PORT" "$1" "$2" <<'PY'
+    "$PY" - "$HOST" "$PORT" "$1" "$2" "${3:-}" <<'PY'
 import json, socket, sys, urllib.request
 from datetime import datetime
 host, port, version, since = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
-probe = socket.socket()
-probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-try:
-    probe.bind((host, port))
-    sys.exit(0)
-except OSError:
-    pass
-finally:
-    probe.close()
+if sys.argv[5] == "port":
+    free = socket.socket()
+    free.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        free.bind((host, port))
+        sys.exit(0)
+    except OSError:
+        pass
+    finally:
+        free.close()
 try:
     with urllib.request.urlopen(f"http://{host}:{port}/health", timeout=2) as answer:
         health = json.loads(answer.read())
@@ -87,7 +89,7 @@ taken() {
 }
 
 # 3. The DAG: train_model, then serve_model (which loads the model before it opens the port).
-holder="$(probe - 0)" || taken "$holder"
+holder="$(probe - 0 port)" || taken "$holder"
 "$PY" -m pipeline.train_model "$STORE"
 version="$("$PY" -c 'import sys
 from pipeline.artefacts import read_pointer
@@ -106,7 +108,7 @@ for _ in $(seq 1 600); do
     if ! kill -0 "$server" 2>/dev/null; then
         status=0
         wait "$server" || status=$?
-        holder="$(probe "$version" "$started")" || taken "$holder"
+        holder="$(probe "$version" "$started" port)" || taken "$holder"
         say "serve_model exited before it was ready (status $status)" >&2
         exit "$(( status ? status : 1 ))"
     fi
