@@ -24,6 +24,7 @@ from pipeline.api.server import (
     run,
 )
 from pipeline.api.settings import UNKNOWN_PRODUCTS, ServeSettings
+from pipeline.cli import log_level
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8000
@@ -130,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "model's catalogue-wide curve with basis 'catalogue' (a model without one "
                    "keeps rejecting)", "unknown_products"),
     )
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="log threshold")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, type=log_level(LOG_LEVELS),
+                        default="info", help="log threshold (either case)")
     return parser
 
 

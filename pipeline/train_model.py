@@ -15,8 +15,9 @@ from typing import Optional, Sequence, Tuple
 
 import joblib
 
+from pipeline.cli import HelpFormatter, log_level
 from pipeline.store import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, StoreError, open_store
-from pipeline.training.cluster import ADDRESS_ENV
+from pipeline.training.cluster import ADDRESS_ENV, demote_dask_errors
 from pipeline.training.drift import DEFAULT_DRIFT_THRESHOLD
 from pipeline.training.estimator import DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE
 from pipeline.training.gates import (
@@ -24,7 +25,7 @@ from pipeline.training.gates import (
     DEFAULT_MAE_MAX, DEFAULT_MAE_WARN, DEFAULT_R2_MIN, DEFAULT_R2_WARN, LogicOptions,
     MetricThresholds,
 )
-from pipeline.training.report import RunRecord, write_report
+from pipeline.training.report import UNCHANGED, RunRecord, write_report
 from pipeline.training.run import (
     DEFAULT_DASK_CONNECT_SECONDS, DEFAULT_HISTORY_WEEKS, DEFAULT_SEED, DEFAULT_TEST_FRACTION,
     EXIT_BAD_DATA, EXIT_CONCURRENT, EXIT_GATES, EXIT_NO_TRANCHE, EXIT_OK, EXIT_STORE, TrainOptions,
@@ -33,6 +34,7 @@ from pipeline.training.run import (
 from pipeline.training.validation import DEFAULT_MAX_HOURS, DEFAULT_MIN_ROWS, ContractOptions
 
 log = logging.getLogger("train_model")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions, str]:
@@ -41,9 +43,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
         prog="train_model",
         description="Train the time-to-dispatch model on the newest tranche in STORE, gate it "
                     "and publish it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog=f"exit status: {EXIT_OK} published or current model deliberately kept, "
-               f"2 bad options, {EXIT_STORE} store or Dask cluster unavailable, "
+        formatter_class=HelpFormatter,
+        epilog=f"exit status: {EXIT_OK} published, current model deliberately kept, or nothing "
+               f"to do (the live model's own tranche, or a rollback holds), 2 bad options, "
+               f"{EXIT_STORE} store unavailable or the Dask cluster failed, "
                f"{EXIT_NO_TRANCHE} no tranche, "
                f"{EXIT_BAD_DATA} tranche breaks the data contract, {EXIT_GATES} model failed the "
                f"gates, {EXIT_CONCURRENT} another run published meanwhile",
@@ -98,10 +101,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
     add("--store-timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
         help="seconds to connect to or read from S3 before retrying")
     add("--force", action="store_true",
-        help="train even when the live model was trained on this very tranche")
+        help="train even when the live model was trained on this very tranche, or an operator "
+             "rolled back from a model trained on it")
     add("--no-report", dest="report", action="store_false",
         help="write no run report under reports/")
-    add("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    add("--log-level", default="INFO", choices=LOG_LEVELS, type=log_level(LOG_LEVELS),
+        help="log threshold (either case)")
     args = parser.parse_args(argv)
     problems = [
         text for bad, text in (
@@ -149,13 +154,19 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
     return args.store, options, args.log_level
 
 
-def configure_logging(level: str) -> None:
-    """Plain, UTC-timestamped lines on stderr (unless the host already set up logging)."""
-    handler = logging.StreamHandler(sys.stderr)
+def log_formatter() -> logging.Formatter:
+    """The stage's log lines: ``2026-11-21T06:40:29Z INFO train_model: ...`` (UTC)."""
     formatter = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s",
                                   "%Y-%m-%dT%H:%M:%SZ")
     formatter.converter = time.gmtime
-    handler.setFormatter(formatter)
+    return formatter
+
+
+def configure_logging(level: str) -> None:
+    """Plain, UTC-timestamped lines on stderr (unless the host already set up logging)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(log_formatter())
+    handler.addFilter(demote_dask_errors)
     root = logging.getLogger()
     if not root.handlers:
         root.addHandler(handler)
@@ -170,7 +181,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     configure_logging(level)
     record = RunRecord(store_url)
     status = run_and_record(store_url, options, record)
-    if options.report and record.tranche_key is not None:
+    # A run that changed nothing (a re-run, a rollback that holds) says why in its one INFO line;
+    # a report of it at every retry or weekly re-run would bury the reports that matter.
+    if options.report and record.tranche_key is not None and record.outcome != UNCHANGED:
         try:
             write_report(open_store(store_url, options.store_attempts, options.store_timeout),
                          record)

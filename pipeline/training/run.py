@@ -10,8 +10,9 @@ per basis, logic checks, champion vs challenger), refit on all rows and re-check
 publish artefact, metadata and pointer. The per-code fits run in local processes or, with
 ``--dask-scheduler``, on an existing Dask cluster (pipeline/training/cluster.py); every other step
 stays in this process. Before training, the live model is scored on the new tranche (its realised
-accuracy), and a run on the very tranche the live model was trained on publishes nothing. Every
-run that read a tranche writes a report (pipeline/training/report.py) under reports/.
+accuracy), and a run on the very tranche the live model was trained on, or one an operator rolled
+back from, publishes nothing. Every other run that read a tranche writes a report
+(pipeline/training/report.py) under reports/.
 """
 from __future__ import annotations
 
@@ -600,7 +601,8 @@ def run(store_url: str, options: TrainOptions, record: Optional[RunRecord] = Non
     champion = read_champion(store)
     record.live_version, record.live_model = champion.version, champion.model
     record.live_metadata = champion.metadata
-    if unchanged(champion, tranche_sha256, options, record):
+    if unchanged(champion, tranche_sha256, options, record) or rolled_back(
+            store, tranche_sha256, options, record):
         return EXIT_OK
     realised = record.realised = None if trained_on_this(champion, tranche_sha256) else (
         measure_realised(store, champion, delivered.key, tranche_sha256, tranche, record.run_id))
@@ -646,6 +648,18 @@ def unchanged(
     record.outcome = UNCHANGED
     record.summary = (f"the live model {champion.version} was trained on this very tranche "
                       f"(sha256 {tranche_sha256[:12]}...); --force trains anyway")
+    log.info("nothing published: %s", record.summary)
+    return True
+
+
+def rolled_back(
+    store: Store, tranche_sha256: str, options: TrainOptions, record: RunRecord
+) -> bool:
+    """Whether an operator rolled back from a model trained on this very tranche (no --force)."""
+    hold = None if options.force else history.rollback_hold(store, tranche_sha256)
+    if hold is None:
+        return False
+    record.outcome, record.summary = UNCHANGED, hold.explain()
     log.info("nothing published: %s", record.summary)
     return True
 
