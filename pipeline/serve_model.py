@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence, TypeVar
 
 from pydantic import ValidationError
 
+from pipeline import log_level
 from pipeline.api.server import (
     MAX_DRAIN_SECONDS,
     STOP_DEADLINE_SECONDS,
@@ -24,7 +25,6 @@ from pipeline.api.server import (
     run,
 )
 from pipeline.api.settings import UNKNOWN_PRODUCTS, ServeSettings
-from pipeline.cli import log_level
 
 DEFAULT_HOST = "0.0.0.0"
 DEFAULT_PORT = 8000

@@ -18,10 +18,10 @@ from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 import numpy as np
 import numpy.typing as npt
 
+from pipeline import HelpFormatter
 from pipeline.artefacts import (
     DATASETS_PREFIX, TRANCHE_PREFIX, TRANCHE_SUFFIX, choose_tranches, parse_timestamp,
 )
-from pipeline.cli import HelpFormatter
 from pipeline.store import ObjectExists, Store, StoreError, open_store
 
 SHAPES = ("linear", "saturating")

@@ -15,7 +15,7 @@ from typing import Optional, Sequence, Tuple
 
 import joblib
 
-from pipeline.cli import HelpFormatter, log_level
+from pipeline import HelpFormatter, log_level
 from pipeline.store import DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, StoreError, open_store
 from pipeline.training.cluster import ADDRESS_ENV, demote_dask_errors
 from pipeline.training.drift import DEFAULT_DRIFT_THRESHOLD
