@@ -10,6 +10,7 @@ Prints pass/fail counts, the wall time and the slowest tests; exits with pytest'
 """
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import subprocess
@@ -48,5 +49,17 @@ def main(extra: List[str]) -> int:
     return done.returncode
 
 
+def parse_args(argv: List[str]) -> List[str]:
+    """The arguments for pytest; ``--help`` prints this script's help and exits."""
+    parser = argparse.ArgumentParser(
+        prog="reliability_full.py", allow_abbrev=False,
+        description="Run every reliability test (tests/test_reliability_*.py), the slow "
+                    "variants included (RELIABILITY_FULL=1), and print pass/fail counts, the "
+                    "wall time and the slowest tests. Any other argument goes to pytest, e.g. "
+                    "-x or -k NAME.",
+        epilog="exit status: pytest's")
+    return parser.parse_known_args(argv)[1]
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main(parse_args(sys.argv[1:])))

@@ -10,7 +10,9 @@ realised accuracy of a model is its error on a tranche that arrived after it was
 trained (it never saw those rows); ``realised_mae`` in the list is the one on the
 first such tranche. A rollback verifies the target like a service does before it
 loads it, moves the pointer with the same conditional write train_model uses, and
-then records who did it, when and why.
+then records who did it, when and why, and the tranche the model it moved away from
+was trained on: train_model publishes nothing on that tranche (the operator's decision
+holds) until a new tranche arrives or it is run with ``--force``.
 """
 from __future__ import annotations
 
@@ -113,6 +115,7 @@ class ModelEntry:
     metadata_sha256: str
     realised: List[Dict[str, Any]] = field(default_factory=list)
     rollbacks: List[Dict[str, Any]] = field(default_factory=list)
+    rollbacks_from: List[Dict[str, Any]] = field(default_factory=list)
     live: bool = False
     live_by: Optional[str] = None
     published: bool = True
@@ -162,6 +165,10 @@ class ModelEntry:
             "rollbacks_to": [
                 {"at": a.get("at"), "by": a.get("by"), "reason": a.get("reason"),
                  "from": (a.get("from") or {}).get("model_version")} for a in self.rollbacks
+            ],
+            "rollbacks_from": [
+                {"at": a.get("at"), "by": a.get("by"), "reason": a.get("reason"),
+                 "to": (a.get("to") or {}).get("model_version")} for a in self.rollbacks_from
             ],
             "report": self.metadata.get("report"),
         }
@@ -251,9 +258,12 @@ def read_history(store: Store) -> History:
     rollbacks = read_rollbacks(store)
     by_version = {m.version: m for m in models}
     for record in rollbacks:
-        target = by_version.get(str((record.get("to") or {}).get("model_version", "")))
+        target = by_version.get(_side_version(record, "to"))
         if target is not None:
             target.rollbacks.append(record)
+        source = by_version.get(_side_version(record, "from"))
+        if source is not None:
+            source.rollbacks_from.append(record)
     ever_live = ever_pointed(models, pointer, rollbacks)
     for entry in models:
         # Models written before previous_model was recorded cannot tell: they count as published.
@@ -264,6 +274,12 @@ def read_history(store: Store) -> History:
         moved_here = [r for r in live.rollbacks if r.get("to") == _pointer_dict(pointer)]
         live.live_by = "rolled back" if moved_here else "published"
     return History(models, pointer, rollbacks, unreadable)
+
+
+def _side_version(record: Mapping[str, Any], side: str) -> str:
+    """The model version a rollback record names as its ``from`` or ``to`` side ('' if none)."""
+    moved = record.get(side)
+    return str(moved.get("model_version", "")) if isinstance(moved, dict) else ""
 
 
 def ever_pointed(
@@ -357,6 +373,52 @@ def verified_pointer(store: Store, version: str, history: History) -> artefacts.
 
 
 @dataclass(frozen=True)
+class RollbackHold:
+    """A rollback away from a model trained on a tranche: train_model publishes nothing on it."""
+
+    record: Dict[str, Any]
+
+    def explain(self) -> str:
+        """One line: who rolled back from which model to which, when, why, and what retrains."""
+        reason = " ".join(str(self.record.get("reason") or "").split())
+        return (f"{self.record.get('by')} rolled back from model "
+                f"{_side_version(self.record, 'from')} (trained on this very tranche) to "
+                f"{_side_version(self.record, 'to')} at {self.record.get('at')}"
+                f"{f' ({reason})' if reason else ''}; a new tranche or --force retrains")
+
+
+def rolled_back_tranche(store: Store, record: Mapping[str, Any]) -> Optional[str]:
+    """The sha256 of the tranche the model a rollback moved away from was trained on.
+
+    Recorded in the rollback since it is held; for an older record, read from that model's
+    metadata (None when it cannot be read).
+    """
+    noted = record.get("from_tranche")
+    if isinstance(noted, dict) and noted.get("sha256"):
+        return str(noted["sha256"])
+    version = _side_version(record, "from")
+    if not valid_version(version):
+        return None
+    try:
+        metadata = _read_json(store, artefacts.metadata_key(version))
+    except (ObjectNotFound, ValueError):
+        return None
+    return trained_on(metadata)[1] if isinstance(metadata, dict) else None
+
+
+def rollback_hold(store: Store, tranche_sha256: str) -> Optional[RollbackHold]:
+    """The newest rollback away from a model trained on these tranche bytes, if any.
+
+    train_model publishes nothing on such a tranche (unless --force): retraining would bring
+    back the model, or one like it, that an operator decided against.
+    """
+    for record in reversed(read_rollbacks(store)):
+        if rolled_back_tranche(store, record) == tranche_sha256:
+            return RollbackHold(record)
+    return None
+
+
+@dataclass(frozen=True)
 class RollbackDone:
     """A completed rollback: the pointers before and after and where it is recorded."""
 
@@ -364,6 +426,17 @@ class RollbackDone:
     pointer: artefacts.Pointer
     audit_key: Optional[str]
     record: Dict[str, Any]
+
+
+def _tranche_of(
+    history: History, pointer: Optional[artefacts.Pointer]
+) -> Optional[Dict[str, Optional[str]]]:
+    """The key and sha256 of the tranche a pointer's model was trained on, if its metadata says."""
+    entry = None if pointer is None else history.find(pointer.model_version)
+    if entry is None:
+        return None
+    key, sha256 = trained_on(entry.metadata)
+    return None if sha256 is None else {"key": key, "sha256": sha256}
 
 
 def rollback(store: Store, version: str, reason: str, by: str) -> RollbackDone:
@@ -394,6 +467,7 @@ def rollback(store: Store, version: str, reason: str, by: str) -> RollbackDone:
         "by": by,
         "reason": reason,
         "from": None if previous is None else _pointer_dict(previous),
+        "from_tranche": _tranche_of(history, previous),
         "to": _pointer_dict(target),
     }
     key = f"{AUDIT_PREFIX}{compact_utc(moment)}-{version}-{secrets.token_hex(4)}.json"

@@ -14,6 +14,8 @@ import sys
 from typing import Any, Dict, List, Optional, Sequence
 
 from pipeline import artefacts, history
+from pipeline.artefacts import tranche_timestamp
+from pipeline.model_format import BASES
 from pipeline.store import (
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, ObjectNotFound, Store, StoreError, open_store,
 )
@@ -31,13 +33,18 @@ def _number(value: Optional[float]) -> str:
     return "-" if value is None else f"{value:.4f}"
 
 
+def _minute(record: Dict[str, Any]) -> str:
+    return str(record.get("at", ""))[:16].replace("T", " ")
+
+
 def _how(entry: history.ModelEntry) -> str:
     parts = []
     if entry.live:
         parts.append(f"live ({entry.live_by})")
     for record in entry.rollbacks:
-        parts.append(f"rolled back to {str(record.get('at', ''))[:16].replace('T', ' ')} "
-                     f"by {record.get('by')}")
+        parts.append(f"rolled back to {_minute(record)} by {record.get('by')}")
+    for record in entry.rollbacks_from:
+        parts.append(f"rolled back from {_minute(record)} by {record.get('by')}")
     if not entry.published:
         parts.append("never published (lost the pointer race, or its run was stopped first)")
     return "; ".join(parts) or "-"
@@ -72,8 +79,44 @@ def _exists(store: Store, key: str) -> bool:
     return True
 
 
+def metrics_text(metrics: Any) -> str:
+    """``MAE 0.4022 h, R² 0.9863, p90 coverage 0.880 on 200 rows`` (what the metrics hold)."""
+    if not isinstance(metrics, dict) or not metrics.get("rows"):
+        return "no rows"
+    parts = [f"MAE {_number(metrics.get('mae'))} h"]
+    if metrics.get("r2") is not None:
+        parts.append(f"R² {_number(metrics['r2'])}")
+    if metrics.get("coverage_p90") is not None:
+        parts.append(f"p90 coverage {float(metrics['coverage_p90']):.3f}")
+    return f"{', '.join(parts)} on {metrics['rows']} rows"
+
+
+def by_basis_text(by_basis: Any) -> Optional[str]:
+    """``product: <metrics>; pooled: <metrics>``, or None for a model without bases."""
+    if not isinstance(by_basis, dict) or not by_basis:
+        return None
+    order = sorted(by_basis, key=lambda b: (BASES.index(b) if b in BASES else len(BASES), b))
+    return "; ".join(f"{basis}: {metrics_text(by_basis[basis])}" for basis in order)
+
+
+def realised_lines(entry: history.ModelEntry) -> List[str]:
+    """One line per later tranche the model was scored on, oldest first, with its basis split."""
+    def when(record: Dict[str, Any]) -> Any:
+        key = str(record.get("tranche", {}).get("key", ""))
+        return (str(tranche_timestamp(key) or ""), key)
+
+    lines = []
+    for record in sorted(entry.realised, key=when):
+        overall = dict(record, rows=record.get("rows_scored"))
+        split = by_basis_text(record.get("by_basis"))
+        lines.append(f"    {history.tranche_stem(str(record.get('tranche', {}).get('key', '-')))}"
+                     f"  {metrics_text(overall)}" + (f"; by basis: {split}" if split else ""))
+    return lines
+
+
 def show_text(store: Store, entry: history.ModelEntry) -> str:
-    """One model's metadata in plain lines, with its realised accuracy, rollbacks and report."""
+    """One model's metadata in plain lines: its metrics overall, by basis and per code, its
+    realised accuracy on later tranches, gates, drift, rollbacks and where its report is."""
     meta = entry.metadata
     data = entry.to_dict()
     held = meta.get("metrics", {}).get("held_out", {})
@@ -84,17 +127,19 @@ def show_text(store: Store, entry: history.ModelEntry) -> str:
         f"(sha256 {meta.get('tranche', {}).get('sha256')})",
         f"  rows             {json.dumps(meta.get('rows', {}).get('per_product_code', {}))} "
         f"total {data['rows']}",
-        f"  held-out MAE     {_number(data['heldout_mae'])} h, "
-        f"R² {_number(held.get('overall', {}).get('r2'))}",
+        f"  held-out         {metrics_text(held.get('overall'))}",
     ]
+    split = by_basis_text(held.get("by_basis"))
+    if split:
+        lines.append(f"    by basis       {split}")
     for code, values in sorted(held.get("per_product_code", {}).items()):
-        lines.append(f"    {code:<14} MAE {_number(values.get('mae'))}  "
-                     f"R² {_number(values.get('r2'))}  rows {values.get('rows')}")
+        lines.append(f"    {code:<14} {metrics_text(values)}")
     lines.append(f"  realised MAE     {_number(data['realised_mae'])}"
-                 + ("" if data["realised_mae"] is not None else " (no later tranche yet)"))
-    for r in data["realised"]:
-        lines.append(f"    on {r['tranche_key']}: MAE {_number(r['mae'])} "
-                     f"({r['rows_scored']} rows)")
+                 + (" (on the first tranche after its own)" if data["realised_mae"] is not None
+                    else " (no later tranche yet)"))
+    if entry.realised:
+        lines.append("  realised on later tranches (all their rows, which it never saw):")
+        lines.extend(realised_lines(entry))
     previous = meta.get("previous_model")
     if isinstance(previous, dict):
         lines.append(f"  replaced         {previous.get('model_version')} (held-out MAE "
@@ -110,6 +155,13 @@ def show_text(store: Store, entry: history.ModelEntry) -> str:
     for record in entry.rollbacks:
         lines.append(f"  rolled back to   at {record.get('at')} by {record.get('by')} from "
                      f"{(record.get('from') or {}).get('model_version')}: {record.get('reason')}")
+    for record in entry.rollbacks_from:
+        lines.append(f"  rolled back from at {record.get('at')} by {record.get('by')} to "
+                     f"{(record.get('to') or {}).get('model_version')}: {record.get('reason')}")
+    if entry.rollbacks_from:
+        lines.append(f"  held             train_model publishes nothing on its tranche "
+                     f"{history.tranche_stem(data['tranche_key'] or '-')} (these bytes) again: "
+                     f"a new tranche or --force retrains")
     lines.append(f"  metadata         {store.location(artefacts.metadata_key(entry.version))}")
     report = meta.get("report")
     if isinstance(report, dict) and report.get("html"):
@@ -190,7 +242,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     was = done.previous.model_version if done.previous else "none"
     log.info("rolled back from %s to %s; recorded in %s; services refreshing their model pick it "
-             "up at their next poll", was, args.version, store.location(done.audit_key))
+             "up at their next poll; train_model publishes nothing on the tranche %s was trained "
+             "on until a new tranche arrives (or --force)", was, args.version,
+             store.location(done.audit_key), was)
     return EXIT_OK
 
 

@@ -15,6 +15,7 @@ from typing import Callable, Optional, Sequence, TypeVar
 
 from pydantic import ValidationError
 
+from pipeline import log_level
 from pipeline.api.server import (
     MAX_DRAIN_SECONDS,
     STOP_DEADLINE_SECONDS,
@@ -130,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "model's catalogue-wide curve with basis 'catalogue' (a model without one "
                    "keeps rejecting)", "unknown_products"),
     )
-    parser.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="log threshold")
+    parser.add_argument("--log-level", choices=LOG_LEVELS, type=log_level(LOG_LEVELS),
+                        default="info", help="log threshold (either case)")
     return parser
 
 

@@ -13,13 +13,16 @@ import logging
 import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.artefacts import choose_tranches, parse_timestamp
-from pipeline.store import Store, StoreError, open_store
+from pipeline import HelpFormatter
+from pipeline.artefacts import (
+    DATASETS_PREFIX, TRANCHE_PREFIX, TRANCHE_SUFFIX, choose_tranches, parse_timestamp,
+)
+from pipeline.store import ObjectExists, Store, StoreError, open_store
 
 SHAPES = ("linear", "saturating")
 NOISES = ("constant", "queue")
@@ -204,14 +207,21 @@ def noise_floor_mae(tranche: SimulatedTranche) -> float:
 
 def tranche_key(when_iso: str) -> str:
     """The store key of a tranche delivered at an ISO timestamp."""
-    return f"datasets/time_to_dispatch_{when_iso}.csv"
+    return f"{TRANCHE_PREFIX}{when_iso}{TRANCHE_SUFFIX}"
 
 
 DELIVERY_WEEKDAY = 4  # Friday
 DELIVERY_HOUR = 23
 EXIT_STORE = 3
+EXIT_EXISTS = 4
+EXIT_NO_TRANCHE = 5
+SHOWN_KEYS = 3
 
 log = logging.getLogger("simulate")
+
+
+class TrancheExists(Exception):
+    """A tranche the simulator would write is already in the store; nothing was written."""
 
 
 def last_delivery(now: datetime) -> datetime:
@@ -233,38 +243,92 @@ def week_seed(seed: int, week: int) -> int:
     return int(np.random.SeedSequence([seed, week]).generate_state(1)[0])
 
 
+class Delivery(NamedTuple):
+    """One tranche to write: its moment and its index in the simulated world's weeks."""
+
+    moment: datetime
+    week: int
+
+
+def deliveries(weeks: int, until: datetime) -> List[Delivery]:
+    """``weeks`` weekly deliveries, weeks 0 to ``weeks - 1``, the last at or before ``until``."""
+    return [Delivery(moment, week) for week, moment in enumerate(delivery_times(weeks, until))]
+
+
+def next_deliveries(store: Store, weeks: int) -> List[Delivery]:
+    """The ``weeks`` Fridays after the store's newest tranche, continuing its weeks.
+
+    The week index counts whole weeks since the store's oldest tranche, so ``--next`` writes
+    what a longer run with the same seed would have written for that Friday. None without a
+    tranche to follow.
+    """
+    found = choose_tranches(store.list_keys(DATASETS_PREFIX))
+    if found.latest is None:
+        return []
+    oldest, newest = found.found[0].timestamp, found.latest.timestamp
+    first = last_delivery(newest + timedelta(days=7))  # the first Friday 23:00 after it
+    return [Delivery(first + timedelta(days=7 * i),
+                     round((first - oldest) / timedelta(days=7)) + i) for i in range(weeks)]
+
+
+def write_new(store: Store, tranches: Sequence[Tuple[datetime, bytes]]) -> List[str]:
+    """Create every tranche, or none when any of their moments is already in the store.
+
+    A tranche is never overwritten: the live model may have been trained on it.
+    """
+    existing = {t.timestamp: t.key for t in choose_tranches(
+        store.list_keys(DATASETS_PREFIX)).found}
+    taken = [existing[moment] for moment, _ in tranches if moment in existing]
+    if taken:
+        more = f" and {len(taken) - SHOWN_KEYS} more" if len(taken) > SHOWN_KEYS else ""
+        raise TrancheExists(
+            f"{', '.join(store.location(k) for k in taken[-SHOWN_KEYS:])}{more} already "
+            f"exist{'s' if len(taken) == 1 else ''}; simulate never overwrites a tranche (a "
+            f"model may have been trained on it): --next writes the week after the newest")
+    keys = []
+    for moment, data in tranches:
+        key = tranche_key(moment.strftime("%Y-%m-%dT%H:%M:%S"))
+        try:
+            store.create_bytes(key, data)
+        except ObjectExists as exc:
+            raise TrancheExists(f"{exc}; simulate never overwrites a tranche") from None
+        keys.append(key)
+    return keys
+
+
+def five_part_tranche(rows: int, seed: int, shape: str, noise: str, week: int) -> bytes:
+    """Week ``week`` of the five-part world for a run's seed, as the data team delivers it."""
+    return simulate_tranche(rows, seed=week_seed(seed, week), shape=shape, week=week,
+                            noise=noise).to_csv()
+
+
 def write_tranches(
     store: Store, rows: int, weeks: int, seed: int, shape: str, until: datetime,
     noise: str = "constant",
 ) -> List[str]:
-    """Write ``weeks`` weekly tranches, oldest first, and return their keys."""
-    keys = []
-    for week, moment in enumerate(delivery_times(weeks, until)):
-        tranche = simulate_tranche(rows, seed=week_seed(seed, week), shape=shape, week=week,
-                                   noise=noise)
-        key = tranche_key(moment.strftime("%Y-%m-%dT%H:%M:%S"))
-        store.write_bytes(key, tranche.to_csv())
-        keys.append(key)
-    return keys
+    """Write ``weeks`` weekly tranches, oldest first, and return their keys (none if any exists)."""
+    return write_new(store, [(d.moment, five_part_tranche(rows, seed, shape, noise, d.week))
+                             for d in deliveries(weeks, until)])
 
 
 def write_catalogue(
     store: Store, world: CatalogueWorld, until: datetime
 ) -> List[str]:
     """Write the catalogue world's weekly tranches, oldest first, and return their keys."""
-    keys = []
-    for week, moment in enumerate(delivery_times(world.weeks, until)):
-        key = tranche_key(moment.strftime("%Y-%m-%dT%H:%M:%S"))
-        store.write_bytes(key, world.tranche(week).to_csv())
-        keys.append(key)
-    return keys
+    return write_new(store, [(d.moment, world.tranche(d.week).to_csv())
+                             for d in deliveries(world.weeks, until)])
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """CLI: write simulated weekly tranches into a store."""
     parser = argparse.ArgumentParser(
-        prog="simulate", description="Write simulated weekly tranches into a store.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        prog="simulate", description="Write simulated weekly tranches into a store; a tranche "
+                                     "already there is never overwritten.",
+        formatter_class=HelpFormatter,
+        epilog=f"exit status: 0 written (or nothing, with --only-if-empty), 2 bad usage, "
+               f"{EXIT_STORE} store unavailable, {EXIT_EXISTS} a tranche it would write is "
+               f"already there (nothing written), {EXIT_NO_TRANCHE} --next found no tranche to "
+               f"follow")
     parser.add_argument("store", metavar="STORE",
                         help="local directory, file:// URL or s3://bucket[/prefix]")
     parser.add_argument("--rows", type=int, default=1000, help="rows per tranche")
@@ -282,6 +346,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--until", default=None,
                         help="ISO timestamp; the newest tranche is the last Friday 23:00 UTC at "
                              "or before it (default: now)")
+    parser.add_argument("--next", action="store_true",
+                        help="a new week arrives: write the --weeks Fridays after the store's "
+                             "newest tranche, continuing its weeks (the five-part world; use "
+                             "the seed, --rows, --shape and --noise the store was made with)")
     parser.add_argument("--only-if-empty", action="store_true",
                         help="write nothing if the store already holds a tranche")
     args = parser.parse_args(argv)
@@ -290,21 +358,36 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.error(f"--until {args.until!r} is not an ISO timestamp")
     if args.rows < 1 or args.weeks < 1 or args.catalogue < 0:
         parser.error("--rows and --weeks must be at least 1, --catalogue at least 0")
+    if args.next and (args.until is not None or args.catalogue):
+        parser.error("--next follows the store's newest tranche: it takes no --until, and a "
+                     "--catalogue world's weeks are fixed when it is drawn")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         store = open_store(args.store)
         if args.only_if_empty:
-            latest = choose_tranches(store.list_keys("datasets/")).latest
+            latest = choose_tranches(store.list_keys(DATASETS_PREFIX)).latest
             if latest is not None:
                 log.info("%s already holds tranche %s; nothing written", store.url, latest.key)
                 return 0
         if args.catalogue:
             world = catalogue_world(args.catalogue, args.rows, args.weeks, args.seed, args.shape)
             keys = write_catalogue(store, world, until)
+        elif args.next:
+            planned = next_deliveries(store, args.weeks)
+            if not planned:
+                log.error("nothing written: --next found no tranche to follow in %s",
+                          store.location(DATASETS_PREFIX))
+                return EXIT_NO_TRANCHE
+            keys = write_new(store, [
+                (d.moment, five_part_tranche(args.rows, args.seed, args.shape, args.noise, d.week))
+                for d in planned])
         else:
             keys = write_tranches(store, args.rows, args.weeks, args.seed, args.shape, until,
                                   args.noise)
+    except TrancheExists as exc:
+        log.error("nothing written: %s", exc)
+        return EXIT_EXISTS
     except StoreError as exc:
         log.error("nothing more written: %s", exc)
         return EXIT_STORE

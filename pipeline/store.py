@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
 from typing import Any, Callable, List, Optional, Protocol, Tuple
 
@@ -88,6 +88,25 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+FILE_MODE = 0o666  # before the umask, as other tools create files (0644 under umask 022)
+TEMPORARY_ATTEMPTS = 100
+
+
+def _new_temporary(path: Path) -> Tuple[int, str]:
+    """A new hidden temporary file beside ``path``, open for writing, with the umask's mode.
+
+    tempfile.mkstemp would make it 0600 whatever the umask, and the rename or link that places
+    it keeps that mode: a service running as another user could not read the store.
+    """
+    for _ in range(TEMPORARY_ATTEMPTS):
+        tmp = str(path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, FILE_MODE), tmp
+        except FileExistsError:
+            continue
+    raise OSError(f"no free temporary name beside {path}")
+
+
 class LocalStore:
     """A directory on disk laid out exactly like the bucket."""
 
@@ -140,7 +159,7 @@ class LocalStore:
         path = self._path(key)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            fd, tmp = _new_temporary(path)
             try:
                 with os.fdopen(fd, "wb") as handle:
                     handle.write(data)

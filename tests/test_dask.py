@@ -39,15 +39,23 @@ class Cluster(NamedTuple):
     workers: Dict[str, "subprocess.Popen[bytes]"]
 
 
-def start_cluster(folder: Path, workers: int) -> "tuple[Cluster, List[subprocess.Popen[bytes]]]":
-    """``dask scheduler`` and ``workers`` one-thread ``dask worker`` processes (no nanny)."""
+def start_cluster(
+    folder: Path, workers: int, scheduler_has_code: bool = True
+) -> "tuple[Cluster, List[subprocess.Popen[bytes]]]":
+    """``dask scheduler`` and ``workers`` one-thread ``dask worker`` processes (no nanny).
+
+    Without ``scheduler_has_code`` the scheduler runs where the pipeline cannot be imported (no
+    PYTHONPATH, another directory), as a scheduler from a stale image would.
+    """
     env = stage_env({})
     scheduler_file = folder / "scheduler.json"
     quiet: Dict[str, Any] = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL,
                              "env": env, "cwd": str(folder)}
+    without_code = {k: v for k, v in env.items() if k != "PYTHONPATH"}
     scheduler = subprocess.Popen(
         [PYTHON, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-         "--no-dashboard", "--scheduler-file", str(scheduler_file)], **quiet)
+         "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+        **dict(quiet, env=env if scheduler_has_code else without_code))
     deadline = time.time() + 60
     while not scheduler_file.exists() and time.time() < deadline:
         time.sleep(0.1)
@@ -60,11 +68,8 @@ def start_cluster(folder: Path, workers: int) -> "tuple[Cluster, List[subprocess
     return Cluster(address, named), [scheduler, *named.values()]
 
 
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """A fresh two-worker cluster, stopped after the test."""
-    found, processes = start_cluster(tmp_path, 2)
-    yield found
+def stop(processes: List["subprocess.Popen[bytes]"]) -> None:
+    """Stop a cluster's processes, killing any that hang."""
     for process in reversed(processes):
         if process.poll() is None:
             process.terminate()
@@ -74,6 +79,14 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
         except subprocess.TimeoutExpired:  # a worker may hang closing: it must not fail the test
             process.kill()
             process.wait(30)
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    """A fresh two-worker cluster, stopped after the test."""
+    found, processes = start_cluster(tmp_path, 2)
+    yield found
+    stop(processes)
 
 
 @pytest.fixture(scope="module")
@@ -131,6 +144,28 @@ def test_an_unreachable_scheduler_is_exit_3_with_one_error_line_naming_it(
     assert open_store(url).read_versioned(artefacts.POINTER_KEY) is None
 
 
+def test_a_scheduler_without_the_code_is_exit_3_with_one_error_line_and_no_traceback(
+    tranche: bytes, tmp_path: Path
+) -> None:
+    found, processes = start_cluster(tmp_path, 1, scheduler_has_code=False)
+    try:
+        url = store_with(tmp_path, "store", tranche)
+        done = subprocess.run(
+            [PYTHON, "train_model.py", url, "--dask-scheduler", found.address],
+            cwd=REPO_ROOT / "pipeline", env=stage_env({}), capture_output=True, text=True,
+            timeout=300,
+        )
+    finally:
+        stop(processes)
+    errors = [line for line in done.stderr.splitlines() if " ERROR " in line]
+    assert done.returncode == EXIT_CLUSTER, done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert len(errors) == 1 and found.address in errors[0], done.stderr
+    assert "scheduler" in errors[0] and "check" in errors[0], errors[0]
+    assert open_store(url).read_versioned(artefacts.POINTER_KEY) is None
+    assert not open_store(url).list_keys("models/")
+
+
 def kill_when_busy(cluster: Cluster, names: List[str], running: threading.Thread) -> List[str]:
     """SIGKILL the named workers once the scheduler has given each a task; what they held."""
     held: List[str] = []
@@ -148,6 +183,14 @@ def kill_when_busy(cluster: Cluster, names: List[str], running: threading.Thread
                 return held
             time.sleep(0.02)
     return held
+
+
+def test_a_fits_own_error_is_raised_as_a_local_run_raises_it(cluster: Cluster) -> None:
+    from pipeline.training.cluster import map_on_cluster
+
+    assert map_on_cluster(cluster.address, int, ["1", "2"]) == [1, 2]
+    with pytest.raises(ValueError, match="invalid literal"):
+        map_on_cluster(cluster.address, int, ["1", "x"])
 
 
 def test_a_worker_killed_mid_fit_has_its_fits_rerun_on_the_other(
@@ -182,6 +225,33 @@ def test_a_cluster_that_loses_every_worker_fails_the_run_and_publishes_nothing(
     assert held, "the workers were killed while they held fits"
     assert status == [EXIT_CLUSTER]
     assert open_store(url).read_versioned(artefacts.POINTER_KEY) is None
+    assert not open_store(url).list_keys("models/")
+
+
+def test_a_scheduler_that_dies_mid_fit_is_exit_3_and_publishes_nothing(
+    tranche: bytes, tmp_path: Path
+) -> None:
+    found, processes = start_cluster(tmp_path, 2)
+    scheduler = processes[0]
+    try:
+        url = store_with(tmp_path, "store", tranche)
+        running = subprocess.Popen(
+            [PYTHON, "train_model.py", url, "--dask-scheduler", found.address,
+             "--dask-connect-timeout", "2"],
+            cwd=REPO_ROOT / "pipeline", env=stage_env({}), stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE, text=True)
+        with distributed.Client(found.address, set_as_default=False) as client:
+            deadline = time.time() + 120
+            while not any(client.processing().values()) and time.time() < deadline:
+                time.sleep(0.02)
+        scheduler.kill()
+        _, stderr = running.communicate(timeout=300)
+    finally:
+        stop(processes)
+    errors = [line for line in stderr.splitlines() if " ERROR " in line]
+    assert running.returncode == EXIT_CLUSTER, stderr
+    assert "Traceback" not in stderr, stderr
+    assert len(errors) == 1 and found.address in errors[0], stderr
     assert not open_store(url).list_keys("models/")
 
 

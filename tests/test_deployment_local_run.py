@@ -1,7 +1,9 @@
 """scripts/run_local.sh: seeds the local store, trains, serves, and prints a curl that works."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.server
 import json
 import os
 import queue
@@ -14,7 +16,7 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
-from typing import List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import pytest
 
@@ -59,17 +61,40 @@ def _lines_until(process: "subprocess.Popen[str]", marker: str) -> List[str]:
     raise AssertionError("no ready message in time:\n" + "".join(seen))
 
 
-def test_run_local_seeds_trains_serves_and_prints_a_working_curl(tmp_path: Path) -> None:
-    venv = _ready_venv(tmp_path / "venv")
-    port = free_port()
-    env = dict(os.environ, VENV=str(venv), STORE=str(tmp_path / "store"), PORT=str(port),
-               ROWS="300", WEEKS="2")
+def local_env(tmp_path: Path, **settings: str) -> Dict[str, str]:
+    """run_local.sh's environment: a ready venv, no API key, and the given settings."""
+    env = dict(os.environ, VENV=str(_ready_venv(tmp_path / "venv")))
     env.pop("TTD_API_KEY", None)
+    env.update(settings)
+    return env
+
+
+@contextlib.contextmanager
+def run_local(tmp_path: Path, env: Dict[str, str]) -> Iterator["subprocess.Popen[str]"]:
+    """run_local.sh running with its output on a pipe; killed if the test leaves it running."""
     process = subprocess.Popen(
         ["bash", str(REPO_ROOT / "scripts" / "run_local.sh")], cwd=tmp_path, env=env,
         stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def stops_gracefully(process: "subprocess.Popen[str]") -> bool:
+    """SIGTERM, as Ctrl-C or Kubernetes sends it: the service drains and the script exits 0."""
+    process.send_signal(signal.SIGTERM)
+    return process.wait(timeout=20) == 0
+
+
+def test_run_local_seeds_trains_serves_and_prints_a_working_curl(tmp_path: Path) -> None:
+    port = free_port()
+    env = local_env(tmp_path, STORE=str(tmp_path / "store"), PORT=str(port), ROWS="300",
+                    WEEKS="2")
+    with run_local(tmp_path, env) as process:
         output = "".join(_lines_until(process, "curl -s -X POST"))
         assert "reusing" in output and "wrote 2 tranche(s)" in output
         assert "published model" in output
@@ -84,12 +109,7 @@ def test_run_local_seeds_trains_serves_and_prints_a_working_curl(tmp_path: Path)
         with urllib.request.urlopen(request, timeout=10) as response:
             assert response.status == 200
             assert json.loads(response.read())["est_hours_to_dispatch"] > 0
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert stops_gracefully(process)
     assert len(list((tmp_path / "store" / "datasets").iterdir())) == 2
 
 
@@ -98,18 +118,9 @@ def test_run_local_seeds_trains_serves_and_prints_a_working_curl(tmp_path: Path)
 def test_the_printed_curl_works_as_pasted_with_and_without_a_key(
     tmp_path: Path, key: Optional[str]
 ) -> None:
-    venv = _ready_venv(tmp_path / "venv")
-    port = free_port()
-    env = dict(os.environ, VENV=str(venv), STORE=str(tmp_path / "store"), PORT=str(port),
-               ROWS="300", WEEKS="1")
-    env.pop("TTD_API_KEY", None)
-    if key is not None:
-        env["TTD_API_KEY"] = key
-    process = subprocess.Popen(
-        ["bash", str(REPO_ROOT / "scripts" / "run_local.sh")], cwd=tmp_path, env=env,
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
-    try:
+    env = local_env(tmp_path, STORE=str(tmp_path / "store"), PORT=str(free_port()), ROWS="300",
+                    WEEKS="1", **({"TTD_API_KEY": key} if key is not None else {}))
+    with run_local(tmp_path, env) as process:
         output = "".join(_lines_until(process, "-d '"))
         printed = re.search(r"^\s*(curl -s -X POST .*\\\n\s*-d '[^']+')$", output, re.MULTILINE)
         assert printed, output
@@ -130,9 +141,91 @@ def test_the_printed_curl_works_as_pasted_with_and_without_a_key(
                                      env={"PATH": os.environ["PATH"]}, capture_output=True,
                                      text=True, timeout=20)
             assert without.stdout.rsplit("\n", 1)[1] == "401"
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=20) == 0
+        assert stops_gracefully(process)
+
+
+class Holder(http.server.BaseHTTPRequestHandler):
+    """Another process's server on the port: it answers /health for some other model."""
+
+    def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+        body = json.dumps({"status": "ok", "model_version": "someone-elses-model"}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_run_local_fails_clearly_when_the_port_is_taken(tmp_path: Path) -> None:
+    holder = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Holder)
+    port = holder.server_address[1]
+    threading.Thread(target=holder.serve_forever, daemon=True).start()
+    env = local_env(tmp_path, STORE=str(tmp_path / "store"), PORT=str(port), ROWS="300",
+                    WEEKS="1")
+    try:
+        done = subprocess.run(["bash", str(REPO_ROOT / "scripts" / "run_local.sh")],
+                              cwd=tmp_path, env=env, stdin=subprocess.DEVNULL,
+                              capture_output=True, text=True, timeout=300)
     finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        holder.shutdown()
+        holder.server_close()
+    assert done.returncode != 0, done.stdout
+    assert "serving at" not in done.stdout + done.stderr
+    said = [line for line in done.stderr.splitlines() if f"127.0.0.1:{port}" in line]
+    assert said and "taken" in said[-1] and "someone-elses-model" in said[-1], done.stderr
+    assert "PORT=" in said[-1], "it says how to choose another port"
+
+
+def test_a_rollback_survives_run_local(tmp_path: Path) -> None:
+    from pipeline import models, train_model
+    from pipeline.artefacts import read_pointer
+    from pipeline.simulate import main as simulate
+    from pipeline.store import open_store
+
+    store = str(tmp_path / "store")
+    assert simulate([store, "--rows", "300", "--until", "2026-11-14"]) == 0
+    assert train_model.main([store, "--no-report"]) == 0
+    first = read_pointer(open_store(store))
+    assert simulate([store, "--rows", "300", "--next"]) == 0
+    assert train_model.main([store, "--no-report", "--champion-tolerance", "100"]) == 0
+    assert first is not None
+    assert models.main([store, "rollback", first[0].model_version, "--by", "alice"]) == 0
+    port = free_port()
+    with run_local(tmp_path, local_env(tmp_path, STORE=store, PORT=str(port))) as process:
+        output = "".join(_lines_until(process, "curl -s -X POST"))
+        assert "rolled back from" in output and "alice" in output, output
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as answer:
+            assert json.loads(answer.read())["model_version"] == first[0].model_version
+        assert stops_gracefully(process)
+
+
+def test_the_local_drill_a_new_week_reaches_a_service_that_polls(tmp_path: Path) -> None:
+    from pipeline import train_model
+    from pipeline.artefacts import read_pointer
+    from pipeline.simulate import main as simulate
+    from pipeline.store import open_store
+
+    port = free_port()
+    store = str(tmp_path / "store")
+    env = local_env(tmp_path, STORE=store, PORT=str(port), ROWS="300", WEEKS="2",
+                    TTD_MODEL_REFRESH_SECONDS="0.5")
+    with run_local(tmp_path, env) as process:
+        output = "".join(_lines_until(process, "curl -s -X POST"))
+        assert "polls" in output, output
+        before = read_pointer(open_store(store))
+        assert before is not None and before[0].model_version in output
+        # A new week arrives (docs/operations.md, the local drill).
+        assert simulate([store, "--rows", "300", "--next"]) == 0
+        assert train_model.main([store, "--no-report", "--champion-tolerance", "100"]) == 0
+        after = read_pointer(open_store(store))
+        assert after is not None and after[0].model_version != before[0].model_version
+        served, deadline = "", time.monotonic() + 60
+        while served != after[0].model_version and time.monotonic() < deadline:
+            time.sleep(0.2)
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as answer:
+                served = json.loads(answer.read())["model_version"]
+        assert served == after[0].model_version
+        assert stops_gracefully(process)

@@ -31,6 +31,7 @@ HELP: Dict[str, Tuple[Tuple[str, ...], ...]] = {
         ("-m", "pipeline.models", "STORE", sub, "--help") for sub in ("list", "show", "rollback")),
     "locks": (("scripts/locks.py", "--help"),),
     "run_notebook": (("scripts/run_notebook.py", "--help"),),
+    "make_doc_examples": (("scripts/make_doc_examples.py", "--help"),),
 }
 NAMES = {
     "pipeline.train_model": "train_model", "train_model.py": "train_model",
@@ -38,6 +39,7 @@ NAMES = {
     "serve_model.py": "serve_model", "serve_model": "serve_model",
     "pipeline.simulate": "simulate", "pipeline.models": "models",
     "locks.py": "locks", "run_notebook.py": "run_notebook",
+    "make_doc_examples.py": "make_doc_examples",
 }
 OTHER_TOOLS = {
     "apt-get", "aws", "bash", "bodywork", "check-jsonschema", "curl", "docker", "flake8", "git",

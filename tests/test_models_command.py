@@ -383,3 +383,162 @@ def test_the_api_leaves_accuracy_unknown_for_a_model_without_it(tmp_path: Path) 
     assert info["heldout_mae"] is None and info["previous_realised_mae"] is None
     assert "ttd_model_heldout_mae_seconds" not in text
     assert "ttd_model_previous_realised_mae_seconds" not in text
+
+
+def rolled_back_lines(caplog: pytest.LogCaptureFixture) -> List[str]:
+    return [r.getMessage() for r in caplog.records if "rolled back from" in r.getMessage()]
+
+
+def train_again(url: str, caplog: pytest.LogCaptureFixture, *options: str) -> int:
+    caplog.set_level(logging.INFO)
+    caplog.clear()
+    return train_model.main([url, *ALWAYS_PUBLISH, *options])
+
+
+def test_a_rollback_sticks_on_its_tranche_until_a_new_tranche_or_force(
+    three_weeks: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = three_weeks
+    store = open_store(url)
+    newest, middle, _ = (e["model_version"] for e in listed(url, capsys))
+    assert models.main([url, "rollback", middle, "--reason", "odd curves", "--by", "alice"]) == 0
+    objects = sorted(store.list_keys("models/"))
+
+    # The weekly run (and any re-run) on the tranche the operator rolled back from.
+    for _ in range(2):
+        assert train_again(url, caplog) == 0
+        [said] = rolled_back_lines(caplog)
+        assert said.startswith("nothing published: ")
+        assert all(word in said for word in ("alice", newest, middle, "odd curves",
+                                             "a new tranche or --force retrains"))
+        audit = json.loads(store.read_bytes(store.list_keys(history.AUDIT_PREFIX)[0]))
+        assert audit["at"] in said
+        assert live_version(url) == middle
+        assert sorted(store.list_keys("models/")) == objects, "nothing written, not even scores"
+
+    # The list and show say so.
+    entries = {e["model_version"]: e for e in listed(url, capsys)}
+    assert entries[newest]["rollbacks_from"][0]["by"] == "alice"
+    assert models.main([url, "show", newest]) == 0
+    shown = capsys.readouterr().out
+    assert "rolled back from" in shown and "alice" in shown and "--force" in shown
+
+    # --force retrains on it; then the live model is trained on it, and re-runs change nothing.
+    assert train_again(url, caplog, "--force") == 0
+    forced = live_version(url)
+    assert forced not in (newest, middle)
+    assert train_again(url, caplog) == 0
+    assert live_version(url) == forced and not rolled_back_lines(caplog)
+
+
+def test_a_new_tranche_after_a_rollback_trains_as_usual(
+    three_weeks: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = three_weeks
+    newest, middle, _ = (e["model_version"] for e in listed(url, capsys))
+    assert models.main([url, "rollback", middle, "--reason", "odd", "--by", "bob"]) == 0
+    caplog.set_level(logging.INFO)
+    assert week(url, 3) == 0
+    assert live_version(url) not in (newest, middle)
+    assert artefacts.load_latest(open_store(url)).metadata["previous_model"][
+        "model_version"] == middle
+
+
+def test_a_second_rollback_keeps_the_hold_and_rolling_forward_lifts_it(
+    three_weeks: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = three_weeks
+    newest, middle, oldest = (e["model_version"] for e in listed(url, capsys))
+    assert models.main([url, "rollback", middle, "--by", "alice"]) == 0
+    assert models.main([url, "rollback", oldest, "--by", "bob"]) == 0
+    assert train_again(url, caplog) == 0
+    assert live_version(url) == oldest
+    [said] = rolled_back_lines(caplog)
+    assert "alice" in said and newest in said, "the rollback away from this tranche's model"
+    # The operator rolls forward to the model of the newest tranche: the ordinary re-run rule.
+    assert models.main([url, "rollback", newest, "--by", "carol"]) == 0
+    assert train_again(url, caplog) == 0
+    assert live_version(url) == newest and not rolled_back_lines(caplog)
+    assert any("very tranche" in r.getMessage() for r in caplog.records)
+
+
+def test_a_redelivered_identical_tranche_stays_rolled_back_and_a_corrected_one_trains(
+    three_weeks: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = three_weeks
+    store = open_store(url)
+    newest, middle, _ = (e["model_version"] for e in listed(url, capsys))
+    assert models.main([url, "rollback", middle, "--by", "alice"]) == 0
+    newest_key = tranche_key((FIRST_WEEK + timedelta(weeks=2)).isoformat())
+    same = store.read_bytes(newest_key)
+    # The same bytes again, under the same key and under a later one.
+    store.write_bytes(newest_key, same)
+    assert train_again(url, caplog) == 0 and rolled_back_lines(caplog)
+    later = tranche_key((FIRST_WEEK + timedelta(weeks=2, hours=1)).isoformat())
+    store.write_bytes(later, same)
+    assert train_again(url, caplog) == 0 and rolled_back_lines(caplog)
+    assert live_version(url) == middle
+    # A corrected tranche (other bytes) is new data: it trains.
+    store.write_bytes(later, simulate_tranche(400, seed=99, week=2).to_csv())
+    assert train_again(url, caplog) == 0 and not rolled_back_lines(caplog)
+    assert live_version(url) not in (newest, middle)
+
+
+def test_a_rollback_recorded_before_the_tranche_was_noted_still_sticks(
+    three_weeks: str, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = three_weeks
+    store = open_store(url)
+    middle = listed(url, capsys)[1]["model_version"]
+    assert models.main([url, "rollback", middle, "--by", "alice"]) == 0
+    [key] = store.list_keys(history.AUDIT_PREFIX)
+    record = json.loads(store.read_bytes(key))
+    assert record["from_tranche"]["sha256"]
+    del record["from_tranche"]
+    store.write_bytes(key, json.dumps(record).encode())
+    assert train_again(url, caplog) == 0 and rolled_back_lines(caplog)
+    assert live_version(url) == middle
+
+
+def test_a_rollback_survives_the_stage_as_bodywork_and_the_schedule_run_it(
+    local_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for index in range(2):
+        assert week(local_url, index) == 0
+    newest, oldest = (e["model_version"] for e in listed(local_url, capsys))
+    assert models.main([local_url, "rollback", oldest, "--by", "alice"]) == 0
+    done = subprocess.run([PYTHON, "train_model.py", local_url], cwd=REPO_ROOT / "pipeline",
+                          env=stage_env({}), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    said = [line for line in done.stderr.splitlines() if "rolled back from" in line]
+    assert len(said) == 1 and " INFO " in said[0] and "alice" in said[0], done.stderr
+    assert live_version(local_url) == oldest
+
+
+def test_show_prints_the_metrics_by_basis_and_the_realised_accuracy_of_later_weeks(
+    three_weeks: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = three_weeks
+    store = open_store(url)
+    oldest = listed(url, capsys)[-1]["model_version"]
+    assert models.main([url, "rollback", oldest, "--by", "alice"]) == 0
+    assert week(url, 3) == 0  # the oldest model, live again, is scored on week 3 as well
+    meta = json.loads(store.read_bytes(artefacts.metadata_key(oldest)))
+    product = meta["metrics"]["held_out"]["by_basis"]["product"]
+    capsys.readouterr()
+    assert models.main([url, "show", oldest]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    by_basis = next(line for line in lines if line.strip().startswith("by basis"))
+    assert (f"product: MAE {product['mae']:.4f} h, R² {product['r2']:.4f}, p90 coverage "
+            f"{product['coverage_p90']:.3f} on {product['rows']} rows") in by_basis
+    assert "pooled: no rows" in by_basis
+    start = next(i for i, line in enumerate(lines) if "realised on later tranches" in line)
+    later = lines[start + 1:start + 3]
+    records = sorted((json.loads(store.read_bytes(k)) for k in store.list_keys(
+        f"models/{oldest}/realised/")), key=lambda r: r["tranche"]["key"])
+    assert len(records) == 2
+    for line, record in zip(later, records):
+        assert history.tranche_stem(record["tranche"]["key"]) in line
+        assert f"MAE {record['mae']:.4f} h, R² {record['r2']:.4f}" in line
+        basis = record["by_basis"]["product"]
+        assert f"product: MAE {basis['mae']:.4f} h" in line and f"on {basis['rows']} rows" in line

@@ -20,8 +20,8 @@ from pipeline.simulate import simulate_tranche, tranche_key
 from pipeline.store import open_store
 from pipeline.training import run as stage_run
 from pipeline.training.report import (
-    MAX_CODES_DRAWN, MAX_CODES_TABLED, MAX_WORST_DRAWN, REPORTS_PREFIX, Points, RunRecord,
-    build_report, drawn_codes, worst_codes,
+    FIGURE_PIXELS, FIGURES, MAX_CODES_DRAWN, MAX_CODES_TABLED, MAX_WORST_DRAWN, MIN_FONT_POINTS,
+    REPORTS_PREFIX, Points, RunRecord, build_report, curves_figure, drawn_codes, worst_codes,
 )
 from tests import browser_support
 
@@ -104,10 +104,14 @@ def test_published_and_kept_runs_report_curves_accuracy_drift_and_gates(
     assert twin1["tranche"]["key"] == first and twin1["tranche"]["rows"] == 400
     assert published.figures == ["curves", "accuracy"], "no previous tranche: no drift figure"
     assert twin1["live_model"] is None
-    assert {g["gate"] for g in twin1["gates"]} >= {"r2", "mae", "coverage_p90", "champion",
-                                                   "refit_monotone"}
+    assert {g["gate"] for g in twin1["gates"]} >= {"mae_vs_code_median", "mae_vs_global_median",
+                                                   "coverage_p90", "champion", "refit_monotone"}
     coverage = twin1["held_out"]["overall"]["coverage_p90"]
     assert "p90 coverage" in raw1 and f"{coverage:.4f}" in raw1
+    for name, words in (("code_median", "per-code median"), ("global_median", "global median")):
+        peer = twin1["held_out"]["baselines"][name]["overall"]
+        assert peer["rows"] == twin1["held_out"]["overall"]["rows"]
+        assert f"baseline: the window&#x27;s {words}" in raw1 and f"{peer['mae']:.4f}" in raw1
 
     assert kept.outcome == "kept" and "deliberately kept" in twin2["summary"]
     assert kept.figures == ["curves", "accuracy", "drift"]
@@ -134,6 +138,8 @@ def test_a_rejected_tranche_reports_every_broken_rule_with_examples(store_url: s
     assert page.outcome == "rejected" and twin["exit_status"] == stage_run.EXIT_BAD_DATA
     assert "breaks the data contract" in twin["summary"]
     rules = {v["rule"]: v for v in twin["contract"]["violations"]}
+    share = rules.pop("too_many_bad_rows")
+    assert "4 of the 304 data rows break a row rule; at most 3" in share["description"]
     assert set(rules) == {"hours_to_dispatch_not_a_number", "hours_to_dispatch_negative",
                           "orders_placed_negative", "orders_placed_missing"}
     assert all(v["rows"] == 1 for v in rules.values())
@@ -269,3 +275,125 @@ def test_hostile_product_codes_are_shown_as_text(local_url: str) -> None:
     assert page.figures == ["curves", "accuracy"], "a '$' in a code does not lose a figure"
     assert evil in twin["tranche"]["per_product_code"]
     assert_self_contained(page, raw)
+
+
+RARE_ROWS = "3.1,40,RARE01\n4.2,90,RARE01\n2.5,20,RARE01\n"
+
+
+def published_record(url: str) -> RunRecord:
+    """The record of a published run that replaced a live model: every figure has data (a rare
+    part, pooled, gives the long tail's)."""
+    deliver(url, 0)
+    assert train_model.main([url, "--no-report"]) == 0
+    key = deliver(url, 1)
+    store = open_store(url)
+    store.write_bytes(key, store.read_bytes(key) + RARE_ROWS.encode())
+    record = RunRecord(url)
+    assert stage_run.run_and_record(url, stage_run.TrainOptions(
+        champion_tolerance=100.0, report=False), record) == 0
+    assert record.new_model is not None and record.live_model is not None
+    assert record.new_model.bases["RARE01"] == "pooled"
+    return record
+
+
+def texts(figure: Any) -> List[Any]:
+    """Every text a drawn figure shows (a tick label only when its tick is within the view)."""
+    from matplotlib.text import Text
+
+    def shown(text: Any) -> bool:
+        return bool(text.get_visible() and text.get_text().strip())
+
+    ticks, drawn = set(), []
+    for ax in figure.axes:
+        if not ax.get_visible():
+            continue
+        for axis in (ax.xaxis, ax.yaxis):
+            ticks |= {id(label) for tick in axis.get_major_ticks() + axis.get_minor_ticks()
+                      for label in (tick.label1, tick.label2)}
+            drawn += [label for tick in axis._update_ticks()
+                      for label in (tick.label1, tick.label2) if shown(label)]
+    return [t for t in figure.findobj(Text) if shown(t) and id(t) not in ticks] + drawn
+
+
+def test_curve_panels_draw_the_band_up_to_the_p90_the_service_returns(local_url: str) -> None:
+    from matplotlib.collections import PolyCollection
+
+    record = published_record(local_url)
+    drawn = curves_figure(record)
+    assert drawn is not None and "p90" in drawn.caption
+    panels = [ax for ax in drawn.figure.axes if ax.get_visible()]
+    assert len(panels) == 6
+    for ax in panels:
+        code = ax.get_title().split(" ")[0]
+        [band] = [c for c in ax.collections if isinstance(c, PolyCollection)]
+        edge = band.get_paths()[0].vertices
+        orders = np.unique(edge[:, 0])[1:-1]
+        estimate, upper, _ = record.new_model.predict_bounded([code] * len(orders), orders)
+        assert upper is not None
+        top = np.array([edge[edge[:, 0] == x, 1].max() for x in orders])
+        bottom = np.array([edge[edge[:, 0] == x, 1].min() for x in orders])
+        assert np.allclose(top, upper) and np.allclose(bottom, estimate)
+        assert (upper > estimate).any(), "a band, not a line"
+
+
+def test_figures_fill_the_page_with_readable_text_and_nothing_overlaps(local_url: str) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    record = published_record(local_url)
+    many = catalogue_record(300, seed=4)
+    many.new_model = record.new_model
+    many.violations = [{"rule": "hours_to_dispatch_negative", "rows": 3},
+                       {"rule": "orders_placed_not_a_whole_number", "rows": 1}]
+    drawn = [(name, draw(r)) for r in (record, many) for name, _, draw in FIGURES]
+    assert {name for name, d in drawn if d is not None} == {name for name, _, _ in FIGURES}
+    for name, (figure, _) in [(name, d) for name, d in drawn if d is not None]:
+        assert figure.get_suptitle() == "", f"{name}: captions go under the heading, in the page"
+        width = figure.get_figwidth() * figure.dpi
+        assert width == FIGURE_PIXELS, f"{name}: {width} px, shown at 1:1 in the page's column"
+        FigureCanvasAgg(figure).draw()
+        renderer = figure.canvas.get_renderer()
+        shown = texts(figure)
+        small = [(t.get_text(), t.get_fontsize()) for t in shown
+                 if t.get_fontsize() < MIN_FONT_POINTS]
+        assert not small, f"{name}: text below {MIN_FONT_POINTS} pt: {small[:5]}"
+        boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in shown]
+        page = figure.bbox
+        outside = [text for text, box in boxes if box.x0 < page.x0 or box.x1 > page.x1
+                   or box.y0 < page.y0 or box.y1 > page.y1]
+        assert not outside, f"{name}: text cut off at the figure's edge: {outside[:5]}"
+        overlapping = [(a, b) for i, (a, box_a) in enumerate(boxes) for b, box_b in boxes[i + 1:]
+                       if box_a.overlaps(box_b)]
+        assert not overlapping, f"{name}: overlapping text: {overlapping[:5]}"
+
+
+def test_the_not_all_codes_caption_sits_in_the_page_under_the_heading() -> None:
+    page, data = build_report(catalogue_record(300, seed=4))
+    parsed = Page(page)
+    captions = [a for a in parsed.find("p") if a.get("class") == "caption"]
+    assert captions, "each figure has its caption in the page"
+    assert f"{MAX_CODES_DRAWN} of " in page and "the JSON twin has every code" in page
+
+
+def test_tables_say_yes_and_no(local_url: str) -> None:
+    record = published_record(local_url)
+    page, data = build_report(record)
+    cells = [t.strip() for t in Page(page).text]
+    assert data["history"] and data["drift"]
+    assert "True" not in cells and "False" not in cells
+    assert "yes" in cells and "no" in cells
+
+
+def test_an_unchanged_run_writes_no_new_report(
+    local_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    deliver(local_url, 0)
+    assert train_model.main([local_url]) == 0
+    assert len(reports(local_url)) == 1
+    caplog.set_level(logging.INFO)
+    for _ in range(2):
+        caplog.clear()
+        assert train_model.main([local_url]) == 0
+        said = [r.getMessage() for r in caplog.records]
+        assert any("very tranche" in m for m in said)
+        assert not any(m.startswith("run report") for m in said)
+    assert len(reports(local_url)) == 1

@@ -3,13 +3,16 @@ from __future__ import annotations
 
 import subprocess
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Dict
 
 import numpy as np
 import pytest
 
 from pipeline.artefacts import choose_tranches, tranche_timestamp
-from pipeline.simulate import catalogue_world, delivery_times, last_delivery, main, week_seed
+from pipeline.simulate import (
+    EXIT_EXISTS, EXIT_NO_TRANCHE, catalogue_world, delivery_times, last_delivery, main, week_seed,
+)
 from pipeline.store import open_store
 from pipeline.training.validation import validate_tranche
 from tests.conftest import PYTHON, REPO_ROOT, stage_env
@@ -56,8 +59,9 @@ def test_cli_writes_deterministic_valid_weekly_tranches(local_url: str, tmp_path
     other = str(tmp_path / "again")
     assert main([other, *args]) == 0
     assert contents(other) == written
-    assert main([other, *args[:-2], "--seed", "8", "--until", "2026-11-21"]) == 0
-    assert contents(other) != written
+    third = str(tmp_path / "third")
+    assert main([third, *args[:-2], "--seed", "8", "--until", "2026-11-21"]) == 0
+    assert contents(third) != written
 
 
 def test_only_if_empty_leaves_a_store_with_tranches_alone(local_url: str) -> None:
@@ -127,3 +131,52 @@ def test_the_catalogue_world_is_long_tailed_with_new_parts_and_a_known_truth(
     assert main([local_url, *args]) == 0
     written = contents(local_url)
     assert len(written) == 3 and all(validate_tranche(d).rows == 2000 for d in written.values())
+
+
+def test_simulate_refuses_to_overwrite_a_tranche_and_names_it(local_url: str) -> None:
+    args = [local_url, "--rows", "200", "--weeks", "2", "--until", "2026-11-21"]
+    assert main(args) == 0
+    before = contents(local_url)
+    stamps = {k: (Path(local_url) / k).stat().st_mtime_ns for k in before}
+    done = subprocess.run([PYTHON, "-m", "pipeline.simulate", *args, "--seed", "5"],
+                          cwd=REPO_ROOT, env=stage_env({}), capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == EXIT_EXISTS, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and " ERROR " in lines[0], done.stderr
+    newest = str(Path(local_url) / sorted(before)[-1])
+    assert newest in lines[0]
+    assert contents(local_url) == before
+    assert {k: (Path(local_url) / k).stat().st_mtime_ns for k in before} == stamps
+    # A run that would add a week beside an existing one writes nothing at all.
+    assert main([local_url, "--rows", "200", "--weeks", "3", "--until", "2026-11-28"]) == \
+        EXIT_EXISTS
+    assert contents(local_url) == before
+
+
+def test_next_writes_the_friday_after_the_newest_tranche(local_url: str, tmp_path: Path) -> None:
+    assert main([local_url, "--rows", "200", "--weeks", "3", "--seed", "4",
+                 "--until", "2026-11-21"]) == 0
+    assert main([local_url, "--rows", "200", "--seed", "4", "--next"]) == 0
+    written = contents(local_url)
+    times = [tranche_timestamp(k) for k in sorted(written)]
+    assert times == delivery_times(4, FRIDAY_23 + timedelta(days=7))
+    # The same week as a four-week run would have simulated.
+    other = str(tmp_path / "four")
+    assert main([other, "--rows", "200", "--weeks", "4", "--seed", "4",
+                 "--until", "2026-11-28"]) == 0
+    assert contents(other) == written
+    assert main([local_url, "--rows", "200", "--seed", "4", "--next", "--weeks", "2"]) == 0
+    assert [tranche_timestamp(k) for k in sorted(contents(local_url))] == delivery_times(
+        6, FRIDAY_23 + timedelta(days=21))
+
+
+def test_next_needs_a_tranche_to_follow_and_excludes_until_and_catalogue(
+    local_url: str,
+) -> None:
+    assert main([local_url, "--next"]) == EXIT_NO_TRANCHE
+    assert contents(local_url) == {}
+    for bad in (["--until", "2026-11-21"], ["--catalogue", "50"]):
+        with pytest.raises(SystemExit) as exited:
+            main([local_url, "--next", *bad])
+        assert exited.value.code == 2

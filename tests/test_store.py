@@ -1,9 +1,15 @@
 """The store: the same behaviour from a local directory and from S3 over HTTP."""
 from __future__ import annotations
 
+import stat
+import subprocess
+from pathlib import Path
+
 import pytest
 
+from pipeline.artefacts import POINTER_KEY
 from pipeline.store import ConcurrentUpdate, ObjectExists, ObjectNotFound, StoreError, open_store
+from tests.conftest import PYTHON, REPO_ROOT, stage_env
 
 
 def test_write_read_list_round_trip(store_url: str) -> None:
@@ -74,3 +80,19 @@ def test_urls_choose_the_kind_of_store(tmp_path) -> None:
 def test_keys_cannot_escape_a_local_store(local_url: str) -> None:
     with pytest.raises(StoreError, match="escapes"):
         open_store(local_url).read_bytes("../outside")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o077, 0o600)])
+def test_store_files_follow_the_umask(tmp_path: Path, umask: int, mode: int) -> None:
+    store = tmp_path / "store"
+    shell = (f"umask {umask:03o} && {PYTHON} -m pipeline.simulate {store} --rows 300 "
+             f"--until 2026-11-21 && cd pipeline && {PYTHON} train_model.py {store}")
+    done = subprocess.run(["bash", "-c", shell], cwd=REPO_ROOT, env=stage_env({}),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert stat.S_IMODE((store / POINTER_KEY).stat().st_mode) == mode
+    files = [p for p in store.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    kinds = {p.relative_to(store).parts[0] for p in files}
+    assert kinds == {"datasets", "models", "reports"}, files
+    assert {oct(stat.S_IMODE(p.stat().st_mode)) for p in files} == {oct(mode)}
+    assert not [p for p in store.rglob(".*.tmp")], "no temporary file is left behind"
