@@ -161,7 +161,7 @@ def test_publishes_a_verified_model_with_complete_metadata(
     assert set(baselines) == {"code_median", "global_median"}
     assert held_out["overall"]["mae"] < baselines["code_median"]["overall"]["mae"] < \
         baselines["global_median"]["overall"]["mae"]
-    assert baselines["code_median"]["overall"]["rows"] == 200
+    assert baselines["code_median"]["overall"]["rows"] == 1000
     assert meta["quarantine"] == {"max_bad_row_share": 0.01, "rows_set_aside": 0, "tranches": []}
     assert [h["rows_set_aside"] for h in meta["history"]] == [0, 0]
     coverage = [held_out["overall"]["coverage_p90"]] + [
@@ -506,7 +506,7 @@ def test_too_few_rows_in_the_window_is_refused_saying_what_is_needed(
     put(local_url, OLD_WEEK, simulate_tranche(40, seed=47).to_csv())
     key = put(local_url, NEW_WEEK, simulate_tranche(30, seed=48).to_csv())
     before = snapshot(local_url)
-    assert stage(local_url) == EXIT_BAD_DATA
+    assert stage(local_url, "--min-rows", "100") == EXIT_BAD_DATA
     assert snapshot(local_url) == before
     [error] = errors(caplog)
     assert key in error and "too_few_rows" in error
