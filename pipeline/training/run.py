@@ -428,7 +428,8 @@ def log_coverage(held_out: Evaluation) -> None:
     lowest = "per product code" if len(covered) <= 10 else (
         f"lowest of {len(covered):,} product codes")
     by_basis = "".join(f"; {b} parts {m.coverage_p90:.3f} on {m.rows} rows"
-                       for b, m in held_out.by_basis.items() if m.coverage_p90 is not None)
+                       for b, m in held_out.by_basis.items()
+                       if m.coverage_p90 is not None and m.rows)
     log.info("held-out coverage of the p90 bound: %.3f overall%s; %s: %s",
              held_out.overall.coverage_p90, by_basis, lowest,
              some(f"{code} {value:.3f}" for value, code in covered))
