@@ -53,10 +53,6 @@ def test_the_store_looks_like_the_real_data() -> None:
     assert (rows <= 2).sum() > len(rows) / 2, "most categories have one or two orders a week"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs the robust estimator of issue 20 items 3-6 (branch model): today's least-squares "
-    "curves chase the forgotten parcels and lose to the per-code median, so the gates refuse "
-    "them; with flat per-code medians in its place every Friday publishes"))
 def test_a_small_shop_gets_a_model_every_friday_with_the_defaults(
     local_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
