@@ -274,3 +274,17 @@ def test_the_options_are_checked() -> None:
 def test_rows_buckets_are_named_and_ordered() -> None:
     assert bucket_names()[:4] == ["0", "1", "2", "3-4"] and bucket_names()[-1] == "33+"
     assert rows_bucket(np.array([0.0, 1.0, 2.0, 4.0, 5.0, 40.0])).tolist() == [0, 1, 2, 3, 4, 7]
+
+
+def test_a_busy_part_rests_on_its_rows_of_every_week_moved_to_the_newest_level() -> None:
+    shop = HeavyShop(seed=6)
+    X, y = shop.weeks(600, [1.0, 0.5, 0.5, 0.5])  # the older weeks twice as fast
+    regressor = PooledDispatchRegressor(n_jobs=1).fit(X, y)
+    busy = "H0000"
+    assert regressor.bases_[busy] == "product"
+    assert regressor.fits_[busy].rows == int((X["product_code"] == busy).sum())
+    assert regressor.fits_[busy].rows > 2 * int(((X["product_code"] == busy)
+                                                 & (X[TRANCHE] == 0)).sum())
+    estimate = regressor.predict(frame([busy], np.array([75.0]), np.zeros(1)))[0]
+    newest_median = 40.0 * shop.factor[0] * regressor.summary_.next_week_level
+    assert 0.85 < estimate / newest_median < 1.15

@@ -6,7 +6,8 @@ whole catalogue, fitted on a log scale, where dispatch times are multiplicative 
 tail is tame:
 
 1. a part with at least ``min_rows_per_code`` rows in the newest tranche keeps its own curve
-   and bound, fitted on those rows (basis ``"product"``);
+   and bound (basis ``"product"``), fitted on its rows of the whole window, each older row
+   moved to the newest week's level (step 4's levels);
 2. the catalogue-wide curve ``C(x)`` is fitted on all newest rows with the same machinery (a
    flat median where ``orders_placed`` carries no signal) and resampled on at most
    ``catalogue_knots`` knots;
@@ -396,9 +397,6 @@ def fit_pooled(rows: Rows, regressor: "PooledDispatchRegressor",
     parts = len(names)
     newest = tranche == 0
     newest_rows = np.bincount(index[newest], minlength=parts).astype(np.float64)
-    frame = pd.DataFrame({CODE: pd.Categorical.from_codes(index[newest], names),
-                          ORDERS: orders[newest]})
-    product = regressor.product_regressor().fit(frame, hours[newest])
     # The catalogue's shape from the newest week (weeks differ in level and in their queues);
     # from the whole window when the newest week is too thin to cross-validate a curve on.
     source = newest if newest.sum() >= regressor.min_rows_per_code else np.ones_like(newest)
@@ -435,6 +433,8 @@ def fit_pooled(rows: Rows, regressor: "PooledDispatchRegressor",
     measured = np.bincount(tranche, minlength=weeks) > 0
     forecast, week_model = local_level_forecast(levels[measured], variances[measured])
     median_shift = float(np.median(residuals))
+    product = _fit_product_parts(regressor, names, index, orders, hours, tranche,
+                                 np.exp(z - levels[tranche]) - offset, newest_rows)
     scored: Tuple[FloatArray, IntArray] = (np.zeros(0), np.zeros(0, dtype=np.int64))
     if within_week:
         where = {code: i for i, code in enumerate(names)}
@@ -452,6 +452,24 @@ def fit_pooled(rows: Rows, regressor: "PooledDispatchRegressor",
         level_variance=shifts.level_variance,
         noise=shifts.noise, between=shifts.between[0], weeks=week_model,
         catalogue_family=family)
+
+
+def _fit_product_parts(
+    regressor: "PooledDispatchRegressor", names: Sequence[str], index: IntArray,
+    orders: FloatArray, hours: FloatArray, tranche: IntArray, at_newest_level: FloatArray,
+    newest_rows: FloatArray,
+) -> DispatchTimeRegressor:
+    """Each part with ``min_rows_per_code`` rows in the newest tranche gets its own curve,
+    fitted on its rows of every week of the window, each older row moved to the newest week's
+    level (the weeks' levels are warehouse-wide): a busy part's curve rests on the window, not
+    on one week that a holiday or a queue may have shifted."""
+    busy = newest_rows[index] >= regressor.min_rows_per_code
+    if not busy.any():  # no part of its own: the regressor says so for the newest rows
+        busy = tranche == 0
+    moved = np.where(tranche == 0, hours, np.maximum(at_newest_level, 0.0))[busy]
+    frame = pd.DataFrame({CODE: pd.Categorical.from_codes(index[busy], names),
+                          ORDERS: orders[busy]})
+    return regressor.product_regressor().fit(frame, moved)
 
 
 def _left_out_scores(shifts: Shifts, spread: Tuple[float, float], target: FloatArray,
