@@ -271,8 +271,9 @@ def bucket_names() -> List[str]:
 def group_quantiles(scores: FloatArray, groups: IntArray, level: float) -> FloatArray:
     """The conformal quantile per group (rows buckets, then product parts).
 
-    A rows bucket with fewer than MIN_BUCKET_ROWS scores borrows its neighbours' buckets; the
-    product group with too few borrows every score. No score at all: 0.
+    A rows bucket with fewer than MIN_BUCKET_ROWS scores borrows its neighbours' buckets, and
+    when all of them together have too few, every score (product parts' too); the product group
+    with too few borrows every score. No score at all: 0.
     """
     count = PRODUCT_GROUP + 1
     sizes = np.bincount(groups, minlength=count)
@@ -285,7 +286,8 @@ def group_quantiles(scores: FloatArray, groups: IntArray, level: float) -> Float
         while sizes[low:high].sum() < MIN_BUCKET_ROWS and (low > 0 or high < buckets):
             low, high = max(low - 1, 0), min(high + 1, buckets)
         chosen = (groups >= low) & (groups < high)
-        result[b] = conformal_quantile(scores[chosen] if chosen.any() else scores, level)
+        enough = sizes[low:high].sum() >= MIN_BUCKET_ROWS
+        result[b] = conformal_quantile(scores[chosen] if enough else scores, level)
     product = groups == PRODUCT_GROUP
     result[PRODUCT_GROUP] = conformal_quantile(
         scores[product] if product.sum() >= MIN_BUCKET_ROWS else scores, level)
