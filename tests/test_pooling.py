@@ -15,8 +15,8 @@ from sklearn.exceptions import NotFittedError
 from pipeline.model_format import DispatchModel, bound_violation
 from pipeline.simulate import SimulatedTranche, catalogue_world
 from pipeline.training.pooling import (
-    OUT_OF_TIME, TRANCHE, WITHIN_WEEK, PooledDispatchRegressor, bucket_names,
-    local_level_forecast, rows_bucket,
+    OUT_OF_TIME, PRODUCT_GROUP, TRANCHE, WITHIN_WEEK, PooledDispatchRegressor, bucket_names,
+    group_quantiles, local_level_forecast, rows_bucket,
 )
 
 
@@ -274,3 +274,26 @@ def test_the_options_are_checked() -> None:
 def test_rows_buckets_are_named_and_ordered() -> None:
     assert bucket_names()[:4] == ["0", "1", "2", "3-4"] and bucket_names()[-1] == "33+"
     assert rows_bucket(np.array([0.0, 1.0, 2.0, 4.0, 5.0, 40.0])).tolist() == [0, 1, 2, 3, 4, 7]
+
+
+def test_a_busy_part_rests_on_its_rows_of_every_week_moved_to_the_newest_level() -> None:
+    shop = HeavyShop(seed=6)
+    X, y = shop.weeks(600, [1.0, 0.5, 0.5, 0.5])  # the older weeks twice as fast
+    regressor = PooledDispatchRegressor(n_jobs=1).fit(X, y)
+    busy = "H0000"
+    assert regressor.bases_[busy] == "product"
+    assert regressor.fits_[busy].rows == int((X["product_code"] == busy).sum())
+    assert regressor.fits_[busy].rows > 2 * int(((X["product_code"] == busy)
+                                                 & (X[TRANCHE] == 0)).sum())
+    estimate = regressor.predict(frame([busy], np.array([75.0]), np.zeros(1)))[0]
+    newest_median = 40.0 * shop.factor[0] * regressor.summary_.next_week_level
+    assert 0.85 < estimate / newest_median < 1.15
+
+
+def test_a_bucket_with_a_few_scores_borrows_every_score_never_a_zero_width() -> None:
+    product = np.linspace(0.0, 2.0, 300)
+    scores = np.r_[product, -0.5, -0.2, -0.1]  # three rows of a new part, all below its estimate
+    groups = np.r_[np.full(300, PRODUCT_GROUP), np.zeros(3, dtype=np.int64)]
+    quantiles = group_quantiles(scores, groups, 0.9)
+    assert quantiles[PRODUCT_GROUP] == pytest.approx(np.quantile(product, 0.9), abs=0.02)
+    assert np.all(quantiles[:PRODUCT_GROUP] > 1.5)

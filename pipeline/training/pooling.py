@@ -6,7 +6,8 @@ whole catalogue, fitted on a log scale, where dispatch times are multiplicative 
 tail is tame:
 
 1. a part with at least ``min_rows_per_code`` rows in the newest tranche keeps its own curve
-   and bound, fitted on those rows (basis ``"product"``);
+   and bound (basis ``"product"``), fitted on its rows of the whole window, each older row
+   moved to the newest week's level (step 4's levels);
 2. the catalogue-wide curve ``C(x)`` is fitted on all newest rows with the same machinery (a
    flat median where ``orders_placed`` carries no signal) and resampled on at most
    ``catalogue_knots`` knots;
@@ -270,8 +271,9 @@ def bucket_names() -> List[str]:
 def group_quantiles(scores: FloatArray, groups: IntArray, level: float) -> FloatArray:
     """The conformal quantile per group (rows buckets, then product parts).
 
-    A rows bucket with fewer than MIN_BUCKET_ROWS scores borrows its neighbours' buckets; the
-    product group with too few borrows every score. No score at all: 0.
+    A rows bucket with fewer than MIN_BUCKET_ROWS scores borrows its neighbours' buckets, and
+    when all of them together have too few, every score (product parts' too); the product group
+    with too few borrows every score. No score at all: 0.
     """
     count = PRODUCT_GROUP + 1
     sizes = np.bincount(groups, minlength=count)
@@ -284,7 +286,8 @@ def group_quantiles(scores: FloatArray, groups: IntArray, level: float) -> Float
         while sizes[low:high].sum() < MIN_BUCKET_ROWS and (low > 0 or high < buckets):
             low, high = max(low - 1, 0), min(high + 1, buckets)
         chosen = (groups >= low) & (groups < high)
-        result[b] = conformal_quantile(scores[chosen] if chosen.any() else scores, level)
+        enough = sizes[low:high].sum() >= MIN_BUCKET_ROWS
+        result[b] = conformal_quantile(scores[chosen] if enough else scores, level)
     product = groups == PRODUCT_GROUP
     result[PRODUCT_GROUP] = conformal_quantile(
         scores[product] if product.sum() >= MIN_BUCKET_ROWS else scores, level)
@@ -396,9 +399,6 @@ def fit_pooled(rows: Rows, regressor: "PooledDispatchRegressor",
     parts = len(names)
     newest = tranche == 0
     newest_rows = np.bincount(index[newest], minlength=parts).astype(np.float64)
-    frame = pd.DataFrame({CODE: pd.Categorical.from_codes(index[newest], names),
-                          ORDERS: orders[newest]})
-    product = regressor.product_regressor().fit(frame, hours[newest])
     # The catalogue's shape from the newest week (weeks differ in level and in their queues);
     # from the whole window when the newest week is too thin to cross-validate a curve on.
     source = newest if newest.sum() >= regressor.min_rows_per_code else np.ones_like(newest)
@@ -435,6 +435,8 @@ def fit_pooled(rows: Rows, regressor: "PooledDispatchRegressor",
     measured = np.bincount(tranche, minlength=weeks) > 0
     forecast, week_model = local_level_forecast(levels[measured], variances[measured])
     median_shift = float(np.median(residuals))
+    product = _fit_product_parts(regressor, names, index, orders, hours, tranche,
+                                 np.exp(z - levels[tranche]) - offset, newest_rows)
     scored: Tuple[FloatArray, IntArray] = (np.zeros(0), np.zeros(0, dtype=np.int64))
     if within_week:
         where = {code: i for i, code in enumerate(names)}
@@ -452,6 +454,24 @@ def fit_pooled(rows: Rows, regressor: "PooledDispatchRegressor",
         level_variance=shifts.level_variance,
         noise=shifts.noise, between=shifts.between[0], weeks=week_model,
         catalogue_family=family)
+
+
+def _fit_product_parts(
+    regressor: "PooledDispatchRegressor", names: Sequence[str], index: IntArray,
+    orders: FloatArray, hours: FloatArray, tranche: IntArray, at_newest_level: FloatArray,
+    newest_rows: FloatArray,
+) -> DispatchTimeRegressor:
+    """Each part with ``min_rows_per_code`` rows in the newest tranche gets its own curve,
+    fitted on its rows of every week of the window, each older row moved to the newest week's
+    level (the weeks' levels are warehouse-wide): a busy part's curve rests on the window, not
+    on one week that a holiday or a queue may have shifted."""
+    busy = newest_rows[index] >= regressor.min_rows_per_code
+    if not busy.any():  # no part of its own: the regressor says so for the newest rows
+        busy = tranche == 0
+    moved = np.where(tranche == 0, hours, np.maximum(at_newest_level, 0.0))[busy]
+    frame = pd.DataFrame({CODE: pd.Categorical.from_codes(index[busy], names),
+                          ORDERS: orders[busy]})
+    return regressor.product_regressor().fit(frame, moved)
 
 
 def _left_out_scores(shifts: Shifts, spread: Tuple[float, float], target: FloatArray,
