@@ -49,6 +49,8 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from pipeline.artefacts import POINTER_KEY  # noqa: E402
+from pipeline.metadata import BasisParts, read_metadata  # noqa: E402
+from pipeline.model_format import POOLED_BASIS  # noqa: E402
 from pipeline.simulate import (  # noqa: E402
     CSV_HEADER, DEFAULT_PRODUCT_CODES, delivery_times, simulate_tranche, tranche_key,
     write_tranches,
@@ -184,10 +186,10 @@ def fitting_rate(folder: str, workers: int) -> str:
     rows); pooled parts cost no fit of their own, so they are counted apart.
     """
     pointer = json.loads(open_store(folder).read_bytes(POINTER_KEY))
-    metadata = json.loads(open_store(folder).read_bytes(pointer["metadata_key"]))
-    fitted = 2 * len(metadata["fits"])
-    pooled = (metadata.get("bases") or {}).get("pooled", {}).get("parts", 0)
-    seconds = float(metadata["training_seconds"])
+    metadata = read_metadata(open_store(folder).read_bytes(pointer["metadata_key"]))
+    fitted = 2 * len(metadata.fits)
+    pooled = metadata.bases.get(POOLED_BASIS, BasisParts()).parts or 0
+    seconds = metadata.training_seconds or float("nan")
     return (f"{fitted:,} own-curve part fits (split and refit) and {pooled:,} pooled parts in "
             f"{seconds:.1f} s of training: {fitted / seconds:.1f} fits/s, "
             f"{fitted / seconds / workers:.1f} per core")

@@ -14,6 +14,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from pipeline.artefacts import make_model_version, publish, read_pointer, sha256_hex  # noqa: E402
+from pipeline.metadata import Metadata  # noqa: E402
 from pipeline.model_format import (  # noqa: E402
     FORMAT, trained_ranges, upper_bound_curve, with_bounds,
 )
@@ -50,8 +51,8 @@ def publish_artefact(store_url: str, data: bytes) -> str:
     store = open_store(store_url)
     now = datetime.now(timezone.utc)
     version = make_model_version(now, sha256_hex(data))
-    metadata = {"model_version": version, "model_sha256": sha256_hex(data),
-                "created_at": now.isoformat()}
+    metadata = Metadata(model_version=version, model_sha256=sha256_hex(data),
+                        created_at=now.isoformat())
     found = read_pointer(store)
     publish(store, data, metadata, now, None if found is None else found[1])
     return version

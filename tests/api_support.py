@@ -19,7 +19,6 @@ from pipeline.artefacts import (
     LoadedModel,
     load_latest,
     make_model_version,
-    publish,
     read_pointer,
     sha256_hex,
 )
@@ -34,7 +33,7 @@ from pipeline.model_format import (
 from pipeline.simulate import DEFAULT_PRODUCT_CODES, simulate_tranche
 from pipeline.store import Store, open_store
 from pipeline.training.estimator import fit_model
-from tests.conftest import publish_unchecked
+from tests.conftest import publish_document, publish_unchecked
 
 SINGLE = "/api/v0.1/time_to_dispatch"
 BATCH = "/api/v0.1/time_to_dispatch/batch"
@@ -106,7 +105,7 @@ def publish_model(
     metadata.update(extra or {})
     found = read_pointer(store)
     token = found[1] if found else None
-    publish(store, data, metadata, trained_at + timedelta(minutes=1), token)
+    publish_document(store, data, metadata, trained_at + timedelta(minutes=1), token)
     return version
 
 
@@ -129,7 +128,7 @@ def publish_raw(
     found = read_pointer(store)
     token = found[1] if found else None
     if metadata_sha is None:
-        publish(store, artefact, metadata, TRAINED_AT, token)
+        publish_document(store, artefact, metadata, TRAINED_AT, token)
     else:
         publish_unchecked(store, version, artefact, metadata_sha)
 

@@ -8,11 +8,13 @@ import sys
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Any, Dict, Iterator, Optional
 
 import pytest
 
-from pipeline.artefacts import POINTER_KEY, Pointer, metadata_key, model_key, sha256_hex
+from pipeline.artefacts import (
+    POINTER_KEY, Pointer, create_once, metadata_key, model_key, sha256_hex,
+)
 from pipeline.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -87,6 +89,22 @@ def stage_env(extra: Dict[str, str]) -> Dict[str, str]:
     env.update(extra)
     env["PYTHONPATH"] = str(REPO_ROOT)
     return env
+
+
+def publish_document(
+    store: Store, artefact: bytes, document: Dict[str, Any], published_at: datetime,
+    token: Optional[str],
+) -> Pointer:
+    """Publish an artefact with a metadata document written exactly as given (any shape: an
+    older training run's or another writer's), objects first and the pointer last."""
+    version = str(document["model_version"])
+    metadata = json.dumps(document, indent=2, sort_keys=True).encode()
+    create_once(store, model_key(version), artefact)
+    create_once(store, metadata_key(version), metadata)
+    pointer = Pointer(version, model_key(version), sha256_hex(artefact), metadata_key(version),
+                      sha256_hex(metadata), published_at.isoformat())
+    store.write_if_unchanged(POINTER_KEY, pointer.to_json(), token)
+    return pointer
 
 
 def publish_unchecked(store: Store, version: str, artefact: bytes, recorded_sha256: str) -> None:

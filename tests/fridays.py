@@ -591,11 +591,11 @@ class Year:
         """Every order of a fresh draw whose part the model's history holds is answered."""
         assert self.world is not None
         loaded = load_latest(self.store)
-        if loaded.metadata.get("tranche", {}).get("key") != self.newest_key:
+        if loaded.metadata.tranche.key != self.newest_key:
             return []
         seen = set()
-        for entry in loaded.metadata.get("history", []):
-            seen |= set(tranche_codes(self.store.read_bytes(entry["key"])))
+        for entry in loaded.metadata.history:
+            seen |= set(tranche_codes(self.store.read_bytes(str(entry.key))))
         newest = Counter(tranche_codes(self.newest_good_bytes))
         fresh = self.world.tranche(number, draw=1)
         codes = [str(c) for c in fresh.product_code]
@@ -830,7 +830,7 @@ class Year:
         elif loaded.version != pointer_before:
             if f"{MODELS_PREFIX}{loaded.version}/model.json" in before:
                 problems.append(f"the pointer moved to {loaded.version}, not a new model")
-            trained_on = loaded.metadata.get("tranche", {}).get("key")
+            trained_on = loaded.metadata.tranche.key
             if trained_on != self.newest_key:
                 problems.append(f"published {loaded.version} trained on {trained_on}, "
                                 f"not the newest tranche {self.newest_key}")

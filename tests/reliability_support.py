@@ -25,6 +25,7 @@ import pytest
 
 from pipeline.artefacts import LoadedModel, Pointer, make_model_version, publish, read_pointer
 from pipeline.artefacts import sha256_hex
+from pipeline.metadata import Metadata
 from pipeline.model_format import Curve, DispatchModel
 from pipeline.store import Store
 
@@ -188,13 +189,13 @@ def publish_model(
     data = model.to_json()
     digest = sha256_hex(data)
     version = make_model_version(when, digest)
-    metadata = {
+    metadata = Metadata.model_validate({
         "model_version": version,
         "model_sha256": digest,
         "created_at": when.isoformat(),
         "product_codes": list(model.product_codes),
         "note": extra,
-    }
+    })
     found = read_pointer(store)
     return publish(store, data, metadata, when, None if found is None else found[1])
 
@@ -202,7 +203,7 @@ def publish_model(
 def assert_verifies(loaded: LoadedModel, pointer: Pointer) -> None:
     """A loaded model is the one a pointer names and predicts finite numbers."""
     assert loaded.pointer == pointer
-    assert loaded.metadata["model_version"] == pointer.model_version
+    assert loaded.metadata.model_version == pointer.model_version
     code = loaded.model.product_codes[0]
     assert np.isfinite(loaded.model.predict_one(code, 10.0))
 

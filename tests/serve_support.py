@@ -18,12 +18,14 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pipeline.artefacts import make_model_version, publish, read_pointer, sha256_hex
+from pipeline.artefacts import make_model_version, read_pointer, sha256_hex
 from pipeline.model_format import DispatchModel
 from pipeline.simulate import simulate_tranche
 from pipeline.store import open_store
 from pipeline.training.estimator import fit_model
-from tests.conftest import PIPELINE_DIR, PYTHON, REPO_ROOT, free_port, publish_unchecked
+from tests.conftest import (
+    PIPELINE_DIR, PYTHON, REPO_ROOT, free_port, publish_document, publish_unchecked,
+)
 
 SINGLE_PATH = "/api/v0.1/time_to_dispatch"
 BATCH_PATH = "/api/v0.1/time_to_dispatch/batch"
@@ -54,7 +56,7 @@ def publish_model(store_url: str, model: DispatchModel, when: Optional[datetime]
         "product_codes": list(model.product_codes),
     }
     found = read_pointer(store)
-    publish(store, data, metadata, created, None if found is None else found[1])
+    publish_document(store, data, metadata, created, None if found is None else found[1])
     return version
 
 

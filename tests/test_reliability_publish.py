@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from pipeline.artefacts import POINTER_KEY, load_latest, load_pointed, read_pointer
+from pipeline.metadata import Metadata
 from pipeline.simulate import simulate_tranche, tranche_key
 from pipeline.store import ConcurrentUpdate, open_store
 from tests.race_runner import race_problems
@@ -102,7 +103,7 @@ def _contend(url: str, scale: float, barrier: Any, results: Any) -> None:
     data = model.to_json()
     when = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=scale)
     digest = sha256_hex(data)
-    metadata = {"model_version": make_model_version(when, digest), "model_sha256": digest}
+    metadata = Metadata(model_version=make_model_version(when, digest), model_sha256=digest)
     if hasattr(store, "client"):
         store.client  # noqa: B018  (build the client before the race, not during it)
     barrier.wait(timeout=20)
@@ -163,13 +164,14 @@ def test_a_loser_leaves_only_complete_unreferenced_objects(store_url: str) -> No
     data = simple_model(3.0).to_json()
     when = datetime(2030, 1, 1, tzinfo=timezone.utc)
     digest = sha256_hex(data)
-    meta = {"model_version": make_model_version(when, digest), "model_sha256": digest}
+    version = make_model_version(when, digest)
     with pytest.raises(ConcurrentUpdate):
-        publish(store, data, meta, when, stale_token)
+        publish(store, data, Metadata(model_version=version, model_sha256=digest), when,
+                stale_token)
     assert load_latest(store).version == winner.model_version
     keys = store.list_keys("models/")
-    assert f"models/{meta['model_version']}/model.json" in keys
-    assert store.read_bytes(f"models/{meta['model_version']}/model.json") == data
+    assert f"models/{version}/model.json" in keys
+    assert store.read_bytes(f"models/{version}/model.json") == data
 
 
 def test_pointer_written_by_a_racer_always_verifies(store_url: str) -> None:

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pipeline import artefacts
+from pipeline.metadata import Metadata
 from pipeline.model_format import Curve, DispatchModel
 from pipeline.simulate import (
     DEFAULT_PRODUCT_CODES, expected_hours, noise_floor_mae, simulate_tranche, tranche_key,
@@ -134,43 +135,49 @@ def test_publishes_a_verified_model_with_complete_metadata(
     assert stage(store_url) == 0
     loaded = artefacts.load_latest(store)
     meta = loaded.metadata
-    assert meta["model_version"] == loaded.version
-    assert meta["tranche"]["key"] == keys[-1]
-    assert meta["tranche"]["sha256"] == artefacts.sha256_hex(store.read_bytes(keys[-1]))
-    assert meta["rows"]["total"] == 1000
-    assert meta["rows"]["train"] + meta["rows"]["test"] == 1000
-    assert meta["rows"]["test"] == 200
-    assert sum(meta["rows"]["per_product_code"].values()) == 1000
-    assert meta["product_codes"] == list(DEFAULT_PRODUCT_CODES)
-    assert set(meta["fits"]) == set(DEFAULT_PRODUCT_CODES)
-    held_out = meta["metrics"]["held_out"]
-    assert held_out["overall"]["rows"] == 200 and held_out["overall"]["r2"] > 0.8
-    assert set(held_out["per_product_code"]) == set(DEFAULT_PRODUCT_CODES)
-    gates = {g["gate"]: g["outcome"] for g in meta["gates"]}
+    assert meta.unknown_fields() == [], "training writes only fields the schema names"
+    assert meta.model_version == loaded.version
+    assert meta.tranche.key == keys[-1]
+    assert meta.tranche.sha256 == artefacts.sha256_hex(store.read_bytes(keys[-1]))
+    assert meta.rows.total == 1000
+    assert meta.rows.train is not None and meta.rows.test == 200
+    assert meta.rows.train + meta.rows.test == 1000
+    assert sum(meta.rows.per_product_code.values()) == 1000
+    assert meta.product_codes == list(DEFAULT_PRODUCT_CODES)
+    assert set(meta.fits) == set(DEFAULT_PRODUCT_CODES)
+    held_out = meta.held_out
+    assert held_out.overall.rows == 200 and (held_out.overall.r2 or 0.0) > 0.8
+    assert set(held_out.per_product_code) == set(DEFAULT_PRODUCT_CODES)
+    gates = {g.gate: g.outcome for g in meta.gates}
     assert gates == {
         "r2": "pass", "mae": "pass", "coverage_p90": "pass", "monotone": "pass",
         "non_negative": "pass",
         "bounded": "pass", "champion": "pass", "refit_monotone": "pass",
         "refit_non_negative": "pass", "refit_bounded": "pass",
     }
-    coverage = [held_out["overall"]["coverage_p90"]] + [
-        m["coverage_p90"] for m in held_out["per_product_code"].values()]
-    assert 0.8 < coverage[0] < 0.97 and all(0.0 <= c <= 1.0 for c in coverage)
+    coverage = [held_out.overall.coverage_p90] + [
+        m.coverage_p90 for _, m in held_out.per_product_code.items()]
+    assert 0.8 < (coverage[0] or 0.0) < 0.97
+    assert all(c is not None and 0.0 <= c <= 1.0 for c in coverage)
     model = loaded.model
     assert set(model.bounds) == set(model.ranges) == set(DEFAULT_PRODUCT_CODES)
-    rows = meta["rows"]["per_product_code"]
-    assert all(meta["fits"][code]["bound_quantile"] > 0 for code in rows)
+    fits = [meta.fits.get(code) for code in meta.rows.per_product_code]
+    assert all(f is not None and (f.bound_quantile or 0.0) > 0 for f in fits)
     assert all(low >= 0 and high > low for low, high in model.ranges.values())
-    assert meta["drift"]["previous_tranche"] == keys[0]
-    assert set(meta["drift"]["psi"]) == {"orders_placed", "hours_to_dispatch", "product_code"}
-    assert meta["git_commit"] == "abc1234"
+    assert meta.drift.previous_tranche == keys[0]
+    assert set(meta.drift.psi) == {"orders_placed", "hours_to_dispatch", "product_code"}
+    assert meta.git_commit == "abc1234"
     assert {"python", "numpy", "pandas", "pandera", "scikit-learn", "scipy"} <= set(
-        meta["library_versions"]
+        meta.library_versions
     )
-    assert meta["training_seconds"] > 0
-    assert meta["published_model"] == "refit on all rows"
-    assert meta["options"]["champion_tolerance"] == 0.05
-    assert datetime.fromisoformat(meta["created_at"]).tzinfo is not None
+    assert (meta.training_seconds or 0.0) > 0
+    assert meta.published_model == "refit on all rows"
+    assert meta.options.thresholds.coverage_min == 0.85
+    assert meta.options.to_data()["champion_tolerance"] == 0.05
+    assert meta.created is not None and meta.created.tzinfo is not None
+    assert meta.previous_model is None and meta.records_previous_model
+    assert meta.report is not None and meta.report.json_key is not None
+    assert store.read_bytes(artefacts.metadata_key(loaded.version)) == meta.to_json()
 
 
 def test_the_next_run_meets_the_champion_and_replaces_it(
@@ -181,9 +188,9 @@ def test_the_next_run_meets_the_champion_and_replaces_it(
     with caplog.at_level(logging.INFO):
         assert stage(published) == 0
     assert pointed_version(published) != champion
-    decision = [g for g in artefacts.load_latest(open_store(published)).metadata["gates"]
-                if g["gate"] == "champion"][0]
-    assert champion in decision["detail"] and decision["outcome"] == "pass"
+    decision = [g for g in artefacts.load_latest(open_store(published)).metadata.gates
+                if g.gate == "champion"][0]
+    assert champion in (decision.detail or "") and decision.outcome == "pass"
 
 
 def true_model(shape: str) -> DispatchModel:
@@ -200,7 +207,7 @@ def publish_model(url: str, model: DispatchModel) -> str:
     now = datetime.now(timezone.utc)
     version = artefacts.make_model_version(now, artefacts.sha256_hex(data))
     found = artefacts.read_pointer(store)
-    metadata = {"model_version": version, "model_sha256": artefacts.sha256_hex(data)}
+    metadata = Metadata(model_version=version, model_sha256=artefacts.sha256_hex(data))
     artefacts.publish(store, data, metadata, now, None if found is None else found[1])
     return version
 
@@ -239,9 +246,9 @@ def test_new_codes_are_learned_and_rare_ones_skipped_and_recorded(
     with caplog.at_level(logging.INFO):
         assert stage(published, "--history-weeks", "0") == 0
     meta = artefacts.load_latest(open_store(published)).metadata
-    assert "NEW001" in meta["product_codes"] and "RARE01" not in meta["product_codes"]
-    assert meta["rows"]["skipped_product_codes"] == {"RARE01": 10}
-    assert meta["bases"] == {"product": {"parts": 6}, "pooled": {"parts": 0}}
+    assert "NEW001" in meta.product_codes and "RARE01" not in meta.product_codes
+    assert meta.rows.skipped_product_codes == {"RARE01": 10}
+    assert {b: p.parts for b, p in meta.bases.items()} == {"product": 6, "pooled": 0}
     assert any("RARE01" in m for m in messages(caplog, logging.WARNING))
 
 
@@ -258,15 +265,19 @@ def test_with_history_a_rare_code_gets_a_pooled_curve(published: str) -> None:
     assert stage(published) == 0
     loaded = artefacts.load_latest(open_store(published))
     meta, model = loaded.metadata, loaded.model
-    assert "RARE01" in meta["product_codes"] and meta["rows"]["skipped_product_codes"] == {}
+    assert meta.unknown_fields() == []
+    assert "RARE01" in meta.product_codes and meta.rows.skipped_product_codes == {}
     assert model.bases["RARE01"] == "pooled" and model.bases["NEW001"] == "product"
-    assert meta["bases"] == {"product": {"parts": 6}, "pooled": {"parts": 1}}
-    assert set(meta["metrics"]["held_out"]["by_basis"]) == {"product", "pooled"}
+    assert {b: p.parts for b, p in meta.bases.items()} == {"product": 6, "pooled": 1}
+    assert set(meta.held_out.by_basis) == {"product", "pooled"}
+    assert meta.pooling is not None and meta.pooling.parts == {"product": 6, "pooled": 1}
     assert model.catalogue is not None
-    assert [h["newest"] for h in meta["history"]] == [True, False]
-    assert meta["history"][1]["key"] == tranche_key(OLD_WEEK)
-    report = json.loads(open_store(published).read_bytes(meta["report"]["json"]))
-    assert "tail" in report["figures"] and report["history"] == meta["history"]
+    assert [h.newest for h in meta.history] == [True, False]
+    assert meta.history[1].key == tranche_key(OLD_WEEK)
+    assert meta.report is not None and meta.report.json_key is not None
+    report = json.loads(open_store(published).read_bytes(meta.report.json_key))
+    assert "tail" in report["figures"]
+    assert report["history"] == [h.to_data() for h in meta.history]
     assert report["bases"] == {"product": 6, "pooled": 1}
 
 
@@ -282,9 +293,9 @@ def test_a_broken_older_tranche_is_left_out_with_one_warning_and_the_window_hold
     [warning] = [m for m in messages(caplog, logging.WARNING) if "older tranche" in m]
     assert broken in warning and "left out" in warning
     meta = artefacts.load_latest(open_store(local_url)).metadata
-    assert [h["key"] for h in meta["history"]] == [newest, good]
-    assert meta["history"][1]["rows"] == 500 and len(meta["history"][1]["sha256"]) == 64
-    assert [h["key"] for h in meta["history_left_out"]] == [broken]
+    assert [h.key for h in meta.history] == [newest, good]
+    assert meta.history[1].rows == 500 and len(meta.history[1].sha256 or "") == 64
+    assert [h.key for h in meta.history_left_out] == [broken]
 
 
 def test_log_lines_stay_short_however_many_product_codes(
@@ -297,7 +308,7 @@ def test_log_lines_stay_short_however_many_product_codes(
     with caplog.at_level(logging.INFO):
         assert stage(local_url, "--no-report", "--history-weeks", "0") == 0
     meta = artefacts.load_latest(open_store(local_url)).metadata
-    assert len(meta["rows"]["skipped_product_codes"]) == 3000, "the metadata keeps every code"
+    assert len(meta.rows.skipped_product_codes) == 3000, "the metadata keeps every code"
     lines = [r.getMessage() for r in caplog.records]
     assert max(len(line) for line in lines) < 2000
     [skipped] = [m for m in messages(caplog, logging.WARNING) if "not learned" in m]
@@ -310,8 +321,8 @@ def test_no_refit_publishes_the_model_fitted_on_the_training_rows(local_url: str
     put(local_url, NEW_WEEK, simulate_tranche(1000, seed=15).to_csv())
     assert stage(local_url, "--no-refit") == 0
     meta = artefacts.load_latest(open_store(local_url)).metadata
-    assert meta["published_model"] == "fitted on the training rows"
-    assert not any(g["gate"].startswith("refit_") for g in meta["gates"])
+    assert meta.published_model == "fitted on the training rows"
+    assert not any((g.gate or "").startswith("refit_") for g in meta.gates)
 
 
 # ------------------------------------------------------------ every bad tranche, one by one
@@ -432,8 +443,8 @@ def test_min_rows_per_code_boundary(edge_rows: int, learned: bool, local_url: st
     put(local_url, NEW_WEEK, simulate_tranche(1000, seed=19).to_csv() + edge.encode())
     assert stage(local_url, "--min-rows-per-code", "30", "--history-weeks", "0") == 0
     meta = artefacts.load_latest(open_store(local_url)).metadata
-    assert ("EDGE" in meta["product_codes"]) == learned
-    assert meta["rows"]["skipped_product_codes"] == ({} if learned else {"EDGE": 29})
+    assert ("EDGE" in meta.product_codes) == learned
+    assert meta.rows.skipped_product_codes == ({} if learned else {"EDGE": 29})
     assert stage(local_url, "--min-rows-per-code", "30", "--force", "--no-report") == 0
     model = artefacts.load_latest(open_store(local_url)).model
     assert model.bases["EDGE"] == ("product" if learned else "pooled")
@@ -500,16 +511,14 @@ def test_module_form_publishes_from_the_repo_root(local_url: str) -> None:
     done = run_cli([PYTHON, "-m", "pipeline.train_model", local_url], REPO_ROOT, stage_env({}))
     assert done.returncode == 0, done.stderr
     assert "ERROR" not in done.stderr and "published model" in done.stderr
-    assert artefacts.load_latest(open_store(local_url)).metadata["rows"]["total"] == 1000
+    assert artefacts.load_latest(open_store(local_url)).metadata.rows.total == 1000
 
 
 def test_bodywork_form_publishes_to_s3(s3_url: str, aws_env: Dict[str, str]) -> None:
     put(s3_url, NEW_WEEK, rows(1000))
     done = run_cli([PYTHON, "train_model.py", s3_url], PIPELINE_DIR, stage_env(aws_env))
     assert done.returncode == 0, done.stderr
-    assert artefacts.load_latest(open_store(s3_url)).metadata["tranche"]["key"] == tranche_key(
-        NEW_WEEK
-    )
+    assert artefacts.load_latest(open_store(s3_url)).metadata.tranche.key == tranche_key(NEW_WEEK)
 
 
 def test_cli_failure_is_one_error_line_without_traceback(published: str) -> None:

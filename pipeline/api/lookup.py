@@ -13,7 +13,6 @@ vectorised one for a batch, equal row for row.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import pickle
@@ -31,6 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from pipeline.metadata import HeldOut, Metadata, MetadataError, parse_document, read_metadata
 from pipeline.model_format import (
     BASES,
     BASIS_KEY,
@@ -151,11 +151,11 @@ def prepare(model_bytes: bytes, metadata_bytes: bytes, model_sha256: str) -> Pre
             bases = _bases(codes, basis_specs)
         if document.get(CATALOGUE_KEY) is not None:
             catalogue = _catalogue(document[CATALOGUE_KEY])
-    metadata = _metadata(metadata_bytes, model_sha256)
+    document, metadata = _metadata(metadata_bytes, model_sha256)
     lengths = np.fromiter(map(len, codes), dtype=np.int64, count=len(codes))
     return Prepared(
         version, "".join(codes), np.cumsum(lengths), curves, bounds, ranges, bases, catalogue,
-        summarise_metadata(metadata), _coverage(metadata, codes), match_index(codes),
+        summarise_metadata(document), _coverage(metadata.held_out, codes), match_index(codes),
     )
 
 
@@ -388,37 +388,29 @@ def _catalogue(spec: Any) -> Catalogue:
     return Catalogue(curve, bound)
 
 
-def _metadata(data: bytes, model_sha256: str) -> Dict[str, Any]:
+def _metadata(data: bytes, model_sha256: str) -> Tuple[Dict[str, Any], Metadata]:
+    """The metadata document as parsed and as read; MetadataMismatch unless it describes the
+    artefact."""
     try:
-        metadata = json.loads(data)
-    except ValueError as exc:
-        raise MetadataMismatch(f"model metadata is not JSON: {exc}") from exc
-    if not isinstance(metadata, dict) or metadata.get("model_sha256") != model_sha256:
+        document = parse_document(data)
+    except MetadataError as exc:
+        raise MetadataMismatch(f"model metadata is {exc}") from exc
+    metadata = read_metadata(document)
+    if metadata.model_sha256 != model_sha256:
         raise MetadataMismatch("the metadata does not describe the artefact it sits beside")
-    return metadata
+    return document, metadata
 
 
-def _mapping(value: Any, key: str) -> Dict[str, Any]:
-    found = value.get(key) if isinstance(value, dict) else None
-    return found if isinstance(found, dict) else {}
-
-
-def number(value: Any) -> Optional[float]:
-    """A finite JSON number as a float, else None."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        as_float = float(value)
-        if math.isfinite(as_float):
-            return as_float
-    return None
-
-
-def _coverage(metadata: Dict[str, Any], codes: Sequence[str]) -> FloatArray:
-    """Per code, ``metrics.held_out.per_product_code.<code>.coverage_p90`` (NaN where absent)."""
-    per_code = _mapping(_mapping(_mapping(metadata, "metrics"), "held_out"), "per_product_code")
+def _coverage(held_out: HeldOut, codes: Sequence[str]) -> FloatArray:
+    """Per code, its held-out p90 coverage as recorded (NaN where absent or not finite)."""
+    per_code = held_out.per_product_code
     if not per_code:
         return np.full(len(codes), math.nan)
-    found = (number(_mapping(per_code, code).get("coverage_p90")) for code in codes)
-    return np.fromiter((math.nan if v is None else v for v in found), np.float64, len(codes))
+    found = (per_code.get(code) for code in codes)
+    values = np.fromiter((math.nan if s is None or s.coverage_p90 is None else s.coverage_p90
+                          for s in found), np.float64, len(codes))
+    values[~np.isfinite(values)] = math.nan
+    return values
 
 
 def summarise(value: Any, budget: Optional[List[int]] = None, items: int = SUMMARY_ITEMS) -> Any:

@@ -13,6 +13,7 @@ import numpy.typing as npt
 from scipy.stats import binomtest
 from sklearn.metrics import mean_absolute_error, r2_score
 
+from pipeline.metadata import ByCode, Gate, HeldOut, Scores
 from pipeline.model_format import BASES, DispatchModel, rows_by_code
 from pipeline.training.listing import some
 from pipeline.training.validation import ValidTranche
@@ -42,10 +43,13 @@ class Decision:
     detail: str
     value: Optional[float] = None
 
+    def to_metadata(self) -> Gate:
+        """As the metadata records it."""
+        return Gate(gate=self.gate, outcome=self.outcome, detail=self.detail, value=self.value)
+
     def to_dict(self) -> Dict[str, Any]:
-        """A JSON-ready form for the metadata."""
-        return {"gate": self.gate, "outcome": self.outcome, "detail": self.detail,
-                "value": self.value}
+        """A JSON-ready form, as in the metadata."""
+        return self.to_metadata().to_data()
 
 
 @dataclass(frozen=True)
@@ -57,13 +61,12 @@ class Metrics:
     r2: float
     coverage_p90: Optional[float] = None
 
-    def to_dict(self) -> Dict[str, Any]:
-        """A JSON-ready form (``coverage_p90`` only for a model with a bound)."""
-        result: Dict[str, Any] = {"rows": self.rows, "mae": round(self.mae, 6),
-                                  "r2": round(self.r2, 6)}
-        if self.coverage_p90 is not None:
-            result["coverage_p90"] = round(self.coverage_p90, 6)
-        return result
+    def to_metadata(self) -> Scores:
+        """As the metadata records it (``coverage_p90`` only for a model with a bound)."""
+        mae, r2 = round(self.mae, 6), round(self.r2, 6)
+        if self.coverage_p90 is None:
+            return Scores(rows=self.rows, mae=mae, r2=r2)
+        return Scores(rows=self.rows, mae=mae, r2=r2, coverage_p90=round(self.coverage_p90, 6))
 
 
 @dataclass(frozen=True)
@@ -76,24 +79,28 @@ class Evaluation:
     unscored_rows: int
     by_basis: Dict[str, Metrics] = field(default_factory=dict)
 
+    def to_metadata(self) -> HeldOut:
+        """As the metadata records it (``by_basis`` only for a model with bases)."""
+        overall = self.overall.to_metadata()
+        per_code = ByCode(Scores, {c: m.to_metadata() for c, m in sorted(self.per_code.items())})
+        if not self.by_basis:
+            return HeldOut(overall=overall, per_product_code=per_code,
+                           unscored_rows=self.unscored_rows)
+        return HeldOut(overall=overall, per_product_code=per_code, unscored_rows=self.unscored_rows,
+                       by_basis={b: _scored(m) for b, m in self.by_basis.items()})
+
     def to_dict(self) -> Dict[str, Any]:
-        """A JSON-ready form (``by_basis`` only for a model with bases)."""
-        result: Dict[str, Any] = {
-            "overall": self.overall.to_dict(),
-            "per_product_code": {c: m.to_dict() for c, m in sorted(self.per_code.items())},
-            "unscored_rows": self.unscored_rows,
-        }
-        if self.by_basis:
-            result["by_basis"] = {b: _scored(m) for b, m in self.by_basis.items()}
-        return result
+        """A JSON-ready form, as in the metadata."""
+        return self.to_metadata().to_data()
 
 
-def _scored(measured: Metrics) -> Dict[str, Any]:
-    """``measured`` as JSON; a basis without rows has null scores, since nothing was measured."""
-    found = measured.to_dict()
-    if measured.rows == 0:
-        found.update({key: None for key in found if key != "rows"})
-    return found
+def _scored(measured: Metrics) -> Scores:
+    """``measured`` as recorded; a basis without rows has null scores: nothing was measured."""
+    if measured.rows:
+        return measured.to_metadata()
+    if measured.coverage_p90 is None:
+        return Scores(rows=0, mae=None, r2=None)
+    return Scores(rows=0, mae=None, r2=None, coverage_p90=None)
 
 
 def metrics(
