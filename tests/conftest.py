@@ -8,13 +8,16 @@ import sys
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Tuple
 
+import numpy as np
 import pytest
 
+from pipeline.api.lookup import Lookup, prepare
 from pipeline.artefacts import (
     POINTER_KEY, Pointer, create_once, metadata_key, model_key, sha256_hex,
 )
+from pipeline.model_format import Curve, DispatchModel
 from pipeline.store import Store
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -89,6 +92,26 @@ def stage_env(extra: Dict[str, str]) -> Dict[str, str]:
     env.update(extra)
     env["PYTHONPATH"] = str(REPO_ROOT)
     return env
+
+
+def at(curve: Curve, orders: float) -> float:
+    """A curve's estimate at one order count (through Curve.predict)."""
+    return float(curve.predict(np.array([orders], dtype=np.float64))[0])
+
+
+def served(model: DispatchModel) -> Lookup:
+    """The model as the service holds it: its artefact parsed, checked and put in columns."""
+    return Lookup(prepare(model.to_json(), b'{"model_sha256": "s"}', "s"))
+
+
+def answers(
+    model: DispatchModel, code: str, orders: float
+) -> Tuple[float, Optional[float], Optional[bool]]:
+    """A model's estimate, p90 bound and extrapolated flag for one row (its batch path);
+    KeyError for a code it does not know."""
+    estimate, upper, outside = model.predict_bounded([code], [orders])
+    return (float(estimate[0]), None if upper is None else float(upper[0]),
+            None if outside is None else bool(outside[0]))
 
 
 def publish_document(

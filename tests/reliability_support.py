@@ -205,7 +205,7 @@ def assert_verifies(loaded: LoadedModel, pointer: Pointer) -> None:
     assert loaded.pointer == pointer
     assert loaded.metadata.model_version == pointer.model_version
     code = loaded.model.product_codes[0]
-    assert np.isfinite(loaded.model.predict_one(code, 10.0))
+    assert np.all(np.isfinite(loaded.model.predict([code], [10.0])))
 
 
 class MarkerPayload:

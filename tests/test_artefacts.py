@@ -43,7 +43,7 @@ def test_published_model_loads_back_verified(store_url: str) -> None:
     version = _publish(store)
     loaded = load_latest(store)
     assert loaded.version == version
-    assert loaded.model.predict_one("SKU001", 50.0) == pytest.approx(3.5)
+    assert loaded.model.predict(["SKU001"], [50.0]).tolist() == [pytest.approx(3.5)]
     assert loaded.metadata.model_version == version
     assert store.list_keys("models/") == sorted(
         [POINTER_KEY, model_key(version), metadata_key(version)]
