@@ -201,7 +201,21 @@ def publish(
         raise ValueError("metadata without a model_version")
     if metadata.model_sha256 != sha256_hex(model_bytes):
         raise ValueError("metadata's model_sha256 does not match the artefact")
-    metadata_bytes = metadata.to_json()
+    return publish_objects(store, version, model_bytes, metadata.to_json(), published_at,
+                           expected_token)
+
+
+def publish_objects(
+    store: Store,
+    version: str,
+    model_bytes: bytes,
+    metadata_bytes: bytes,
+    published_at: datetime,
+    expected_token: Optional[str],
+) -> Pointer:
+    """The order of a publish: artefact, then metadata (each created only if absent), then the
+    pointer, moved only if it still holds ``expected_token``. :func:`publish` checks the
+    metadata and writes it with this; raises as it does."""
     create_once(store, model_key(version), model_bytes)
     create_once(store, metadata_key(version), metadata_bytes)
     pointer = Pointer(

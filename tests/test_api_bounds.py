@@ -11,7 +11,7 @@ from starlette.testclient import TestClient
 from pipeline.api.app import refresh_once
 from pipeline.artefacts import load_latest
 from pipeline.store import Store
-from tests.api_support import BATCH, CODES, SINGLE, make_app, new_store, publish_model, rows
+from tests.api_support import BATCH, CODES, SINGLE, make_app, new_store, publish_fitted, rows
 from tests.conftest import answers
 
 MODEL = "/api/v0.1/model"
@@ -127,7 +127,7 @@ def test_a_swap_from_format_1_to_format_2_brings_the_bound(tmp_path: Path) -> No
     row = {"product_code": "SKU001", "orders_placed": 50}
     with TestClient(app) as client:
         before = client.post(SINGLE, json=row).json()
-        publish_model(store, seed=3)
+        publish_fitted(store, seed=3)
         assert refresh_once(app.state).outcome == "swapped"
         after = client.post(SINGLE, json=row).json()
     assert before["p90_hours_to_dispatch"] is None
@@ -151,7 +151,7 @@ def test_model_endpoint_reads_held_out_coverage_from_the_metadata(
     tmp_path: Path, held_out: Dict[str, Any], overall: Any, sku001: Any
 ) -> None:
     store = new_store(tmp_path)
-    publish_model(store, seed=4, extra={"metrics": {"held_out": held_out}})
+    publish_fitted(store, seed=4, extra={"metrics": {"held_out": held_out}})
     with TestClient(make_app(store)) as client:
         body = json.loads(client.get(MODEL).text)
         listed = json.loads(client.get(CODES_PAGE).text)["product_codes"]

@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, assume, given, settings
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from benchmarks.serving_support import catalogue_artefact
 from pipeline.api.lookup import Lookup, prepare
 from pipeline.artefacts import load_latest
 from pipeline.model_format import CatalogueCurve, Curve, DispatchModel, ModelFormatError
 from pipeline.store import Store
+from testing_support.models import catalogue_artefact
 from tests.api_support import BATCH, CODES, SINGLE, make_app, new_store, publish_raw, rows
 from tests.conftest import answers, at
 from tests.test_reliability_model import near_artefacts

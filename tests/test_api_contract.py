@@ -276,10 +276,10 @@ def test_model_endpoint_gives_metadata(client: TestClient, store: Store) -> None
 
 
 def test_non_finite_metadata_is_served_as_strict_json(tmp_path: Path) -> None:
-    from tests.api_support import publish_model
+    from tests.api_support import publish_fitted
 
     store = new_store(tmp_path)
-    publish_model(store, seed=2, extra={"metrics": {"r2": float("nan")}, "big": 10**30})
+    publish_fitted(store, seed=2, extra={"metrics": {"r2": float("nan")}, "big": 10**30})
     with TestClient(make_app(store)) as client:
         response = client.get("/api/v0.1/model")
     assert response.status_code == 200

@@ -17,7 +17,7 @@ from pipeline.metadata import (
     ByCode, Fit, Gate, HeldOut, Metadata, MetadataError, Metrics, Scores, Section, read_metadata,
     read_realised,
 )
-from tests.conftest import PYTHON, REPO_ROOT
+from testing_support.stages import PYTHON, REPO_ROOT
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "metadata"
 CURRENT = FIXTURES / "2026-12-03-9ed8c2f.json"

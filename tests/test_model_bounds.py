@@ -20,7 +20,7 @@ from pipeline.model_format import (
     upper_bound_curve,
     with_bounds,
 )
-from tests.api_support import v1_artefact, with_test_bounds
+from testing_support.models import v1_artefact, with_test_bounds
 from tests.conftest import answers, at
 
 ESTIMATE = Curve((0.0, 100.0, 200.0), (1.0, 3.0, 4.0))

@@ -19,7 +19,7 @@ from pipeline import train_model
 from pipeline.simulate import simulate_tranche, tranche_key
 from pipeline.store import Store, open_store
 from pipeline.training import run as stage_run
-from tests.conftest import PYTHON, REPO_ROOT, stage_env
+from testing_support.stages import PYTHON, REPO_ROOT, stage_env
 
 FIRST_WEEK = datetime(2026, 10, 2, 23, tzinfo=timezone.utc)
 ALWAYS_PUBLISH = ["--champion-tolerance", "100", "--no-report"]

@@ -28,18 +28,12 @@ from pipeline.artefacts import POINTER_KEY, load_latest, load_pointed, read_poin
 from pipeline.metadata import Metadata
 from pipeline.simulate import simulate_tranche, tranche_key
 from pipeline.store import ConcurrentUpdate, open_store
-from tests.race_runner import race_problems
-from tests.reliability_runner import EXIT_CRASHED
-from tests.reliability_support import (
-    assert_verifies,
-    full_only,
-    REPO_ROOT,
-    publish_model,
-    run_stage,
-    simple_model,
-    snapshot,
-    stage_environment,
-)
+from testing_support.models import publish_model, simple_model
+from testing_support.races import race_problems
+from testing_support.stage_faults import EXIT_CRASHED
+from testing_support.stages import REPO_ROOT, run_stage, stage_env
+from testing_support.stores import snapshot
+from tests.reliability_support import assert_verifies, full_only
 
 CONTENDERS = 4
 ROUNDS = 3
@@ -66,7 +60,7 @@ def test_train_killed_mid_publish_leaves_the_previous_model(
     store.write_bytes(tranche_key("2026-11-13T23:00:00"), simulate_tranche(1000, seed=4).to_csv())
     previous = publish_model(store, simple_model(1.0))
     before = snapshot(store)
-    env = stage_environment(aws)
+    env = stage_env(aws)
     done = run_stage("pipeline.train_model", [url], env,
                      faults=("--exit-on-write", CRASH_POINTS[crash]))
     assert done.returncode == EXIT_CRASHED, done.stderr
@@ -210,9 +204,9 @@ def test_four_train_runs_at_once_never_corrupt_the_store(
               (("local", local_url), ("s3", s3_url))}
     runners = {
         kind: subprocess.Popen(
-            [sys.executable, "-m", "tests.race_runner", "--contenders", "4",
+            [sys.executable, "-m", "testing_support.races", "--contenders", "4",
              *(url for url, _ in stores), "--", *RACE_TRAIN_ARGS],
-            cwd=REPO_ROOT, env=stage_environment(aws_env), stdout=subprocess.PIPE, text=True,
+            cwd=REPO_ROOT, env=stage_env(aws_env), stdout=subprocess.PIPE, text=True,
         )
         for kind, stores in trials.items()
     }

@@ -10,7 +10,7 @@ from typing import List
 
 import pytest
 
-from tests.conftest import PIPELINE_DIR, PYTHON, REPO_ROOT, stage_env
+from testing_support.stages import PIPELINE_DIR, PYTHON, REPO_ROOT, stage_env
 
 TRAINING_ONLY = ("pipeline.training", "sklearn", "pandas", "pandera", "scipy", "matplotlib",
                  "dask", "distributed")

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from pipeline import artefacts
-from pipeline.metadata import Metadata
 from pipeline.model_format import Curve, DispatchModel
 from pipeline.simulate import (
     DEFAULT_PRODUCT_CODES, expected_hours, noise_floor_mae, simulate_tranche, tranche_key,
@@ -24,8 +23,9 @@ from pipeline.train_model import main
 from pipeline.training.run import (
     EXIT_BAD_DATA, EXIT_CONCURRENT, EXIT_GATES, EXIT_NO_TRANCHE, EXIT_STORE, split_rows,
 )
-from tests.conftest import PIPELINE_DIR, PYTHON, REPO_ROOT, free_port, stage_env
-from tests.reliability_support import is_run_record
+from testing_support.models import publish_model
+from testing_support.stages import PIPELINE_DIR, PYTHON, REPO_ROOT, free_port, stage_env
+from testing_support.stores import is_run_record
 
 OLD_WEEK = "2026-11-13T23:00:00"
 NEW_WEEK = "2026-11-20T23:00:00"
@@ -201,21 +201,10 @@ def true_model(shape: str) -> DispatchModel:
     })
 
 
-def publish_model(url: str, model: DispatchModel) -> str:
-    store = open_store(url)
-    data = model.to_json()
-    now = datetime.now(timezone.utc)
-    version = artefacts.make_model_version(now, artefacts.sha256_hex(data))
-    found = artefacts.read_pointer(store)
-    metadata = Metadata(model_version=version, model_sha256=artefacts.sha256_hex(data))
-    artefacts.publish(store, data, metadata, now, None if found is None else found[1])
-    return version
-
-
 def test_a_better_champion_is_deliberately_kept(
     local_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    champion = publish_model(local_url, true_model("saturating"))
+    champion = publish_model(local_url, true_model("saturating")).model_version
     tranche = simulate_tranche(1000, seed=21, shape="saturating", noise_sd=0.01)
     put(local_url, NEW_WEEK, tranche.to_csv())
     before = snapshot(local_url)
