@@ -7,6 +7,9 @@ Layout under the store root::
     models/<model_version>/model.json              the artefact (JSON, no code)
     models/<model_version>/metadata.json           its metadata, with the artefact's sha256
     models/latest.json                             the pointer: version, keys and both sha256s
+    quarantine/<tranche name>.csv                  rows a tranche set aside, with the rule each
+                                                   broke and its line (pipeline/training/
+                                                   validation.py)
 
 The immutable objects are created first, only if absent (a version is unique per
 publish and an object once written is never rewritten), and the pointer last, with a
@@ -261,6 +264,7 @@ def _holds(store: Store, key: str, data: bytes) -> bool:
 
 TRANCHE_PREFIX = f"{DATASETS_PREFIX}time_to_dispatch_"
 TRANCHE_SUFFIX = ".csv"
+QUARANTINE_PREFIX = "quarantine/"
 _SHOWN = 10
 
 log = logging.getLogger(__name__)
@@ -322,6 +326,17 @@ def parse_timestamp(text: str) -> Optional[datetime]:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=timezone.utc)
     return moment.astimezone(timezone.utc)
+
+
+def tranche_name(key: str) -> str:
+    """A tranche's name: its file's stem (``time_to_dispatch_2026-11-20T23:00:00``)."""
+    name = key.rsplit("/", 1)[-1]
+    return name[:-len(TRANCHE_SUFFIX)] if name.endswith(TRANCHE_SUFFIX) else name
+
+
+def quarantine_key(tranche_key: str) -> str:
+    """Where the rows a tranche set aside are kept: ``quarantine/<tranche name>.csv``."""
+    return f"{QUARANTINE_PREFIX}{tranche_name(tranche_key)}{TRANCHE_SUFFIX}"
 
 
 def tranche_timestamp(key: str) -> Optional[datetime]:

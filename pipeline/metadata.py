@@ -166,15 +166,26 @@ class Scores(Section):
     coverage_p90: Optional[StrictFloat] = None
 
 
+class Baseline(Section):
+    """A naive peer's accuracy on the model's held-out rows (the gates compare the two): overall
+    and, for a model with bases, per basis."""
+
+    overall: Scores = Scores()
+    by_basis: Dict[str, Scores] = {}
+
+
 class HeldOut(Section):
     """The model's accuracy on the held-out rows: overall, per code and (pooled models) per
-    basis; ``unscored_rows`` are held-out rows of codes it does not know. ``coverage_p90``
-    beside them is no training run's: the service has read the overall coverage there too."""
+    basis; ``unscored_rows`` are held-out rows of codes it does not know; ``baselines`` (from
+    the gates against the window's medians on) the peers' on the same rows, by name.
+    ``coverage_p90`` beside them is no training run's: the service has read the overall
+    coverage there too."""
 
     overall: Scores = Scores()
     per_product_code: ByCode[Scores] = Field(default_factory=by_code(Scores))
     unscored_rows: Optional[StrictInt] = None
     by_basis: Dict[str, Scores] = {}
+    baselines: Dict[str, Baseline] = {}
     coverage_p90: Optional[StrictFloat] = None
 
     @property
@@ -228,11 +239,13 @@ class Fit(Section):
 
 
 class HistoryTranche(Section):
-    """A tranche that fed the model (the newest first)."""
+    """A tranche that fed the model (the newest first): its valid rows and (from the quarantine
+    on) the rows it set aside."""
 
     key: Optional[StrictStr] = None
     sha256: Optional[StrictStr] = None
     rows: Optional[StrictInt] = None
+    rows_set_aside: Optional[StrictInt] = None
     newest: Optional[StrictBool] = None
 
 
@@ -241,6 +254,26 @@ class LeftOut(Section):
 
     key: Optional[StrictStr] = None
     reason: Optional[StrictStr] = None
+
+
+class QuarantinedTranche(Section):
+    """A tranche that set rows aside: its data rows, those set aside, the rows breaking each
+    rule, and the quarantine file that keeps them."""
+
+    key: Optional[StrictStr] = None
+    quarantine: Optional[StrictStr] = None
+    rows_read: Optional[StrictInt] = None
+    rows_set_aside: Optional[StrictInt] = None
+    rules: Dict[str, StrictInt] = {}
+
+
+class Quarantine(Section):
+    """The rows set aside for breaking a row rule: the share a tranche may set aside, how many
+    in all, and each tranche that set some aside (the newest first)."""
+
+    max_bad_row_share: Optional[StrictFloat] = None
+    rows_set_aside: Optional[StrictInt] = None
+    tranches: List[QuarantinedTranche] = []
 
 
 class BasisParts(Section):
@@ -329,8 +362,9 @@ class Metadata(Section):
 
     ``previous_model`` and ``report`` are written from the models command's first version
     on (``previous_model`` null for a first model); ``history*``, ``bases`` and ``pooling``
-    from the history window's. ``trained_at`` is no training run's: the service's first
-    tests wrote it for ``created_at``.
+    from the history window's; ``quarantine`` (and ``history[].rows_set_aside``) from the
+    rows set aside's. ``trained_at`` is no training run's: the service's first tests wrote it
+    for ``created_at``.
     """
 
     model_version: Optional[StrictStr] = None
@@ -343,6 +377,7 @@ class Metadata(Section):
     history: List[HistoryTranche] = []
     history_left_out: List[LeftOut] = []
     history_weeks: Optional[StrictInt] = None
+    quarantine: Optional[Quarantine] = None
     bases: Dict[str, BasisParts] = {}
     pooling: Optional[Pooling] = None
     published_model: Optional[StrictStr] = None

@@ -22,8 +22,7 @@ from pipeline.training.drift import DEFAULT_DRIFT_THRESHOLD
 from pipeline.training.estimator import DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE
 from pipeline.training.gates import (
     DEFAULT_CHAMPION_TOLERANCE, DEFAULT_COVERAGE_MIN, DEFAULT_GRID_EXTEND, DEFAULT_LABEL_FACTOR,
-    DEFAULT_MAE_MAX, DEFAULT_MAE_WARN, DEFAULT_R2_MIN, DEFAULT_R2_WARN, LogicOptions,
-    MetricThresholds,
+    LogicOptions, MetricThresholds,
 )
 from pipeline.training.report import UNCHANGED, RunRecord, write_report
 from pipeline.training.run import (
@@ -31,7 +30,9 @@ from pipeline.training.run import (
     EXIT_BAD_DATA, EXIT_CONCURRENT, EXIT_GATES, EXIT_NO_TRANCHE, EXIT_OK, EXIT_STORE, TrainOptions,
     run_and_record,
 )
-from pipeline.training.validation import DEFAULT_MAX_HOURS, DEFAULT_MIN_ROWS, ContractOptions
+from pipeline.training.validation import (
+    DEFAULT_MAX_BAD_ROW_SHARE, DEFAULT_MAX_HOURS, DEFAULT_MIN_ROWS, ContractOptions,
+)
 
 log = logging.getLogger("train_model")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -53,9 +54,16 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
     )
     add = parser.add_argument
     add("store", metavar="STORE", help="local directory, file:// URL or s3://bucket[/prefix]")
-    add("--min-rows", type=int, default=DEFAULT_MIN_ROWS, help="fewest data rows a tranche needs")
+    add("--min-rows", type=int, default=DEFAULT_MIN_ROWS,
+        help="fewest valid rows the newest tranche and the older tranches of its history "
+             "window must hold together (the newest tranche needs at least one)")
     add("--max-hours", type=float, default=DEFAULT_MAX_HOURS,
-        help="largest plausible hours_to_dispatch")
+        help="largest plausible hours_to_dispatch (a year); a row above it breaks a row rule "
+             "and is set aside like any bad row")
+    add("--max-bad-row-share", type=float, default=DEFAULT_MAX_BAD_ROW_SHARE,
+        help="share of a tranche's rows that may break a row rule: they are set aside to "
+             "quarantine/<tranche name>.csv and the rest is used (one row in any tranche "
+             "unless 0); beyond it the tranche is refused")
     add("--min-rows-per-code", type=int, default=DEFAULT_MIN_ROWS_PER_CODE,
         help="parts with at least this many rows in the newest tranche get their own curve; "
              "rarer ones get a pooled curve (with --history-weeks 0: are not learned)")
@@ -77,12 +85,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
              f"default: ${ADDRESS_ENV}, else fit locally")
     add("--dask-connect-timeout", type=float, default=DEFAULT_DASK_CONNECT_SECONDS,
         metavar="SECONDS", help="seconds to reach the Dask scheduler before the run fails (exit 3)")
-    add("--r2-min", type=float, default=DEFAULT_R2_MIN, help="fail when held-out R² is below")
-    add("--r2-warn", type=float, default=DEFAULT_R2_WARN, help="warn when held-out R² is below")
-    add("--mae-max", type=float, default=DEFAULT_MAE_MAX,
-        help="fail when held-out MAE (hours) is above")
-    add("--mae-warn", type=float, default=DEFAULT_MAE_WARN,
-        help="warn when held-out MAE (hours) is above")
+    add("--r2-min", type=float, help="fail when held-out R² is below; None: off (the model must "
+        "match the window's per-code and global medians on the same held-out rows)")
+    add("--r2-warn", type=float, help="warn when held-out R² is below; None: off")
+    add("--mae-max", type=float, help="fail when held-out MAE (hours) is above; None: off")
+    add("--mae-warn", type=float, help="warn when held-out MAE (hours) is above; None: off")
     add("--coverage-min", type=float, default=DEFAULT_COVERAGE_MIN,
         help="fail when the share of held-out dispatches within the p90 bound is below")
     add("--label-factor", type=float, default=DEFAULT_LABEL_FACTOR,
@@ -117,8 +124,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
             (args.n_jobs < 1, "--n-jobs must be at least 1"),
             (args.history_weeks < 0, "--history-weeks must be >= 0"),
             (not args.max_hours > 0, "--max-hours must be positive"),
-            (args.r2_warn < args.r2_min, "--r2-warn must be >= --r2-min"),
-            (args.mae_warn > args.mae_max, "--mae-warn must be <= --mae-max"),
+            (None not in (args.r2_min, args.r2_warn) and args.r2_warn < args.r2_min,
+             "--r2-warn must be >= --r2-min"),
+            (None not in (args.mae_warn, args.mae_max) and args.mae_warn > args.mae_max,
+             "--mae-warn must be <= --mae-max"),
+            (not 0.0 <= args.max_bad_row_share < 1.0,
+             "--max-bad-row-share must be at least 0 and below 1"),
             (not 0.0 <= args.coverage_min <= 1.0, "--coverage-min must be between 0 and 1"),
             (args.champion_tolerance < 0, "--champion-tolerance must be >= 0"),
             (args.label_factor <= 0, "--label-factor must be positive"),
@@ -131,7 +142,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
     if problems:
         parser.error("; ".join(problems))
     options = TrainOptions(
-        contract=ContractOptions(min_rows=args.min_rows, max_hours=args.max_hours),
+        contract=ContractOptions(min_rows=args.min_rows, max_hours=args.max_hours,
+                                 max_bad_row_share=args.max_bad_row_share),
         thresholds=MetricThresholds(args.r2_min, args.r2_warn, args.mae_max, args.mae_warn,
                                     args.coverage_min),
         logic=LogicOptions(label_factor=args.label_factor, grid_extend=args.grid_extend),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from typing import Any, Dict, List, Set
+from typing import Any, Dict, List, Set, Type
 
 import pytest
 
@@ -20,21 +20,23 @@ from pipeline.metadata import (
 from testing_support.stages import PYTHON, REPO_ROOT
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "metadata"
-CURRENT = FIXTURES / "2026-12-03-9ed8c2f.json"
+CURRENT = FIXTURES / "2026-12-03b-ad2cc23.json"
 CODES = ["SKU001", "SKU002", "SKU003", "SKU004", "SKU005"]
 # Each fixture (date and commit of the code that wrote it): whether it records the bound's
-# coverage, bases and the history window, and the model it replaced ("absent": the format
-# before previous_model; "none": a first model).
+# coverage, bases and the history window, the model it replaced ("absent": the format before
+# previous_model; "none": a first model), and the baselines and rows set aside (gated against
+# the window's medians, absolute levels off; its newest tranche has one bad row).
 FORMATS = {
-    "2026-11-21-d4a100c": (False, False, "absent"),
-    "2026-11-30a-6f8c3e3": (False, False, "recorded"),
-    "2026-11-30b-16c8907-first": (False, False, "none"),
-    "2026-11-30b-16c8907": (False, False, "recorded"),
-    "2026-11-30c-c543ccb": (True, False, "recorded"),
-    "2026-12-01a-84302c3": (True, True, "recorded"),
-    "2026-12-01b-97e3e84": (True, True, "recorded"),
-    "2026-12-02-e6bcebe": (True, True, "recorded"),
-    "2026-12-03-9ed8c2f": (True, True, "recorded"),
+    "2026-11-21-d4a100c": (False, False, "absent", False),
+    "2026-11-30a-6f8c3e3": (False, False, "recorded", False),
+    "2026-11-30b-16c8907-first": (False, False, "none", False),
+    "2026-11-30b-16c8907": (False, False, "recorded", False),
+    "2026-11-30c-c543ccb": (True, False, "recorded", False),
+    "2026-12-01a-84302c3": (True, True, "recorded", False),
+    "2026-12-01b-97e3e84": (True, True, "recorded", False),
+    "2026-12-02-e6bcebe": (True, True, "recorded", False),
+    "2026-12-03-9ed8c2f": (True, True, "recorded", False),
+    "2026-12-03b-ad2cc23": (True, True, "recorded", True),
 }
 # Fields no training run writes: the service's first tests' shapes, read for compatibility.
 LEGACY = {"Metadata.trained_at", "HeldOut.coverage_p90"}
@@ -62,7 +64,7 @@ def test_every_earlier_format_reads_and_writes_back_byte_for_byte(stem: str) -> 
 @pytest.mark.parametrize("stem", FORMATS)
 def test_every_earlier_format_gives_its_facts_typed(stem: str) -> None:
     path = FIXTURES / f"{stem}.json"
-    coverage, bases, previous_model = FORMATS[stem]
+    coverage, bases, previous_model, baselines = FORMATS[stem]
     raw = document(path)
     metadata = read_metadata(path.read_bytes())
     assert metadata.model_version == raw["model_version"]
@@ -77,7 +79,23 @@ def test_every_earlier_format_gives_its_facts_typed(stem: str) -> None:
     per_code = metadata.held_out.per_product_code
     assert [code for code, _ in per_code.items()] == CODES
     assert all(s.mae is not None and s.rows for _, s in per_code.items())
-    assert [g.gate for g in metadata.gates][:2] == ["r2", "mae"]
+    assert [g.gate for g in metadata.gates][:3] == (
+        ["coverage_p90", "mae_vs_code_median", "mae_vs_global_median"] if baselines
+        else ["r2", "mae", "coverage_p90" if coverage else "monotone"])
+    assert set(metadata.held_out.baselines) == (
+        {"code_median", "global_median"} if baselines else set())
+    assert all(b.overall.rows == metadata.held_out.overall.rows and set(b.by_basis) == set(
+        metadata.held_out.by_basis) for b in metadata.held_out.baselines.values())
+    assert [h.rows_set_aside for h in metadata.history] == ([1, 0] if baselines else [
+        None for _ in metadata.history])
+    quarantine = metadata.quarantine
+    assert (quarantine is not None) == baselines
+    if quarantine is not None:
+        assert quarantine.max_bad_row_share == 0.01 and quarantine.rows_set_aside == 1
+        [tranche] = quarantine.tranches
+        assert tranche.key == metadata.tranche.key and tranche.rows_read == 1001
+        assert tranche.rules == {"hours_to_dispatch_negative": 1}
+        assert tranche.quarantine == "quarantine/time_to_dispatch_2026-11-20T23:00:00.csv"
     assert set(metadata.drift.psi) == (set() if previous_model == "none" else {
         "orders_placed", "hours_to_dispatch", "product_code"})
     assert metadata.options.thresholds.coverage_min == (0.85 if coverage else None)
@@ -113,11 +131,12 @@ def test_a_realised_record_reads_and_writes_back() -> None:
     assert [code for code, _ in realised.per_product_code.items()] == CODES
 
 
-def declared_but_unwritten(section: Section) -> Set[str]:
-    """Fields the schema declares that a section (recursively) does not carry."""
+def written_fields(section: Section, found: Dict[Type[Section], Set[str]]) -> None:
+    """Add the fields each kind of section in ``section`` (itself included) carries somewhere."""
     kind = type(section)
-    missing = {f"{kind.__name__}.{field}" for field in kind.model_fields
-               if field not in section.model_fields_set}
+    if section.open_content:
+        return
+    found.setdefault(kind, set()).update(section.model_fields_set)
     for field in kind.model_fields:
         value = getattr(section, field)
         children: List[Any] = (
@@ -125,9 +144,17 @@ def declared_but_unwritten(section: Section) -> Set[str]:
             else list(value.values()) if isinstance(value, dict)
             else [s for _, s in value.items()] if isinstance(value, ByCode) else [])
         for child in children:
-            if isinstance(child, Section) and not child.open_content:
-                missing |= declared_but_unwritten(child)
-    return missing
+            if isinstance(child, Section):
+                written_fields(child, found)
+
+
+def declared_but_unwritten(section: Section) -> Set[str]:
+    """Fields the schema declares that no section of their kind carries (a baseline's scores
+    have no coverage but the model's have: the field is written)."""
+    written: Dict[Type[Section], Set[str]] = {}
+    written_fields(section, written)
+    return {f"{kind.__name__}.{field}" for kind, fields in written.items()
+            for field in kind.model_fields if field not in fields}
 
 
 def test_the_current_format_carries_every_field_the_schema_declares() -> None:

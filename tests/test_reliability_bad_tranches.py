@@ -123,7 +123,7 @@ def s3_served(s3_url: str) -> Served:
 
 @pytest.mark.parametrize(
     "case", ["binary", pytest.param("hours-over-max", marks=full_only),
-             pytest.param("too-few-rows", marks=full_only)],
+             pytest.param("every-row-bad", marks=full_only)],
 )
 def test_bad_tranche_on_s3_changes_nothing(
     s3_served: Served, case: str, caplog: pytest.LogCaptureFixture

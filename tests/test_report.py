@@ -103,10 +103,14 @@ def test_published_and_kept_runs_report_curves_accuracy_drift_and_gates(
     assert twin1["tranche"]["key"] == first and twin1["tranche"]["rows"] == 400
     assert published.figures == ["curves", "accuracy"], "no previous tranche: no drift figure"
     assert twin1["live_model"] is None
-    assert {g["gate"] for g in twin1["gates"]} >= {"r2", "mae", "coverage_p90", "champion",
-                                                   "refit_monotone"}
+    assert {g["gate"] for g in twin1["gates"]} >= {"mae_vs_code_median", "mae_vs_global_median",
+                                                   "coverage_p90", "champion", "refit_monotone"}
     coverage = twin1["held_out"]["overall"]["coverage_p90"]
     assert "p90 coverage" in raw1 and f"{coverage:.4f}" in raw1
+    for name, words in (("code_median", "per-code median"), ("global_median", "global median")):
+        peer = twin1["held_out"]["baselines"][name]["overall"]
+        assert peer["rows"] == twin1["held_out"]["overall"]["rows"]
+        assert f"baseline: the window&#x27;s {words}" in raw1 and f"{peer['mae']:.4f}" in raw1
 
     assert kept.outcome == "kept" and "deliberately kept" in twin2["summary"]
     assert kept.figures == ["curves", "accuracy", "drift"]
@@ -133,6 +137,8 @@ def test_a_rejected_tranche_reports_every_broken_rule_with_examples(store_url: s
     assert page.outcome == "rejected" and twin["exit_status"] == stage_run.EXIT_BAD_DATA
     assert "breaks the data contract" in twin["summary"]
     rules = {v["rule"]: v for v in twin["contract"]["violations"]}
+    share = rules.pop("too_many_bad_rows")
+    assert "4 of the 304 data rows break a row rule; at most 3" in share["description"]
     assert set(rules) == {"hours_to_dispatch_not_a_number", "hours_to_dispatch_negative",
                           "orders_placed_negative", "orders_placed_missing"}
     assert all(v["rows"] == 1 for v in rules.values())

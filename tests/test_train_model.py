@@ -5,9 +5,10 @@ import json
 import logging
 import shutil
 import subprocess
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import pytest
@@ -150,11 +151,19 @@ def test_publishes_a_verified_model_with_complete_metadata(
     assert set(held_out.per_product_code) == set(DEFAULT_PRODUCT_CODES)
     gates = {g.gate: g.outcome for g in meta.gates}
     assert gates == {
-        "r2": "pass", "mae": "pass", "coverage_p90": "pass", "monotone": "pass",
-        "non_negative": "pass",
+        "coverage_p90": "pass", "mae_vs_code_median": "pass", "mae_vs_global_median": "pass",
+        "monotone": "pass", "non_negative": "pass",
         "bounded": "pass", "champion": "pass", "refit_monotone": "pass",
         "refit_non_negative": "pass", "refit_bounded": "pass",
     }
+    baselines = held_out.baselines
+    assert set(baselines) == {"code_median", "global_median"}
+    assert (held_out.overall.mae or 0.0) < (baselines["code_median"].overall.mae or 0.0) < \
+        (baselines["global_median"].overall.mae or 0.0)
+    assert baselines["code_median"].overall.rows == 200
+    assert meta.quarantine is not None and meta.quarantine.to_data() == {
+        "max_bad_row_share": 0.01, "rows_set_aside": 0, "tranches": []}
+    assert [h.rows_set_aside for h in meta.history] == [0, 0]
     coverage = [held_out.overall.coverage_p90] + [
         m.coverage_p90 for _, m in held_out.per_product_code.items()]
     assert 0.8 < (coverage[0] or 0.0) < 0.97
@@ -259,6 +268,8 @@ def test_with_history_a_rare_code_gets_a_pooled_curve(published: str) -> None:
     assert model.bases["RARE01"] == "pooled" and model.bases["NEW001"] == "product"
     assert {b: p.parts for b, p in meta.bases.items()} == {"product": 6, "pooled": 1}
     assert set(meta.held_out.by_basis) == {"product", "pooled"}
+    for peer in meta.held_out.baselines.values():
+        assert set(peer.by_basis) == {"product", "pooled"}
     assert meta.pooling is not None and meta.pooling.parts == {"product": 6, "pooled": 1}
     assert model.catalogue is not None
     assert [h.newest for h in meta.history] == [True, False]
@@ -267,6 +278,9 @@ def test_with_history_a_rare_code_gets_a_pooled_curve(published: str) -> None:
     report = json.loads(open_store(published).read_bytes(meta.report.json_key))
     assert "tail" in report["figures"]
     assert report["history"] == [h.to_data() for h in meta.history]
+    assert meta.report.html is not None
+    page = open_store(published).read_bytes(meta.report.html).decode()
+    assert "<th>MAE of window&#x27;s per-code median (h)</th>" in page
     assert report["bases"] == {"product": 6, "pooled": 1}
 
 
@@ -321,6 +335,21 @@ def rows(n: int = 200, seed: int = 16) -> bytes:
     return simulate_tranche(n, seed=seed).to_csv()
 
 
+BAD_ROWS = 3  # of 200 good rows: beyond the tolerated share (2 rows)
+BAD_LINES: Dict[str, bytes] = {  # each line breaks the rule it is named after
+    "hours_to_dispatch_not_a_number": b"soon,3,SKU001\n",
+    "orders_placed_not_a_number": b"1.0,many,SKU001\n",
+    "hours_to_dispatch_missing": b",3,SKU001\n",
+    "orders_placed_missing": b"1.0,,SKU001\n",
+    "product_code_missing": b"1.0,3,\n",
+    "orders_placed_negative": b"1.0,-3,SKU001\n",
+    "orders_placed_not_whole": b"1.0,3.5,SKU001\n",
+    "orders_placed_not_finite": b"1.0,inf,SKU001\n",
+    "hours_to_dispatch_negative": b"-1.0,3,SKU001\n",
+    "hours_to_dispatch_not_finite": b"nan,3,SKU001\n",
+    "hours_to_dispatch_above_max": b"8760.5,3,SKU001\n",
+    "extra_fields": b"1.0,3,SKU,001\n",
+}
 BAD_TRANCHES: Dict[str, Callable[[], bytes]] = {
     "file_empty": lambda: b"",
     "no_data_rows": lambda: HEADER,
@@ -329,19 +358,8 @@ BAD_TRANCHES: Dict[str, Callable[[], bytes]] = {
     "wrong_delimiter": lambda: rows().replace(b",", b";"),
     "missing_columns": lambda: rows().replace(b"orders_placed", b"orders", 1),
     "duplicate_columns": lambda: rows().replace(b"product_code", b"orders_placed", 1),
-    "hours_to_dispatch_not_a_number": lambda: rows() + b"soon,3,SKU001\n",
-    "orders_placed_not_a_number": lambda: rows() + b"1.0,many,SKU001\n",
-    "hours_to_dispatch_missing": lambda: rows() + b",3,SKU001\n",
-    "orders_placed_missing": lambda: rows() + b"1.0,,SKU001\n",
-    "product_code_missing": lambda: rows() + b"1.0,3,\n",
-    "orders_placed_negative": lambda: rows() + b"1.0,-3,SKU001\n",
-    "orders_placed_not_whole": lambda: rows() + b"1.0,3.5,SKU001\n",
-    "orders_placed_not_finite": lambda: rows() + b"1.0,inf,SKU001\n",
-    "hours_to_dispatch_negative": lambda: rows() + b"-1.0,3,SKU001\n",
-    "hours_to_dispatch_not_finite": lambda: rows() + b"nan,3,SKU001\n",
-    "hours_to_dispatch_above_max": lambda: rows() + b"1000.5,3,SKU001\n",
-    "extra_fields": lambda: rows() + b"1.0,3,SKU,001\n",
-    "too_few_rows": lambda: rows(99),
+    **{rule: (lambda line=line: rows() + line * BAD_ROWS) for rule, line in BAD_LINES.items()},
+    "no_valid_rows": lambda: HEADER + b"-1.0,3,SKU001\n",
     "unreadable_csv": lambda: rows() + b'"1.0,3,SKU001\n',
 }
 
@@ -363,7 +381,7 @@ def test_each_bad_tranche_is_rejected_and_nothing_changes(
 def test_a_bad_tranche_on_s3_changes_nothing(s3_url: str, caplog: pytest.LogCaptureFixture) -> None:
     put(s3_url, OLD_WEEK, rows(1000))
     assert stage(s3_url) == 0
-    put(s3_url, NEW_WEEK, rows() + b"1.0,-3,SKU001\n")
+    put(s3_url, NEW_WEEK, rows() + BAD_LINES["orders_placed_negative"] * BAD_ROWS)
     before = snapshot(s3_url)
     caplog.clear()
     assert stage(s3_url) == EXIT_BAD_DATA
@@ -372,14 +390,16 @@ def test_a_bad_tranche_on_s3_changes_nothing(s3_url: str, caplog: pytest.LogCapt
     assert "orders_placed_negative" in error and s3_url in error
 
 
-def test_garbage_labels_fail_the_gates(published: str, caplog: pytest.LogCaptureFixture) -> None:
+def test_garbage_labels_fail_an_absolute_r2_minimum(
+    published: str, caplog: pytest.LogCaptureFixture
+) -> None:
     tranche = simulate_tranche(1000, seed=17)
     shuffled = np.random.default_rng(0).permutation(tranche.hours_to_dispatch)
     lines = [f"{h:.4f},{o},{c}" for h, o, c in
              zip(shuffled, tranche.orders_placed, tranche.product_code)]
     put(published, NEW_WEEK, HEADER + ("\n".join(lines) + "\n").encode())
     before = snapshot(published)
-    assert stage(published) == EXIT_GATES
+    assert stage(published, "--r2-min", "0.5") == EXIT_GATES
     assert snapshot(published) == before
     [error] = errors(caplog)
     assert "gates" in error and "R²" in error
@@ -395,6 +415,141 @@ def test_a_bound_that_covers_too_few_held_out_dispatches_fails_the_gates(
     [error] = errors(caplog)
     assert "coverage_p90" in error and "below the minimum 0.99" in error
     assert any("held-out coverage of the p90 bound" in m for m in messages(caplog, logging.INFO))
+
+
+# ---------------------------------------------- rows set aside, the window's minimum rows
+
+
+def with_bad_rows(rows_total: int, bad: List[bytes], seed: int = 41) -> bytes:
+    """A simulated tranche of ``rows_total`` data rows, the given bad lines among them."""
+    good = simulate_tranche(rows_total - len(bad), seed=seed).to_csv().splitlines(keepends=True)
+    return b"".join(good[:500] + bad + good[500:])
+
+
+def test_a_1001_row_tranche_with_one_bad_row_trains_and_keeps_the_row_in_quarantine(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = put(store_url, NEW_WEEK, with_bad_rows(1001, [b"-3.5,42,SKU002\n"]))
+    with caplog.at_level(logging.INFO):
+        assert stage(store_url) == 0
+    store = open_store(store_url)
+    where = "quarantine/time_to_dispatch_2026-11-20T23:00:00.csv"
+    assert artefacts.quarantine_key(key) == where
+    assert store.read_bytes(where).decode().splitlines() == [
+        "line,rule,hours_to_dispatch,orders_placed,product_code",
+        "501,hours_to_dispatch_negative,-3.5,42,SKU002"]
+    meta = artefacts.load_latest(store).metadata
+    assert meta.unknown_fields() == []
+    assert meta.rows.total == 1000
+    assert meta.quarantine is not None and meta.quarantine.to_data() == {
+        "max_bad_row_share": 0.01, "rows_set_aside": 1, "tranches": [{
+            "key": key, "quarantine": where, "rows_read": 1001, "rows_set_aside": 1,
+            "rules": {"hours_to_dispatch_negative": 1}}]}
+    assert meta.history[0].rows_set_aside == 1
+    assert meta.report is not None and meta.report.json_key and meta.report.html
+    report = json.loads(store.read_bytes(meta.report.json_key))
+    assert report["quarantine"] == meta.quarantine.to_data()
+    page = store.read_bytes(meta.report.html).decode()
+    assert "Rows set aside" in page and where in page
+    [warning] = [m for m in messages(caplog, logging.WARNING) if "set aside" in m]
+    assert "1 of 1001 data rows set aside" in warning and "line 501" in warning
+    assert errors(caplog) == []
+
+
+def test_five_percent_bad_rows_refuse_the_tranche_and_set_nothing_aside(
+    published: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    bad = [b"-1.0,3,SKU001\n"] * 40 + [b"1.0,ten,SKU002\n"] * 10
+    key = put(published, NEW_WEEK, with_bad_rows(1000, bad))
+    before = snapshot(published)
+    assert stage(published) == EXIT_BAD_DATA
+    assert snapshot(published) == before
+    [error] = errors(caplog)
+    assert key in error and "3 rules broken" in error
+    for words in ("orders_placed_not_a_number", "hours_to_dispatch_negative",
+                  "too_many_bad_rows: 50 of the 1000 data rows break a row rule; at most 10"):
+        assert words in error
+
+
+def test_an_older_tranche_with_one_bad_row_still_counts(
+    local_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A small week: one row over --max-hours is 1 of 47 rows (2%), yet one row is tolerated."""
+    older = put(local_url, OLD_WEEK, simulate_tranche(46, seed=42).to_csv() + b"9000,3,SKU001\n")
+    newest = put(local_url, NEW_WEEK, simulate_tranche(1000, seed=43).to_csv())
+    with caplog.at_level(logging.INFO):
+        assert stage(local_url, "--no-report") == 0
+    meta = artefacts.load_latest(open_store(local_url)).metadata
+    assert [(h.key, h.rows, h.rows_set_aside) for h in meta.history] == [
+        (newest, 1000, 0), (older, 46, 1)]
+    assert meta.history_left_out == []
+    assert meta.quarantine is not None
+    assert meta.quarantine.tranches[0].rules == {"hours_to_dispatch_above_max": 1}
+    assert open_store(local_url).read_bytes(artefacts.quarantine_key(older)).decode().endswith(
+        "48,hours_to_dispatch_above_max,9000,3,SKU001\n")
+    assert not any("left out" in m for m in messages(caplog, logging.WARNING))
+
+
+def test_a_30_row_week_trains_with_its_history(local_url: str) -> None:
+    put(local_url, "2026-11-06T23:00:00", simulate_tranche(40, seed=44).to_csv())
+    put(local_url, OLD_WEEK, simulate_tranche(40, seed=45).to_csv())
+    newest = put(local_url, NEW_WEEK, simulate_tranche(30, seed=46).to_csv())
+    assert stage(local_url, "--no-report") == 0
+    meta = artefacts.load_latest(open_store(local_url)).metadata
+    assert meta.tranche.key == newest and meta.rows.total == 30
+    assert [h.rows for h in meta.history] == [30, 40, 40]
+
+
+def test_too_few_rows_in_the_window_is_refused_saying_what_is_needed(
+    local_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    put(local_url, OLD_WEEK, simulate_tranche(40, seed=47).to_csv())
+    key = put(local_url, NEW_WEEK, simulate_tranche(30, seed=48).to_csv())
+    before = snapshot(local_url)
+    assert stage(local_url) == EXIT_BAD_DATA
+    assert snapshot(local_url) == before
+    [error] = errors(caplog)
+    assert key in error and "too_few_rows" in error
+    assert ("the newest tranche has 30 valid rows and the 1 older tranche(s) of the history "
+            "window (--history-weeks 13) 40 more: 70 in all; at least 100 valid rows are needed "
+            "(--min-rows)") in error
+
+
+def test_an_empty_newest_tranche_is_refused_even_with_a_history(
+    published: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    key = put(published, NEW_WEEK, HEADER)
+    assert stage(published) == EXIT_BAD_DATA
+    [error] = errors(caplog)
+    assert key in error and "no data rows" in error
+    assert "a tranche needs at least one valid row of orders under its header" in error
+
+
+def test_a_model_that_loses_to_the_per_code_median_is_refused(
+    published: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage gates whatever the estimator fits: a model answering three times its curves
+    clearly loses to the window's per-code median on the same held-out rows."""
+    import pipeline.training.run as stage_module
+
+    fitted = stage_module.fit
+
+    def tripled(*args: Any, **kwargs: Any) -> Any:
+        result = fitted(*args, **kwargs)
+        model = result.model
+        curves = {code: Curve(c.knots, tuple(3.0 * v for v in c.values))
+                  for code, c in model.curves.items()}
+        bounds = {code: Curve(b.knots, tuple(3.0 * v for v in b.values))
+                  for code, b in model.bounds.items()}
+        return replace(result, model=replace(model, curves=curves, bounds=bounds))
+
+    monkeypatch.setattr(stage_module, "fit", tripled)
+    put(published, NEW_WEEK, simulate_tranche(1000, seed=49).to_csv())
+    before = snapshot(published)
+    assert stage(published) == EXIT_GATES
+    assert snapshot(published) == before
+    [error] = errors(caplog)
+    assert "mae_vs_code_median" in error and "less accurate beyond sampling error" in error
 
 
 # ------------------------------------------------------------------ other expected failures

@@ -2,27 +2,38 @@
 
 Each gate returns a small named :class:`Decision` (pass, warn, fail, or keep for
 the champion gate) with a sentence in plain words, for the log and the metadata.
+
+Accuracy is judged against naive baselines scored on the same held-out rows, so the gates fit
+a shop of any scale: the window's per-code median and its global median, fitted on the rows the
+model was fitted on (:class:`MedianBaselines`). The model fails when its absolute errors exceed
+a baseline's beyond sampling error (a paired comparison, :func:`baseline_gate`). Absolute
+levels of R² and MAE are available and off by default.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
-from scipy.stats import binomtest
+import pandas as pd
+from pandas.api.types import union_categoricals
+from scipy.stats import binomtest, t as student_t
 from sklearn.metrics import mean_absolute_error, r2_score
 
-from pipeline.metadata import ByCode, Gate, HeldOut, Scores
+from pipeline.metadata import Baseline, ByCode, Gate, HeldOut, Scores
 from pipeline.model_format import BASES, DispatchModel, rows_by_code
 from pipeline.training.listing import some
 from pipeline.training.validation import ValidTranche
 
 PASS, WARN, FAIL, KEEP = "pass", "warn", "fail", "keep"
-DEFAULT_R2_MIN = 0.5
-DEFAULT_R2_WARN = 0.8
-DEFAULT_MAE_MAX = 2.0
-DEFAULT_MAE_WARN = 1.0
+CODE_MEDIAN, GLOBAL_MEDIAN = "code_median", "global_median"
+BASELINE_NAMES = {CODE_MEDIAN: "the window's per-code median",
+                  GLOBAL_MEDIAN: "the window's global median"}
+DEFAULT_BASELINE_CONFIDENCE = 0.99
+# Paired differences of absolute errors within this share of the labels' scale (std + mean |y|)
+# are ties: a model that answers a baseline's values is its equal on any CPU.
+BASELINE_TIE_TOLERANCE = 1e-9
 DEFAULT_GRID_POINTS = 200
 DEFAULT_GRID_EXTEND = 0.5
 DEFAULT_LABEL_FACTOR = 1.5
@@ -32,6 +43,7 @@ DEFAULT_MIN_BASIS_ROWS = 30
 _MONOTONE_SLACK = 1e-9
 
 FloatArray = npt.NDArray[np.float64]
+NO_HELD_OUT = "no held-out rows of a product code the model knows"
 
 
 @dataclass(frozen=True)
@@ -70,24 +82,84 @@ class Metrics:
 
 
 @dataclass(frozen=True)
+class MedianBaselines:
+    """The naive peers a model must match: each product code's median hours over the rows the
+    model was fitted on, and their global median (also the answer for a code without rows)."""
+
+    per_code: Dict[str, float]
+    overall: float
+
+    @classmethod
+    def fit(cls, parts: Sequence[ValidTranche]) -> "MedianBaselines":
+        """The medians over every row of some tranches (the training rows and the history)."""
+        parts = [p for p in parts if p.rows]
+        if not parts:
+            return cls({}, 0.0)
+        codes = union_categoricals([
+            pd.Categorical.from_codes(p.code_index, categories=list(p.product_codes))
+            for p in parts])
+        hours = pd.Series(np.concatenate([p.hours_to_dispatch for p in parts]))
+        medians = hours.groupby(codes, observed=True).median()
+        return cls({str(c): float(v) for c, v in medians.items()}, float(hours.median()))
+
+    def predict(self, rows: ValidTranche) -> Dict[str, FloatArray]:
+        """Each baseline's answer for every row, by baseline name."""
+        table = np.asarray([self.per_code.get(c, self.overall) for c in rows.product_codes]
+                           or [self.overall], dtype=np.float64)
+        return {CODE_MEDIAN: table[rows.code_index],
+                GLOBAL_MEDIAN: np.full(rows.rows, self.overall)}
+
+
+@dataclass(frozen=True)
+class Scored:
+    """The rows a model was scored on, kept for paired comparisons: the labels, the model's
+    estimates, each row's basis ('' without bases) and each baseline's estimates."""
+
+    actual: FloatArray
+    predicted: FloatArray
+    basis: npt.NDArray[np.str_]
+    baselines: Dict[str, FloatArray]
+
+    def subset(self, mask: npt.NDArray[np.bool_]) -> "Scored":
+        """The same for some of the rows."""
+        return Scored(self.actual[mask], self.predicted[mask], self.basis[mask],
+                      {name: values[mask] for name, values in self.baselines.items()})
+
+
+@dataclass(frozen=True)
 class Evaluation:
     """Metrics overall, per product code and (for a model with bases) per basis; rows of codes
-    the model does not know are unscored."""
+    the model does not know are unscored. With baselines, their metrics on the same rows (overall
+    and per basis) and the scored rows themselves, for the paired gates."""
 
     overall: Metrics
     per_code: Dict[str, Metrics]
     unscored_rows: int
     by_basis: Dict[str, Metrics] = field(default_factory=dict)
+    baselines: Dict[str, Metrics] = field(default_factory=dict)
+    baselines_by_basis: Dict[str, Dict[str, Metrics]] = field(default_factory=dict)
+    scored: Optional[Scored] = field(default=None, compare=False, repr=False)
 
     def to_metadata(self) -> HeldOut:
-        """As the metadata records it (``by_basis`` only for a model with bases)."""
-        overall = self.overall.to_metadata()
-        per_code = ByCode(Scores, {c: m.to_metadata() for c, m in sorted(self.per_code.items())})
+        """As the metadata records it (``by_basis`` only for a model with bases, ``baselines``
+        only when they were scored: per baseline, ``overall`` and, with bases, ``by_basis``)."""
+        sections: Dict[str, Any] = {}
+        if self.by_basis:
+            sections["by_basis"] = {b: _scored(m) for b, m in self.by_basis.items()}
+        if self.baselines:
+            sections["baselines"] = {name: self._baseline(name, measured)
+                                     for name, measured in self.baselines.items()}
+        return HeldOut(
+            overall=self.overall.to_metadata(),
+            per_product_code=ByCode(Scores, {c: m.to_metadata()
+                                             for c, m in sorted(self.per_code.items())}),
+            unscored_rows=self.unscored_rows, **sections)
+
+    def _baseline(self, name: str, measured: Metrics) -> Baseline:
         if not self.by_basis:
-            return HeldOut(overall=overall, per_product_code=per_code,
-                           unscored_rows=self.unscored_rows)
-        return HeldOut(overall=overall, per_product_code=per_code, unscored_rows=self.unscored_rows,
-                       by_basis={b: _scored(m) for b, m in self.by_basis.items()})
+            return Baseline(overall=_scored(measured))
+        return Baseline(overall=_scored(measured), by_basis={
+            b: _scored(m) for b, m in self.baselines_by_basis.get(name, {}).items()})
 
     def to_dict(self) -> Dict[str, Any]:
         """A JSON-ready form, as in the metadata."""
@@ -118,13 +190,16 @@ def metrics(
 
 @dataclass(frozen=True)
 class MetricThresholds:
-    """Error and warning levels: R² must not fall below, MAE (hours) must not rise above."""
+    """Error and warning levels: R² must not fall below, MAE (hours) must not rise above (each
+    off when None, the default), the bound's coverage must reach ``coverage_min``, and the model
+    must not lose to a baseline beyond ``baseline_confidence`` (one-sided)."""
 
-    r2_min: float = DEFAULT_R2_MIN
-    r2_warn: float = DEFAULT_R2_WARN
-    mae_max: float = DEFAULT_MAE_MAX
-    mae_warn: float = DEFAULT_MAE_WARN
+    r2_min: Optional[float] = None
+    r2_warn: Optional[float] = None
+    mae_max: Optional[float] = None
+    mae_warn: Optional[float] = None
     coverage_min: float = DEFAULT_COVERAGE_MIN
+    baseline_confidence: float = DEFAULT_BASELINE_CONFIDENCE
 
 
 def predict_known(
@@ -145,8 +220,11 @@ def predict_known(
     return known, predictions[known], None if upper is None else upper[known]
 
 
-def evaluate(model: DispatchModel, rows: ValidTranche) -> Evaluation:
-    """Metrics of a model on some rows, overall, per product code it knows and per basis."""
+def evaluate(
+    model: DispatchModel, rows: ValidTranche, baselines: Optional[MedianBaselines] = None
+) -> Evaluation:
+    """Metrics of a model on some rows, overall, per product code it knows and per basis; with
+    ``baselines``, theirs on the same rows (those of codes the model knows)."""
     known, predictions, upper = predict_known(model, rows)
     actual = rows.hours_to_dispatch[known]
     codes = rows.code_index[known]
@@ -155,42 +233,146 @@ def evaluate(model: DispatchModel, rows: ValidTranche) -> Evaluation:
         per_code[rows.product_codes[index]] = metrics(
             actual[mask], predictions[mask], None if upper is None else upper[mask])
     by_basis: Dict[str, Metrics] = {}
+    basis_of = np.asarray([model.bases.get(c, "") for c in rows.product_codes] or [""])
+    row_basis = basis_of[codes] if model.bases else np.full(len(codes), "")
     if model.bases:
-        basis_of = np.asarray([model.bases.get(c, "") for c in rows.product_codes] or [""])
-        row_basis = basis_of[codes]
         for basis in BASES:
             mask = row_basis == basis
             by_basis[basis] = metrics(actual[mask], predictions[mask],
                                       None if upper is None else upper[mask])
-    return Evaluation(metrics(actual, predictions, upper), per_code,
-                      int(rows.rows - known.sum()), by_basis)
+    overall = metrics(actual, predictions, upper)
+    if baselines is None:
+        return Evaluation(overall, per_code, int(rows.rows - known.sum()), by_basis)
+    answers = {name: values[known] for name, values in baselines.predict(rows).items()}
+    scored = Scored(actual, predictions, row_basis, answers)
+    return Evaluation(
+        overall, per_code, int(rows.rows - known.sum()), by_basis,
+        {name: metrics(actual, values) for name, values in answers.items()},
+        {name: {b: metrics(actual[row_basis == b], values[row_basis == b]) for b in by_basis}
+         for name, values in answers.items()},
+        scored,
+    )
 
 
 def metric_gates(held_out: Metrics, thresholds: MetricThresholds) -> Tuple[Decision, ...]:
-    """R² and MAE on the held-out rows against their levels; the p90 bound's coverage too."""
-    r2, mae = held_out.r2, held_out.mae
+    """R² and MAE on the held-out rows against their levels (each only when set); the p90
+    bound's coverage."""
+    decisions: List[Decision] = []
+    if thresholds.r2_min is not None or thresholds.r2_warn is not None:
+        decisions.append(_level("r2", f"held-out R² {held_out.r2:.4f}", held_out, held_out.r2,
+                                thresholds.r2_min, thresholds.r2_warn, above=False))
+    if thresholds.mae_max is not None or thresholds.mae_warn is not None:
+        decisions.append(_level("mae", f"held-out MAE {held_out.mae:.4f} h", held_out,
+                                held_out.mae, thresholds.mae_max, thresholds.mae_warn, above=True))
+    return tuple(decisions) + coverage_gate(held_out, thresholds)
+
+
+def _level(
+    gate: str, words: str, held_out: Metrics, value: float, fail_at: Optional[float],
+    warn_at: Optional[float], above: bool,
+) -> Decision:
+    """One absolute level's decision: ``value`` fails beyond ``fail_at`` (above it, or below it
+    when not ``above``) and warns beyond ``warn_at``; no scored rows fail it."""
     if held_out.rows == 0:
-        nothing = "no held-out rows of a product code the model knows"
-        return Decision("r2", FAIL, nothing), Decision("mae", FAIL, nothing)
-    if r2 < thresholds.r2_min:
-        r2_decision = Decision("r2", FAIL, f"held-out R² {r2:.4f} is below the minimum "
-                               f"{thresholds.r2_min:g}", r2)
-    elif r2 < thresholds.r2_warn:
-        r2_decision = Decision("r2", WARN, f"held-out R² {r2:.4f} is below the warning level "
-                               f"{thresholds.r2_warn:g}", r2)
-    else:
-        r2_decision = Decision("r2", PASS, f"held-out R² {r2:.4f} (warning below "
-                               f"{thresholds.r2_warn:g})", r2)
-    if mae > thresholds.mae_max:
-        mae_decision = Decision("mae", FAIL, f"held-out MAE {mae:.4f} h is above the maximum "
-                                f"{thresholds.mae_max:g} h", mae)
-    elif mae > thresholds.mae_warn:
-        mae_decision = Decision("mae", WARN, f"held-out MAE {mae:.4f} h is above the warning "
-                                f"level {thresholds.mae_warn:g} h", mae)
-    else:
-        mae_decision = Decision("mae", PASS, f"held-out MAE {mae:.4f} h (warning above "
-                                f"{thresholds.mae_warn:g} h)", mae)
-    return (r2_decision, mae_decision) + coverage_gate(held_out, thresholds)
+        return Decision(gate, FAIL, NO_HELD_OUT)
+    unit = " h" if gate == "mae" else ""
+    side, bound = ("above", "maximum") if above else ("below", "minimum")
+
+    def beyond(level: Optional[float]) -> bool:
+        return level is not None and (value > level if above else value < level)
+
+    if beyond(fail_at):
+        return Decision(gate, FAIL, f"{words} is {side} the {bound} {fail_at:g}{unit}", value)
+    if beyond(warn_at):
+        return Decision(gate, WARN, f"{words} is {side} the warning level {warn_at:g}{unit}",
+                        value)
+    limit = (f"warning {side} {warn_at:g}{unit}" if warn_at is not None
+             else f"fails {side} {fail_at:g}{unit}")
+    return Decision(gate, PASS, f"{words} ({limit})", value)
+
+
+@dataclass(frozen=True)
+class Paired:
+    """A model's absolute errors against a baseline's on the same rows: the mean difference
+    (positive: the model is worse) and its one-sided lower confidence limit."""
+
+    rows: int
+    model_mae: float
+    baseline_mae: float
+    difference: float
+    lower: float
+
+
+def paired_difference(
+    actual: FloatArray, predicted: FloatArray, baseline: FloatArray, confidence: float
+) -> Paired:
+    """The model's MAE minus the baseline's on the same rows, and the one-sided lower limit of
+    that difference at ``confidence`` (Student's t on the paired differences of absolute error).
+
+    Each row's difference is at most the gap between the two answers, however far the label
+    lies (a parcel forgotten for weeks shifts both errors alike), so the mean of the differences
+    is well measured even where the labels have a heavy tail. Differences within
+    BASELINE_TIE_TOLERANCE of the labels' scale count as 0: a model that answers the baseline's
+    values ties with it exactly. Fewer than two rows give no limit (-inf).
+    """
+    rows = len(actual)
+    if rows == 0:
+        return Paired(0, 0.0, 0.0, 0.0, -np.inf)
+    model_errors, baseline_errors = np.abs(actual - predicted), np.abs(actual - baseline)
+    differences = model_errors - baseline_errors
+    scale = float(np.std(actual) + np.mean(np.abs(actual)))
+    differences[np.abs(differences) <= BASELINE_TIE_TOLERANCE * scale] = 0.0
+    mean = float(np.mean(differences))
+    lower = -np.inf
+    if rows > 1:
+        spread = float(np.std(differences, ddof=1)) / np.sqrt(rows)
+        lower = mean - float(student_t.ppf(confidence, rows - 1)) * spread
+    return Paired(rows, float(np.mean(model_errors)), float(np.mean(baseline_errors)), mean,
+                  lower)
+
+
+def baseline_gate(
+    gate: str, baseline: str, scored: Scored, confidence: float
+) -> Decision:
+    """The model must be at least as accurate (MAE) as a baseline on the same held-out rows.
+
+    It fails when it is worse beyond sampling error (the one-sided lower confidence limit of the
+    paired difference is above 0), warns when it is worse within it, and passes otherwise: a
+    small shop's week of a dozen held-out rows is not refused for a model as good as the median,
+    and a model that clearly loses to it is.
+    """
+    if len(scored.actual) == 0:
+        return Decision(gate, FAIL, f"{NO_HELD_OUT}: nothing shows it is as accurate as "
+                        f"{BASELINE_NAMES[baseline]}")
+    found = paired_difference(scored.actual, scored.predicted, scored.baselines[baseline],
+                              confidence)
+    words = (f"held-out MAE {found.model_mae:.4f} h against {BASELINE_NAMES[baseline]}'s "
+             f"{found.baseline_mae:.4f} h on {found.rows} rows (paired difference "
+             f"{found.difference:+.4f} h, one-sided {confidence:.0%} lower limit "
+             f"{found.lower:+.4f} h)")
+    if found.lower > 0.0:
+        return Decision(gate, FAIL, f"{words}: the model is less accurate beyond sampling error",
+                        found.difference)
+    if found.difference > 0.0:
+        return Decision(gate, WARN, f"{words}: the model is less accurate, within sampling "
+                        f"error", found.difference)
+    return Decision(gate, PASS, f"{words}: at least as accurate", found.difference)
+
+
+def baseline_gates(scored: Optional[Scored], confidence: float) -> Tuple[Decision, ...]:
+    """The model against each baseline on some scored rows (``mae_vs_<baseline>``); none when
+    no baseline was scored."""
+    if scored is None:
+        return ()
+    return tuple(baseline_gate(f"mae_vs_{name}", name, scored, confidence)
+                 for name in scored.baselines)
+
+
+def held_out_gates(held_out: Evaluation, thresholds: MetricThresholds) -> Tuple[Decision, ...]:
+    """Every gate on the held-out rows: the levels and coverage, the baselines, then per basis."""
+    return (metric_gates(held_out.overall, thresholds)
+            + baseline_gates(held_out.scored, thresholds.baseline_confidence)
+            + basis_gates(held_out, thresholds))
 
 
 def coverage_upper_limit(covered: int, rows: int) -> float:
@@ -222,7 +404,7 @@ def coverage_gate(held_out: Metrics, thresholds: MetricThresholds) -> Tuple[Deci
 def basis_gates(
     held_out: Evaluation, thresholds: MetricThresholds, min_rows: int = DEFAULT_MIN_BASIS_ROWS
 ) -> Tuple[Decision, ...]:
-    """The metric gates again on each basis's held-out rows (named ``<gate>_<basis>``).
+    """The metric and baseline gates again on each basis's held-out rows (``<gate>_<basis>``).
 
     Only when the held-out rows span more than one basis (otherwise they repeat the overall
     gates word for word); a basis with fewer than ``min_rows`` held-out rows is scored (in the
@@ -238,7 +420,10 @@ def basis_gates(
                 f"{basis} parts have {basis_metrics.rows} held-out rows, fewer than {min_rows}: "
                 f"scored with the rest, not gated on their own")))
             continue
-        for d in metric_gates(basis_metrics, thresholds):
+        own = held_out.scored
+        baselines = baseline_gates(None if own is None else own.subset(own.basis == basis),
+                                   thresholds.baseline_confidence)
+        for d in metric_gates(basis_metrics, thresholds) + baselines:
             detail = f"{basis} parts ({basis_metrics.rows} rows): {d.detail}"
             decisions.append(Decision(f"{d.gate}_{basis}", d.outcome, detail, d.value))
     return tuple(decisions)

@@ -25,9 +25,10 @@ from typing import (
 import numpy as np
 import numpy.typing as npt
 
-from pipeline.artefacts import create_once
+from pipeline.artefacts import create_once, tranche_name
 from pipeline.metadata import ByCode, Metadata, Realised, Scores
 from pipeline.model_format import DispatchModel
+from pipeline.training.gates import BASELINE_NAMES
 from pipeline.training.listing import counts_summary
 
 if TYPE_CHECKING:
@@ -109,6 +110,7 @@ class RunRecord:
     history: List[Dict[str, Any]] = field(default_factory=list)
     history_left_out: List[Dict[str, Any]] = field(default_factory=list)
     pooling: Optional[Dict[str, Any]] = None
+    quarantine: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         if not self.run_id:
@@ -116,10 +118,7 @@ class RunRecord:
 
     def report_keys(self) -> Tuple[str, str]:
         """The HTML and JSON keys of this run's report (None-safe before a tranche is read)."""
-        stem = (self.tranche_key or "no-tranche").rsplit("/", 1)[-1]
-        if stem.endswith(".csv"):
-            stem = stem[:-4]
-        base = f"{REPORTS_PREFIX}{stem}/{self.run_id}"
+        base = f"{REPORTS_PREFIX}{tranche_name(self.tranche_key or 'no-tranche')}/{self.run_id}"
         return f"{base}.html", f"{base}.json"
 
 
@@ -471,6 +470,7 @@ def report_data(record: RunRecord, figures: Sequence[str]) -> Dict[str, Any]:
         "history_left_out": record.history_left_out,
         "pooling": record.pooling,
         "bases": _bases(record.new_model),
+        "quarantine": record.quarantine,
     }
 
 
@@ -550,6 +550,17 @@ def render_html(
             [h["key"], h["sha256"][:16] + "...", h["rows"], h["newest"]] for h in data["history"]
         ] + [[h["key"], "-", "left out: " + h["reason"], False]
              for h in data.get("history_left_out") or []]))
+    quarantine = data.get("quarantine") or {}
+    if quarantine.get("tranches"):
+        parts.append("<h2 id='quarantine'>Rows set aside</h2>")
+        parts.append(f"<p>{_e(quarantine['rows_set_aside'])} row(s) broke a row rule of the data "
+                     f"contract and were set aside: at most {_e(quarantine['max_bad_row_share'])}"
+                     " of a tranche's rows may be (one row in any tranche). Each is kept in the "
+                     "store with the rules it broke and its line in the tranche.</p>")
+        parts.append(_table(["tranche", "data rows", "set aside", "rules broken", "kept in"], [
+            [t["key"], t["rows_read"], t["rows_set_aside"],
+             ", ".join(f"{rule} ({n})" for rule, n in t["rules"].items()), t["quarantine"]]
+            for t in quarantine["tranches"]]))
     contract = data["contract"]
     if contract["violations"]:
         parts.append("<h2 id='contract'>Data contract: broken rules</h2>")
@@ -576,10 +587,15 @@ def render_html(
                 parts.append(_accuracy_tables(data))
             if name == "tail" and data["held_out"]:
                 by_basis = data["held_out"]["by_basis"]
+                baselines = data["held_out"].get("baselines") or {}
                 parts.append(_table(["basis", "parts", "held-out rows", "MAE (h)", "R²",
-                                     "p90 coverage"], [
+                                     "p90 coverage"] + [
+                    f"MAE of {BASELINE_NAMES.get(n, n)[len('the '):]} (h)" for n in baselines], [
                     [b, (data.get("bases") or {}).get(b, 0), m["rows"], m["mae"], m["r2"],
-                     m.get("coverage_p90")] for b, m in by_basis.items()]))
+                     m.get("coverage_p90")] + [
+                        (found.get("by_basis") or {}).get(b, {}).get("mae")
+                        for found in baselines.values()]
+                    for b, m in by_basis.items()]))
             if name == "drift" and data.get("drift"):
                 drift = data["drift"]
                 parts.append(_table(["feature", "PSI", "drifted (> threshold)"], [
@@ -615,8 +631,13 @@ def _accuracy_tables(data: Dict[str, Any]) -> str:
         overall = held["overall"]
         rows.append(["overall", overall["rows"], overall["mae"], overall["r2"],
                      overall.get("coverage_p90")])
+        for name, found in (held.get("baselines") or {}).items():
+            peer = found["overall"]
+            rows.append([f"baseline: {BASELINE_NAMES.get(name, name)}", peer["rows"],
+                         peer["mae"], peer["r2"], None])
         parts.append("<p>New model on the held-out rows (coverage: the share dispatched within "
-                     f"its p90 bound).{_e(which)}</p>"
+                     "its p90 bound), and the baselines it must match on the same rows (fitted "
+                     f"on the rows the model was fitted on).{_e(which)}</p>"
                      + _table(["product code", "rows", "MAE (h)", "R²", "p90 coverage"], rows))
     live = data.get("live_model")
     if live:

@@ -1,13 +1,16 @@
 """The train_model stage's run: the newest tranche in, a validated, gated and safely published
 model out, as small typed steps (the CLI is pipeline/train_model.py).
 
-Steps: find the newest tranche, check the data contract, read the older tranches within
-``--history-weeks`` (one that breaks the contract is left out with a warning), measure drift
-against the previous tranche, split the newest tranche (seeded, stratified by product code), fit
-on its training rows and the history (parts with enough rows in the newest tranche get their own
-curve, the rest a pooled one: pipeline/training/pooling.py), gate (held-out metrics overall and
-per basis, logic checks, champion vs challenger), refit on all rows and re-check its logic, then
-publish artefact, metadata and pointer. The per-code fits run in local processes or, with
+Steps: find the newest tranche, check the data contract (rows that break a row rule are set
+aside, within a tolerated share, to ``quarantine/<tranche name>.csv``), read the older tranches
+within ``--history-weeks`` (their bad rows set aside the same way; one that breaks the contract
+is left out with a warning), check that the window holds ``--min-rows`` valid rows, measure
+drift against the previous tranche, split the newest tranche (seeded, stratified by product
+code), fit on its training rows and the history (parts with enough rows in the newest tranche
+get their own curve, the rest a pooled one: pipeline/training/pooling.py), gate (held-out
+metrics overall and per basis beside the window's median baselines, logic checks, champion vs
+challenger), refit on all rows and re-check its logic, then publish artefact, metadata and
+pointer. The per-code fits run in local processes or, with
 ``--dask-scheduler``, on an existing Dask cluster (pipeline/training/cluster.py); every other step
 stays in this process. Before training, the live model is scored on the new tranche (its realised
 accuracy), and a run on the very tranche the live model was trained on, or one an operator rolled
@@ -38,12 +41,13 @@ from pipeline import artefacts, history
 from pipeline.artefacts import Tranche, find_tranches
 from pipeline.metadata import (
     BasisParts, ByCode, Fit, HistoryTranche, LeftOut, Metadata, Metrics, Options, Pooling,
-    PreviousModel, Realised, ReportKeys, Rows, TrainedTranche, TrancheRef,
+    PreviousModel, Quarantine, QuarantinedTranche, Realised, ReportKeys, Rows, TrainedTranche,
+    TrancheRef,
 )
 from pipeline.model_format import BASES, PRODUCT_BASIS, DispatchModel
 from pipeline.store import (
-    DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, ConcurrentUpdate, ObjectExists, Store,
-    StoreError, open_store,
+    DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, ConcurrentUpdate, ObjectExists, ObjectNotFound,
+    Store, StoreError, open_store,
 )
 from pipeline.training.cluster import ClusterError, connect_timeout
 from pipeline.training.drift import DEFAULT_DRIFT_THRESHOLD, DriftSummary, tranche_drift
@@ -51,9 +55,9 @@ from pipeline.training.estimator import (
     DEFAULT_FOLDS, DEFAULT_MIN_ROWS_PER_CODE, DispatchTimeRegressor, FitResult,
 )
 from pipeline.training.gates import (
-    DEFAULT_CHAMPION_TOLERANCE, FAIL, KEEP, WARN, Decision, Evaluation, LogicOptions,
-    MetricThresholds, basis_gates, champion_gate, evaluate, logic_gates, metric_gates,
-    observed_ranges,
+    BASELINE_NAMES, DEFAULT_CHAMPION_TOLERANCE, FAIL, KEEP, WARN, Decision, Evaluation,
+    LogicOptions, MedianBaselines, MetricThresholds, champion_gate, evaluate, held_out_gates,
+    logic_gates, observed_ranges,
 )
 from pipeline.training.listing import counts_summary, some
 from pipeline.training.pooling import TRANCHE, PooledDispatchRegressor
@@ -61,7 +65,8 @@ from pipeline.training.report import (
     FAILED, KEPT, PUBLISHED, REJECTED, UNCHANGED, Points, RunRecord,
 )
 from pipeline.training.validation import (
-    ContractOptions, DataContractError, ValidTranche, usable_rows, validate_tranche,
+    ContractOptions, DataContractError, ValidTranche, Violation, usable_rows, validate_tranche,
+    window_rows_violation,
 )
 
 EXIT_OK = 0
@@ -175,14 +180,29 @@ class History(NamedTuple):
     left_out: Tuple[Tuple[str, str], ...] = ()
 
     def fed(self, key: str, sha256: str, newest: ValidTranche) -> List[HistoryTranche]:
-        """Every tranche that fed the model, newest first: key, sha256 and rows."""
-        return [HistoryTranche(key=key, sha256=sha256, rows=newest.rows, newest=True)] + [
-            HistoryTranche(key=t.key, sha256=t.sha256, rows=t.rows.rows, newest=False)
+        """Every tranche that fed the model, newest first: key, sha256, valid rows and rows set
+        aside."""
+        return [HistoryTranche(key=key, sha256=sha256, rows=newest.rows,
+                               rows_set_aside=newest.rows_set_aside, newest=True)] + [
+            HistoryTranche(key=t.key, sha256=t.sha256, rows=t.rows.rows,
+                           rows_set_aside=t.rows.rows_set_aside, newest=False)
             for t in self.tranches]
 
     def left_out_with_reasons(self) -> List[LeftOut]:
         """The older tranches left out, each with why."""
         return [LeftOut(key=key, reason=reason) for key, reason in self.left_out]
+
+    def quarantine(self, key: str, newest: ValidTranche, share: float) -> Quarantine:
+        """The rows set aside: the tolerated share, how many in all, and per tranche that set
+        some aside (newest first) where they are kept and the rules they broke."""
+        tranches = [
+            QuarantinedTranche(key=name, quarantine=artefacts.quarantine_key(name),
+                               **rows.set_aside.to_dict())
+            for name, rows in [(key, newest)] + [(t.key, t.rows) for t in self.tranches]
+            if rows.set_aside is not None]
+        return Quarantine(max_bad_row_share=share,
+                          rows_set_aside=sum(t.rows_set_aside or 0 for t in tranches),
+                          tranches=tranches)
 
 
 def features_of(rows: ValidTranche) -> pd.DataFrame:
@@ -251,20 +271,23 @@ def read_history(
     store: Store, delivered: "Delivered", options: TrainOptions,
     record: Optional[RunRecord] = None,
 ) -> History:
-    """The older tranches within the history window; one that breaks the contract or cannot be
-    read is left out with one warning naming it, never fatal."""
+    """The older tranches within the history window, their bad rows set aside as the newest
+    tranche's are; one that breaks the contract (beyond the tolerated share of bad rows, or a
+    structural break) or cannot be read is left out with one warning naming it, never fatal."""
     kept: List[OlderTranche] = []
     left_out: List[Tuple[str, str]] = []
     for older in delivered.older:
         try:
             data = store.read_bytes(older.key)
-            kept.append(OlderTranche(older.key, artefacts.sha256_hex(data),
-                                     validate_tranche(data, options.contract)))
+            rows = validate_tranche(data, options.contract)
         except (StoreError, DataContractError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             log.warning("older tranche %s left out of the history: %s",
                         store.location(older.key), reason)
             left_out.append((older.key, reason))
+            continue
+        set_aside(store, older.key, rows)
+        kept.append(OlderTranche(older.key, artefacts.sha256_hex(data), rows))
     history = History(tuple(kept), tuple(left_out))
     if options.history_weeks > 0:
         log.info("history: %d older tranche(s) within %d weeks feed the model%s",
@@ -274,7 +297,49 @@ def read_history(
         fed = history.fed(delivered.key, delivered.sha256, delivered.rows)
         record.history = [tranche.to_data() for tranche in fed]
         record.history_left_out = [out.to_data() for out in history.left_out_with_reasons()]
+        record.quarantine = history.quarantine(
+            delivered.key, delivered.rows, options.contract.max_bad_row_share).to_data()
     return history
+
+
+def set_aside(store: Store, key: str, rows: ValidTranche) -> None:
+    """Keep the rows a tranche set aside in ``quarantine/<tranche name>.csv`` and say so: a
+    warning when it is news, a line of information when the file held them already (an older
+    tranche read again week after week)."""
+    found = rows.set_aside
+    if found is None:
+        return
+    where = artefacts.quarantine_key(key)
+    try:
+        kept = store.read_bytes(where) == found.table
+    except ObjectNotFound:
+        kept = False
+    if not kept:
+        store.write_bytes(where, found.table)
+    log.log(logging.INFO if kept else logging.WARNING, "tranche %s: %s; the rows are in %s",
+            store.location(key), found.describe(), store.location(where))
+
+
+def require_window_rows(
+    store: Store, delivered: "Delivered", history: History, options: TrainOptions,
+    record: Optional[RunRecord] = None,
+) -> None:
+    """The newest tranche and the older ones of its window must hold --min-rows valid rows."""
+    violation = window_rows_violation(delivered.rows.rows,
+                                      [t.rows.rows for t in history.tranches],
+                                      options.contract.min_rows, options.history_weeks)
+    if violation is not None:
+        raise contract_failure(store, delivered.key, [violation], record)
+
+
+def contract_failure(
+    store: Store, key: str, violations: Sequence[Violation], record: Optional[RunRecord]
+) -> StageFailure:
+    """The newest tranche's broken rules as the stage's failure (exit 5), noted in the record."""
+    if record is not None:
+        record.violations = [dict(v.to_dict(), describe=v.describe()) for v in violations]
+    return StageFailure(EXIT_BAD_DATA, f"tranche {store.location(key)} breaks the data contract: "
+                        f"{DataContractError(violations)}")
 
 
 def label_bound_gates(
@@ -302,10 +367,11 @@ def train_and_gate(
             f"no product code has {options.min_rows_per_code} training rows "
             f"(the training split has {counts_summary(train.rows_by_code())}); nothing to learn"
         ))
-    held_out = evaluate(result.model, test)
+    older = [t.rows for t in history.tranches] if history is not None else []
+    held_out = evaluate(result.model, test, MedianBaselines.fit([train] + older))
     log_coverage(held_out)
-    decisions = (metric_gates(held_out.overall, options.thresholds)
-                 + basis_gates(held_out, options.thresholds)
+    log_baselines(held_out)
+    decisions = (held_out_gates(held_out, options.thresholds)
                  + label_bound_gates(result.model, train, options, history))
     return Trained(result, held_out, decisions, seconds)
 
@@ -323,6 +389,14 @@ def log_coverage(held_out: Evaluation) -> None:
     log.info("held-out coverage of the p90 bound: %.3f overall%s; %s: %s",
              held_out.overall.coverage_p90, by_basis, lowest,
              some(f"{code} {value:.3f}" for value, code in covered))
+
+
+def log_baselines(held_out: Evaluation) -> None:
+    """One line: the held-out MAE of the model beside each baseline's on the same rows."""
+    peers = ", ".join(f"{BASELINE_NAMES[name]} {m.mae:.4f} h"
+                      for name, m in held_out.baselines.items())
+    log.info("held-out MAE on %d rows: the model %.4f h; %s", held_out.overall.rows,
+             held_out.overall.mae, peers)
 
 
 def read_champion(store: Store) -> Champion:
@@ -443,6 +517,8 @@ def build_metadata(
         history=history.fed(tranche_key, tranche_sha256, tranche),
         history_left_out=history.left_out_with_reasons(),
         history_weeks=options.history_weeks,
+        quarantine=history.quarantine(tranche_key, tranche,
+                                      options.contract.max_bad_row_share),
         bases=bases_of(final.model),
         pooling=None if final.pooling is None else Pooling.model_validate(final.pooling),
         published_model="refit on all rows" if options.refit else "fitted on the training rows",
@@ -503,10 +579,8 @@ def read_newest_tranche(
     try:
         rows = validate_tranche(data, contract)
     except DataContractError as exc:
-        record.violations = [dict(v.to_dict(), describe=v.describe()) for v in exc.violations]
-        raise StageFailure(
-            EXIT_BAD_DATA, f"tranche {store.location(key)} breaks the data contract: {exc}"
-        ) from None
+        raise contract_failure(store, key, exc.violations, record) from None
+    set_aside(store, key, rows)
     log.info("tranche meets the data contract: %d rows, %s",
              rows.rows, counts_summary(rows.rows_by_code()))
     if rows.ignored_columns:
@@ -619,11 +693,12 @@ def run(store_url: str, options: TrainOptions, record: Optional[RunRecord] = Non
     if unchanged(champion, tranche_sha256, options, record) or rolled_back(
             store, tranche_sha256, options, record):
         return EXIT_OK
+    history = read_history(store, delivered, options, record)
+    require_window_rows(store, delivered, history, options, record)
     realised = record.realised = None if trained_on_this(champion, tranche_sha256) else (
         measure_realised(store, champion, delivered.key, tranche_sha256, tranche, record.run_id))
     drift = measure_drift(store, delivered.previous, tranche, options.drift_threshold, record)
     record.drift = drift.to_dict()
-    history = read_history(store, delivered, options, record)
     split = split_rows(tranche.code_index, options.test_fraction, options.seed)
     trained = train_and_gate(tranche, split, options, history)
     record.held_out, record.pooling = trained.held_out.to_dict(), trained.fit.pooling

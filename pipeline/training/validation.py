@@ -8,6 +8,13 @@ and a few example rows with their line numbers. pandas reads every column as
 text and numbers are parsed leniently, so a value that is not a number is a
 violation with examples, never a crash.
 
+Rows that break a row rule are set aside, up to a tolerated share of the tranche's data rows
+(``max_bad_row_share``, 1% by default, and one row in any tranche unless the share is 0): the
+rest of the tranche is used, and the rows set aside become the quarantine file, each with its
+line and the rules it broke. Beyond that share, or when no valid row is left, the whole tranche
+is refused with every violation listed. How many valid rows are enough is not a property of
+one tranche: :func:`window_rows_violation` counts the newest tranche with its history window.
+
 Decisions: columns beyond the three required ones are ignored (and reported);
 blank lines are skipped; surrounding whitespace is stripped from every value;
 product codes are case-sensitive. Line numbers assume no quoted field spans lines.
@@ -17,8 +24,10 @@ from __future__ import annotations
 import codecs
 import csv
 import io
+import math
 import warnings
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,11 +40,18 @@ ORDERS = "orders_placed"
 CODE = "product_code"
 REQUIRED_COLUMNS: Tuple[str, ...] = (HOURS, ORDERS, CODE)
 DEFAULT_MIN_ROWS = 100
-DEFAULT_MAX_HOURS = 1000.0
+# A year: no order waits that long for dispatch, so a larger value is a unit or date error. Real
+# slow dispatches (a parcel forgotten for weeks, 1,000-2,000 h) are data the model and its p90
+# bound must see, not rows to set aside (docs/operations.md, the data contract).
+DEFAULT_MAX_HOURS = 8760.0
+DEFAULT_MAX_BAD_ROW_SHARE = 0.01
 DEFAULT_EXAMPLES = 3
+QUARANTINE_COLUMNS: Tuple[str, ...] = ("line", "rule") + REQUIRED_COLUMNS
 _LINE = "__line"
 _EXTRA = "__extra"
 _OTHER_DELIMITERS = (";", "\t", "|")
+NEEDED = (f"a tranche needs at least one valid row of orders under its header "
+          f"({','.join(REQUIRED_COLUMNS)})")
 
 
 def _number(column: str) -> str:
@@ -52,6 +68,7 @@ class ContractOptions:
 
     min_rows: int = DEFAULT_MIN_ROWS
     max_hours: float = DEFAULT_MAX_HOURS
+    max_bad_row_share: float = DEFAULT_MAX_BAD_ROW_SHARE
     examples: int = DEFAULT_EXAMPLES
 
 
@@ -189,19 +206,51 @@ def contract_schema(options: ContractOptions) -> pa.DataFrameSchema:
 
 
 @dataclass(frozen=True)
+class SetAside:
+    """The rows of a tranche set aside for breaking a row rule, within the tolerated share: how
+    many of the data rows read, every broken rule (rows and example lines) and the quarantine
+    file's content (one line per row set aside: its line, the rules it broke, its raw values)."""
+
+    rows_read: int
+    rows: int
+    violations: Tuple[Violation, ...]
+    table: bytes
+
+    def rules(self) -> Dict[str, int]:
+        """Rows breaking each rule (a row breaking two rules counts for both)."""
+        return {v.rule: v.rows for v in self.violations}
+
+    def describe(self) -> str:
+        """The rows set aside in one phrase of plain words."""
+        return (f"{self.rows} of {self.rows_read} data rows set aside: "
+                + "; ".join(v.describe() for v in self.violations))
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready form (counts and rules; the rows themselves are in the quarantine file)."""
+        return {"rows_read": self.rows_read, "rows_set_aside": self.rows, "rules": self.rules()}
+
+
+@dataclass(frozen=True)
 class ValidTranche:
-    """The rows of a tranche that meet the contract, as arrays ready for the model."""
+    """The rows of a tranche that meet the contract, as arrays ready for the model, and the rows
+    set aside for breaking a row rule (None when every row is valid)."""
 
     product_codes: Tuple[str, ...]
     code_index: npt.NDArray[np.int64]
     orders_placed: npt.NDArray[np.float64]
     hours_to_dispatch: npt.NDArray[np.float64]
     ignored_columns: Tuple[str, ...] = ()
+    set_aside: Optional[SetAside] = None
 
     @property
     def rows(self) -> int:
         """How many rows."""
         return int(len(self.code_index))
+
+    @property
+    def rows_set_aside(self) -> int:
+        """How many rows of the tranche were set aside."""
+        return 0 if self.set_aside is None else self.set_aside.rows
 
     def codes(self) -> npt.NDArray[np.str_]:
         """Each row's product code."""
@@ -234,7 +283,7 @@ class _Read:
 def _structure(data: bytes) -> Tuple[bytes, List[str]]:
     """The CSV body after the header, and the header's names; DataContractError if unusable."""
     if not data.strip():
-        raise DataContractError([Violation("file_empty", "the file is empty")])
+        raise DataContractError([Violation("file_empty", f"the file is empty: {NEEDED}")])
     nul = data.find(b"\x00")
     if nul >= 0:
         raise DataContractError([Violation(
@@ -265,7 +314,7 @@ def _structure(data: bytes) -> Tuple[bytes, List[str]]:
                 )])
     if not rest.strip():
         raise DataContractError([Violation(
-            "no_data_rows", f"the file has a header ({first.strip()!r}) but no data rows"
+            "no_data_rows", f"the file has a header ({first.strip()!r}) but no data rows: {NEEDED}"
         )])
     return data, names
 
@@ -369,10 +418,17 @@ def _example(prepared: pd.DataFrame, rule: RowRule, line: int) -> Example:
     ))
 
 
-def evaluate(
-    prepared: pd.DataFrame, options: ContractOptions
-) -> Tuple[Tuple[Violation, ...], npt.NDArray[np.bool_]]:
-    """Every rule over every row at once: the violations and a per-row 'breaks nothing' mask."""
+@dataclass(frozen=True)
+class _Checked:
+    """Every rule over every row: the violations, the lines breaking each rule, and a per-row
+    'breaks nothing' mask."""
+
+    violations: Tuple[Violation, ...]
+    failures: Dict[str, pd.Index]
+    clean: npt.NDArray[np.bool_]
+
+
+def _check(prepared: pd.DataFrame, options: ContractOptions) -> _Checked:
     failures = _failures(prepared, options)
     violations: List[Violation] = []
     for rule in row_rules(options):
@@ -382,10 +438,88 @@ def evaluate(
             violations.append(Violation(rule.name, rule.description, len(lines), examples))
     broken = [np.asarray(lines) for lines in failures.values()]
     clean: npt.NDArray[np.bool_] = ~prepared.index.isin(np.concatenate(broken) if broken else [])
-    return tuple(violations), clean
+    return _Checked(tuple(violations), failures, clean)
 
 
-def _tranche(frame: pd.DataFrame, ignored: Tuple[str, ...]) -> ValidTranche:
+def tolerated_bad_rows(rows: int, share: float) -> int:
+    """How many of a tranche's data rows may be set aside: ``share`` of them, rounded down, and
+    one row in any tranche unless ``share`` is 0.
+
+    The share is taken as written (0.01 is exactly 1/100, so 10 of 1,000 rows), never as the
+    nearest binary fraction, so no count at the boundary depends on floating-point rounding.
+    """
+    if share <= 0:
+        return 0
+    return max(1, math.floor(Fraction(repr(float(share))) * rows))
+
+
+def _quarantine_table(prepared: pd.DataFrame, checked: _Checked,
+                      options: ContractOptions) -> bytes:
+    """The quarantine file: one line per row set aside, its line, the rules it broke
+    (``;``-separated, in the contract's order) and its raw values as in the tranche."""
+    pairs = [pd.DataFrame({"line": np.asarray(checked.failures[rule.name]), "rule": rule.name})
+             for rule in row_rules(options) if rule.name in checked.failures]
+    joined = pd.concat(pairs).groupby("line", sort=True)["rule"].agg(";".join)
+    raw = prepared.loc[joined.index]
+    line, rule, *columns = QUARANTINE_COLUMNS
+    table = pd.DataFrame({line: joined.index.to_numpy(), rule: joined.to_numpy()})
+    for column in columns:
+        table[column] = raw[_raw(column)].astype(object).to_numpy()
+    return str(table.to_csv(index=False, lineterminator="\n")).encode("utf-8")
+
+
+def validate_tranche(data: bytes, options: ContractOptions = ContractOptions()) -> ValidTranche:
+    """The tranche's valid rows, with the rows that break a row rule set aside (within the
+    tolerated share); DataContractError on a structural break, beyond the share, or when no
+    valid row is left."""
+    read = _read(data)
+    prepared = _prepare(read.frame)
+    checked = _check(prepared, options)
+    rows_read = len(prepared)
+    if not rows_read:
+        raise DataContractError([Violation(
+            "no_data_rows", f"the file has a header but only blank lines: {NEEDED}")])
+    bad = rows_read - int(checked.clean.sum())
+    if not bad:
+        return _tranche(prepared, read.ignored_columns)
+    limit = tolerated_bad_rows(rows_read, options.max_bad_row_share)
+    if bad > limit:
+        raise DataContractError(list(checked.violations) + [Violation(
+            "too_many_bad_rows",
+            f"{bad} of the {rows_read} data rows break a row rule; at most {limit} may be set "
+            f"aside ({options.max_bad_row_share:.4g} of the rows, one in any tranche unless 0: "
+            f"--max-bad-row-share)",
+        )])
+    if bad == rows_read:
+        raise DataContractError(list(checked.violations) + [Violation(
+            "no_valid_rows", f"every data row breaks a row rule: {NEEDED}")])
+    set_aside = SetAside(rows_read, bad, checked.violations,
+                         _quarantine_table(prepared, checked, options))
+    return _tranche(prepared[checked.clean], read.ignored_columns, set_aside)
+
+
+def window_rows_violation(
+    newest_rows: int, older_rows: Sequence[int], min_rows: int, history_weeks: int
+) -> Optional[Violation]:
+    """``too_few_rows`` when the newest tranche and the older tranches of its history window
+    hold fewer than ``min_rows`` valid rows together; None when they hold enough."""
+    total = newest_rows + sum(older_rows)
+    if total >= min_rows:
+        return None
+    if history_weeks > 0:
+        window = (f"the {len(older_rows)} older tranche(s) of the history window "
+                  f"(--history-weeks {history_weeks}) {sum(older_rows)} more: {total} in all")
+        wait = "once more weeks have landed, or with a lower --min-rows"
+    else:
+        window = "no older tranche is read (--history-weeks 0)"
+        wait = "with a history window (--history-weeks) or a lower --min-rows"
+    return Violation("too_few_rows", (
+        f"the newest tranche has {newest_rows} valid rows and {window}; at least {min_rows} "
+        f"valid rows are needed (--min-rows): the model trains {wait}"))
+
+
+def _tranche(frame: pd.DataFrame, ignored: Tuple[str, ...],
+             set_aside: Optional[SetAside] = None) -> ValidTranche:
     index, unique = pd.factorize(frame[CODE], sort=True)
     return ValidTranche(
         tuple(str(c) for c in unique),
@@ -393,23 +527,8 @@ def _tranche(frame: pd.DataFrame, ignored: Tuple[str, ...]) -> ValidTranche:
         frame[_number(ORDERS)].to_numpy(dtype=np.float64),
         frame[_number(HOURS)].to_numpy(dtype=np.float64),
         ignored,
+        set_aside,
     )
-
-
-def validate_tranche(data: bytes, options: ContractOptions = ContractOptions()) -> ValidTranche:
-    """The tranche's rows if the whole file meets the contract; else DataContractError."""
-    read = _read(data)
-    prepared = _prepare(read.frame)
-    violations, _ = evaluate(prepared, options)
-    problems = list(violations)
-    if len(prepared) < options.min_rows:
-        problems.append(Violation(
-            "too_few_rows",
-            f"the tranche has {len(prepared)} data rows; at least {options.min_rows} needed",
-        ))
-    if problems:
-        raise DataContractError(problems)
-    return _tranche(prepared, read.ignored_columns)
 
 
 def usable_rows(data: bytes) -> Optional[ValidTranche]:
@@ -419,5 +538,5 @@ def usable_rows(data: bytes) -> Optional[ValidTranche]:
     except DataContractError:
         return None
     prepared = _prepare(read.frame)
-    _, clean = evaluate(prepared, ContractOptions(min_rows=0, max_hours=float("inf")))
-    return _tranche(prepared[clean], read.ignored_columns)
+    checked = _check(prepared, ContractOptions(min_rows=0, max_hours=float("inf")))
+    return _tranche(prepared[checked.clean], read.ignored_columns)
