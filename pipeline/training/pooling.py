@@ -26,7 +26,7 @@ Training only. :class:`PooledDispatchRegressor` composes today's
 
 ``offsets="factor"`` keeps the factor-only model (``a = 0``), the first pass alone: it suits a
 world where parts differ by a factor only (``pipeline.simulate``); the shifts, the default,
-also fit parts that differ by a constant or in shape (``benchmarks/catalogue.py``) and lose
+also fit parts that differ by a constant or in shape (``testing_support/worlds.py``) and lose
 nothing on the first.
 """
 from __future__ import annotations
