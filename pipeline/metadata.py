@@ -228,7 +228,8 @@ class Rows(Section):
 
 class Fit(Section):
     """How one code's curve was chosen: its rows, the family, each family's CV MAE, its trained
-    range and the bound's quantile (the last two from artefact format 2 on)."""
+    range and the bound's quantile (the last two from artefact format 2 on), and the loss it
+    was fitted by (``squared`` or ``absolute``; from the conditional-median curves on)."""
 
     rows: Optional[StrictInt] = None
     family: Optional[StrictStr] = None
@@ -236,6 +237,7 @@ class Fit(Section):
     cv_mae: Dict[str, StrictFloat] = {}
     orders_range: Optional[List[StrictFloat]] = None
     bound_quantile: Optional[StrictFloat] = None
+    loss: Optional[StrictStr] = None
 
 
 class HistoryTranche(Section):
@@ -363,8 +365,10 @@ class Metadata(Section):
     ``previous_model`` and ``report`` are written from the models command's first version
     on (``previous_model`` null for a first model); ``history*``, ``bases`` and ``pooling``
     from the history window's; ``quarantine`` (and ``history[].rows_set_aside``) from the
-    rows set aside's. ``trained_at`` is no training run's: the service's first tests wrote it
-    for ``created_at``.
+    rows set aside's. ``published_model`` says which model was published (the refit on all
+    rows or the scored one) and ``held_out`` which rows it was scored on, in words (the latter
+    from the newest tranche held out whole on). ``trained_at`` is no training run's: the
+    service's first tests wrote it for ``created_at``.
     """
 
     model_version: Optional[StrictStr] = None
@@ -381,6 +385,7 @@ class Metadata(Section):
     bases: Dict[str, BasisParts] = {}
     pooling: Optional[Pooling] = None
     published_model: Optional[StrictStr] = None
+    held_out: Optional[StrictStr] = None
     gates: List[Gate] = []
     drift: Drift = Drift()
     product_codes: List[StrictStr] = []
@@ -391,11 +396,6 @@ class Metadata(Section):
     previous_model: Optional[PreviousModel] = None
     report: Optional[ReportKeys] = None
     trained_at: Optional[StrictStr] = None
-
-    @property
-    def held_out(self) -> HeldOut:
-        """The held-out accuracy recorded at training."""
-        return self.metrics.held_out
 
     @property
     def heldout_mae(self) -> Optional[StrictFloat]:

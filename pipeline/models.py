@@ -120,7 +120,7 @@ def show_text(store: Store, entry: history.ModelEntry) -> str:
     realised accuracy on later tranches, gates, drift, rollbacks and where its report is."""
     meta = entry.metadata
     data = entry.to_dict()
-    held = meta.held_out
+    held = meta.metrics.held_out
     lines = [
         f"model {entry.version}{'  (live, ' + str(entry.live_by) + ')' if entry.live else ''}",
         f"  created at       {entry.created_at}",

@@ -72,7 +72,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> Tuple[str, TrainOptions,
              "new parts borrow their rows and the whole catalogue's curve (partial pooling); "
              "0: the newest tranche only, and rare parts are not learned")
     add("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION,
-        help="share of every product code's rows held out for the gates")
+        help="share of every product code's rows held out for the gates when the history "
+             "window holds no older tranche (a store's first; with one, the newest tranche is "
+             "held out whole and the scored model is fitted on the older ones)")
     add("--seed", type=int, default=DEFAULT_SEED, help="seed of the split and the CV folds")
     add("--folds", type=int, default=DEFAULT_FOLDS, help="cross-validation folds choosing curves")
     add("--n-jobs", type=int, default=joblib.cpu_count(),

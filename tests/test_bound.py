@@ -32,7 +32,7 @@ def test_the_conformal_quantile_is_the_finite_sample_rank_and_never_negative() -
 @pytest.mark.parametrize("growing", [False, True])
 def test_the_bound_covers_about_90_percent_at_the_quiet_and_the_busy_end(growing: bool) -> None:
     orders, hours = queue_rows(3000, seed=1, growing=growing)
-    curve, bound, fit = fit_code(orders, hours)
+    curve, bound, fit, _ = fit_code(orders, hours)
     fresh_orders, fresh_hours = queue_rows(20_000, seed=2, growing=growing)
     assert 0.87 < coverage(bound, fresh_orders, fresh_hours) < 0.93
     for low, high in ((0.0, 100.0), (150.0, np.inf)):
@@ -43,7 +43,7 @@ def test_the_bound_covers_about_90_percent_at_the_quiet_and_the_busy_end(growing
 
 def test_a_constant_margin_would_fail_where_the_spread_grows() -> None:
     orders, hours = queue_rows(3000, seed=1, growing=True)
-    curve, _, _ = fit_code(orders, hours)
+    curve, _, _, _ = fit_code(orders, hours)
     flat = conformal_bound(curve, orders, hours, curve.predict(orders), 0.9)
     margin = float(np.quantile(hours - curve.predict(orders), 0.9))
     constant = Curve(curve.knots, tuple(v + margin for v in curve.values))
@@ -59,7 +59,7 @@ def test_the_bound_is_a_valid_upper_curve_on_any_rows() -> None:
         n = int(rng.integers(30, 300))
         orders = rng.integers(0, int(rng.integers(1, 400)), n).astype(np.float64)
         hours = np.abs(rng.standard_cauchy(n)) * float(rng.uniform(0.01, 50))
-        curve, bound, _ = fit_code(orders, hours)
+        curve, bound, _, _ = fit_code(orders, hours)
         assert bound_violation(curve, bound) is None, case
         grid = np.linspace(0.0, 3 * orders.max() + 10, 500)
         upper = bound.predict(grid)
@@ -69,7 +69,7 @@ def test_the_bound_is_a_valid_upper_curve_on_any_rows() -> None:
 
 def test_noise_free_rows_get_a_bound_hugging_the_estimate() -> None:
     orders = np.tile(np.arange(0.0, 200.0), 3)
-    curve, bound, _ = fit_code(orders, 2.0 + 0.05 * orders)
+    curve, bound, _, _ = fit_code(orders, 2.0 + 0.05 * orders)
     grid = np.linspace(0.0, 400.0, 101)
     assert np.allclose(bound.predict(grid), curve.predict(grid), atol=1e-3)
 

@@ -20,23 +20,26 @@ from pipeline.metadata import (
 from testing_support.stages import PYTHON, REPO_ROOT
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "metadata"
-CURRENT = FIXTURES / "2026-12-03b-ad2cc23.json"
+CURRENT = FIXTURES / "2026-12-03c-0ca4c7a.json"
 CODES = ["SKU001", "SKU002", "SKU003", "SKU004", "SKU005"]
 # Each fixture (date and commit of the code that wrote it): whether it records the bound's
 # coverage, bases and the history window, the model it replaced ("absent": the format before
-# previous_model; "none": a first model), and the baselines and rows set aside (gated against
-# the window's medians, absolute levels off; its newest tranche has one bad row).
+# previous_model; "none": a first model), the baselines and rows set aside (gated against
+# the window's medians, absolute levels off; its newest tranche has one bad row), and the
+# newest tranche held out whole (what was held out and published in words, the catalogue
+# curve's answers scored as a basis).
 FORMATS = {
-    "2026-11-21-d4a100c": (False, False, "absent", False),
-    "2026-11-30a-6f8c3e3": (False, False, "recorded", False),
-    "2026-11-30b-16c8907-first": (False, False, "none", False),
-    "2026-11-30b-16c8907": (False, False, "recorded", False),
-    "2026-11-30c-c543ccb": (True, False, "recorded", False),
-    "2026-12-01a-84302c3": (True, True, "recorded", False),
-    "2026-12-01b-97e3e84": (True, True, "recorded", False),
-    "2026-12-02-e6bcebe": (True, True, "recorded", False),
-    "2026-12-03-9ed8c2f": (True, True, "recorded", False),
-    "2026-12-03b-ad2cc23": (True, True, "recorded", True),
+    "2026-11-21-d4a100c": (False, False, "absent", False, False),
+    "2026-11-30a-6f8c3e3": (False, False, "recorded", False, False),
+    "2026-11-30b-16c8907-first": (False, False, "none", False, False),
+    "2026-11-30b-16c8907": (False, False, "recorded", False, False),
+    "2026-11-30c-c543ccb": (True, False, "recorded", False, False),
+    "2026-12-01a-84302c3": (True, True, "recorded", False, False),
+    "2026-12-01b-97e3e84": (True, True, "recorded", False, False),
+    "2026-12-02-e6bcebe": (True, True, "recorded", False, False),
+    "2026-12-03-9ed8c2f": (True, True, "recorded", False, False),
+    "2026-12-03b-ad2cc23": (True, True, "recorded", True, False),
+    "2026-12-03c-0ca4c7a": (True, True, "recorded", True, True),
 }
 # Fields no training run writes: the service's first tests' shapes, read for compatibility.
 LEGACY = {"Metadata.trained_at", "HeldOut.coverage_p90"}
@@ -64,7 +67,7 @@ def test_every_earlier_format_reads_and_writes_back_byte_for_byte(stem: str) -> 
 @pytest.mark.parametrize("stem", FORMATS)
 def test_every_earlier_format_gives_its_facts_typed(stem: str) -> None:
     path = FIXTURES / f"{stem}.json"
-    coverage, bases, previous_model, baselines = FORMATS[stem]
+    coverage, bases, previous_model, baselines, out_of_time = FORMATS[stem]
     raw = document(path)
     metadata = read_metadata(path.read_bytes())
     assert metadata.model_version == raw["model_version"]
@@ -76,16 +79,16 @@ def test_every_earlier_format_gives_its_facts_typed(stem: str) -> None:
         "total"] > 0
     assert metadata.product_codes == CODES == sorted(metadata.fits)
     assert all(fit.family and fit.cv_mae for _, fit in metadata.fits.items())
-    per_code = metadata.held_out.per_product_code
+    per_code = metadata.metrics.held_out.per_product_code
     assert [code for code, _ in per_code.items()] == CODES
     assert all(s.mae is not None and s.rows for _, s in per_code.items())
     assert [g.gate for g in metadata.gates][:3] == (
         ["coverage_p90", "mae_vs_code_median", "mae_vs_global_median"] if baselines
         else ["r2", "mae", "coverage_p90" if coverage else "monotone"])
-    assert set(metadata.held_out.baselines) == (
+    assert set(metadata.metrics.held_out.baselines) == (
         {"code_median", "global_median"} if baselines else set())
-    assert all(b.overall.rows == metadata.held_out.overall.rows and set(b.by_basis) == set(
-        metadata.held_out.by_basis) for b in metadata.held_out.baselines.values())
+    assert all(b.overall.rows == metadata.metrics.held_out.overall.rows and set(b.by_basis) == set(
+        metadata.metrics.held_out.by_basis) for b in metadata.metrics.held_out.baselines.values())
     assert [h.rows_set_aside for h in metadata.history] == ([1, 0] if baselines else [
         None for _ in metadata.history])
     quarantine = metadata.quarantine
@@ -99,8 +102,13 @@ def test_every_earlier_format_gives_its_facts_typed(stem: str) -> None:
     assert set(metadata.drift.psi) == (set() if previous_model == "none" else {
         "orders_placed", "hours_to_dispatch", "product_code"})
     assert metadata.options.thresholds.coverage_min == (0.85 if coverage else None)
-    assert (metadata.held_out.coverage is not None) == coverage
-    assert (set(metadata.held_out.by_basis) == {"product", "pooled"}) == bases
+    assert (metadata.metrics.held_out.coverage is not None) == coverage
+    assert set(metadata.metrics.held_out.by_basis) == (
+        set() if not bases else {"product", "pooled", "catalogue"} if out_of_time
+        else {"product", "pooled"})
+    assert (metadata.held_out or "").startswith("the newest tranche, whole") == out_of_time
+    assert (metadata.rows.test == metadata.rows.total) == out_of_time
+    assert all((f.loss is not None) == out_of_time for _, f in metadata.fits.items())
     assert (metadata.pooling is not None) == bases
     assert [h.newest for h in metadata.history] == ([True, False] if bases else [])
     assert metadata.records_previous_model == (previous_model != "absent")
@@ -189,7 +197,7 @@ def test_unknown_fields_are_kept_as_read_and_never_an_error() -> None:
 def test_a_field_of_the_wrong_type_reads_as_absent(broken: Dict[str, Any], gone: str) -> None:
     metadata = read_metadata({"model_version": "v", **broken})
     assert metadata.model_version == "v"
-    held = metadata.held_out
+    held = metadata.metrics.held_out
     assert gone != "mae" or (held.overall.mae is None and held.overall.rows == 3)
     assert gone != "rows" or (held.overall.rows is None and held.overall.mae == 0.4)
     assert gone not in ("overall", "held_out") or held.overall == Scores()
@@ -207,7 +215,7 @@ def test_wrong_entries_in_lists_and_maps_are_left_out_the_rest_kept() -> None:
     })
     assert metadata.gates == [Gate(gate="r2"), Gate(gate="mae", value=0.3)]
     assert {b: p.parts for b, p in metadata.bases.items()} == {"product": 3}
-    per_code = metadata.held_out.per_product_code
+    per_code = metadata.metrics.held_out.per_product_code
     assert per_code.get("A") == Scores(mae=0.2) and per_code.get("B") is None
     assert per_code.get("C") == Scores(rows=4) and per_code.get("D") is None
     assert [code for code, _ in per_code.items()] == ["A", "C"]
@@ -224,7 +232,7 @@ def test_the_shapes_the_service_read_before_training_wrote_them() -> None:
     })
     assert metadata.created is not None and metadata.created.isoformat().startswith(
         "2026-11-20T23:00:00+00:00")
-    assert metadata.held_out.coverage == 0.91 and metadata.heldout_mae is None
+    assert metadata.metrics.held_out.coverage == 0.91 and metadata.heldout_mae is None
     assert metadata.rows.total is None
 
 

@@ -44,7 +44,7 @@ def test_predictions_never_fall_and_are_never_negative(shape: str) -> None:
 
 def test_decreasing_data_gives_a_flat_not_a_falling_curve() -> None:
     orders = np.arange(100, dtype=float)
-    curve, _, fit = fit_code(orders, 50.0 - 0.3 * orders)
+    curve, _, fit, _ = fit_code(orders, 50.0 - 0.3 * orders)
     predicted = curve.predict(np.linspace(0.0, 200.0, 50))
     assert np.all(np.diff(predicted) >= 0.0)
     assert np.all(predicted >= 0.0)
@@ -55,7 +55,7 @@ def test_a_straight_line_is_recovered_and_chosen_as_linear() -> None:
     # Noise-free: several families fit exactly, their CV errors differ only by rounding,
     # and such a tie goes to the simplest family on any CPU.
     orders = np.tile(np.arange(0.0, 200.0), 3)
-    curve, _, fit = fit_code(orders, 2.0 + 0.05 * orders)
+    curve, _, fit, _ = fit_code(orders, 2.0 + 0.05 * orders)
     assert fit.cv_mae["linear"] < 1e-9
     assert fit.family == "linear"
     assert at(curve, 100.0) == pytest.approx(7.0, abs=1e-6)
@@ -66,13 +66,13 @@ def test_a_saturating_curve_is_chosen_over_the_line() -> None:
     rng = np.random.default_rng(0)
     orders = rng.uniform(0.0, 300.0, 2000)
     hours = 1.0 + 6.0 * (1.0 - np.exp(-orders / 50.0)) + rng.normal(0.0, 0.2, 2000)
-    _, _, fit = fit_code(orders, hours)
+    _, _, fit, _ = fit_code(orders, hours)
     assert fit.family != "linear"
     assert fit.cv_mae[fit.family] < fit.cv_mae["linear"]
 
 
 def test_a_single_order_count_gives_a_constant_curve() -> None:
-    curve, _, _ = fit_code(np.full(40, 12.0), np.linspace(1.0, 3.0, 40))
+    curve, _, _, _ = fit_code(np.full(40, 12.0), np.linspace(1.0, 3.0, 40))
     assert at(curve, 0.0) == pytest.approx(2.0)
     assert at(curve, 500.0) == pytest.approx(2.0)
 
@@ -171,7 +171,7 @@ def test_a_line_that_levels_off_at_a_capacity_is_recovered() -> None:
     rng = np.random.default_rng(4)
     orders = rng.uniform(0.0, 300.0, 3000)
     truth = np.minimum(2.0 + 0.05 * orders, 9.0)
-    curve, _, fit = fit_code(orders, truth + rng.normal(0.0, 0.3, 3000))
+    curve, _, fit, _ = fit_code(orders, truth + rng.normal(0.0, 0.3, 3000))
     assert fit.family == "capped"
     grid = np.linspace(0.0, 300.0, 61)
     assert np.max(np.abs(curve.predict(grid) - np.minimum(2.0 + 0.05 * grid, 9.0))) < 0.15

@@ -106,9 +106,9 @@ def test_realised_accuracy_is_known_when_the_next_run_keeps_the_champion_or_is_r
     assert week(store_url, 1, "--mae-max", "0.0001", "--mae-warn", "0.0001") == \
         stage_run.EXIT_GATES
     # Week 2: the champion is deliberately kept: no tolerance, and a challenger fitted on
-    # a tenth of the rows.
+    # a tenth of the newest rows alone (no history window, so a share of them is held out).
     assert week(store_url, 2, "--champion-tolerance", "0", "--test-fraction", "0.9",
-                "--min-rows-per-code", "5") == 0
+                "--min-rows-per-code", "5", "--history-weeks", "0") == 0
     assert live_version(store_url) == first
     entries = listed(store_url, capsys)
     assert [e["model_version"] for e in entries] == [first]

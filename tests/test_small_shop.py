@@ -53,10 +53,6 @@ def test_the_store_looks_like_the_real_data() -> None:
     assert (rows <= 2).sum() > len(rows) / 2, "most categories have one or two orders a week"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "needs the robust estimator of issue 20 items 3-6 (branch model): today's least-squares "
-    "curves chase the forgotten parcels and lose to the per-code median, so the gates refuse "
-    "them; with flat per-code medians in its place every Friday publishes"))
 def test_a_small_shop_gets_a_model_every_friday_with_the_defaults(
     local_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -77,6 +73,6 @@ def test_a_small_shop_gets_a_model_every_friday_with_the_defaults(
         assert status == 0, refused
         live = artefacts.load_latest(store).metadata
         kept = any("deliberately kept" in r.getMessage() for r in caplog.records)
-        assert kept or live["tranche"]["key"] == key
+        assert kept or live.tranche.key == key
         outcomes.append("kept" if kept else "published")
     assert outcomes[0] == "published"

@@ -21,8 +21,9 @@ from pipeline.simulate import (
 )
 from pipeline.store import ConcurrentUpdate, Store, open_store
 from pipeline.train_model import main
+from pipeline.training import run as run_module
 from pipeline.training.run import (
-    EXIT_BAD_DATA, EXIT_CONCURRENT, EXIT_GATES, EXIT_NO_TRANCHE, EXIT_STORE, split_rows,
+    EXIT_BAD_DATA, EXIT_CONCURRENT, EXIT_GATES, EXIT_NO_TRANCHE, EXIT_STORE, fit, split_rows,
 )
 from testing_support.models import publish_model
 from testing_support.stages import PIPELINE_DIR, PYTHON, REPO_ROOT, free_port, stage_env
@@ -141,26 +142,29 @@ def test_publishes_a_verified_model_with_complete_metadata(
     assert meta.tranche.key == keys[-1]
     assert meta.tranche.sha256 == artefacts.sha256_hex(store.read_bytes(keys[-1]))
     assert meta.rows.total == 1000
-    assert meta.rows.train is not None and meta.rows.test == 200
-    assert meta.rows.train + meta.rows.test == 1000
+    # Last week's tranche is in the window: the scored model was fitted on it alone and judged
+    # on this whole week, the week that came after it.
+    assert meta.rows.train == 0 and meta.rows.test == 1000
+    assert meta.held_out is not None and meta.held_out.startswith("the newest tranche, whole")
     assert sum(meta.rows.per_product_code.values()) == 1000
     assert meta.product_codes == list(DEFAULT_PRODUCT_CODES)
     assert set(meta.fits) == set(DEFAULT_PRODUCT_CODES)
-    held_out = meta.held_out
-    assert held_out.overall.rows == 200 and (held_out.overall.r2 or 0.0) > 0.8
+    held_out = meta.metrics.held_out
+    assert held_out.overall.rows == 1000 and (held_out.overall.r2 or 0.0) > 0.8
     assert set(held_out.per_product_code) == set(DEFAULT_PRODUCT_CODES)
     gates = {g.gate: g.outcome for g in meta.gates}
     assert gates == {
         "coverage_p90": "pass", "mae_vs_code_median": "pass", "mae_vs_global_median": "pass",
         "monotone": "pass", "non_negative": "pass",
         "bounded": "pass", "champion": "pass", "refit_monotone": "pass",
-        "refit_non_negative": "pass", "refit_bounded": "pass",
+        "refit_non_negative": "pass", "refit_bounded": "pass", "refit_mae": "pass",
+        "refit_estimates": "pass", "refit_coverage_p90": "pass",
     }
     baselines = held_out.baselines
     assert set(baselines) == {"code_median", "global_median"}
     assert (held_out.overall.mae or 0.0) < (baselines["code_median"].overall.mae or 0.0) < \
         (baselines["global_median"].overall.mae or 0.0)
-    assert baselines["code_median"].overall.rows == 200
+    assert baselines["code_median"].overall.rows == 1000
     assert meta.quarantine is not None and meta.quarantine.to_data() == {
         "max_bad_row_share": 0.01, "rows_set_aside": 0, "tranches": []}
     assert [h.rows_set_aside for h in meta.history] == [0, 0]
@@ -267,9 +271,12 @@ def test_with_history_a_rare_code_gets_a_pooled_curve(published: str) -> None:
     assert "RARE01" in meta.product_codes and meta.rows.skipped_product_codes == {}
     assert model.bases["RARE01"] == "pooled" and model.bases["NEW001"] == "product"
     assert {b: p.parts for b, p in meta.bases.items()} == {"product": 6, "pooled": 1}
-    assert set(meta.held_out.by_basis) == {"product", "pooled"}
-    for peer in meta.held_out.baselines.values():
-        assert set(peer.by_basis) == {"product", "pooled"}
+    by_basis = meta.metrics.held_out.by_basis
+    assert set(by_basis) == {"product", "pooled", "catalogue"}
+    # NEW001 and RARE01 are new this week: the scored model answered them from its catalogue.
+    assert by_basis["catalogue"].rows == 210
+    for peer in meta.metrics.held_out.baselines.values():
+        assert set(peer.by_basis) == {"product", "pooled", "catalogue"}
     assert meta.pooling is not None and meta.pooling.parts == {"product": 6, "pooled": 1}
     assert model.catalogue is not None
     assert [h.newest for h in meta.history] == [True, False]
@@ -326,6 +333,84 @@ def test_no_refit_publishes_the_model_fitted_on_the_training_rows(local_url: str
     meta = artefacts.load_latest(open_store(local_url)).metadata
     assert meta.published_model == "fitted on the training rows"
     assert not any((g.gate or "").startswith("refit_") for g in meta.gates)
+
+
+def scaled(model: DispatchModel, factor: float) -> DispatchModel:
+    """The same model answering ``factor`` times its estimates and bounds."""
+    def times(curve: Curve) -> Curve:
+        return Curve(curve.knots, tuple(factor * v for v in curve.values))
+
+    catalogue = None if model.catalogue is None else model.catalogue._replace(
+        curve=times(model.catalogue.curve), bound=times(model.catalogue.bound))
+    return replace(model, curves={c: times(k) for c, k in model.curves.items()},
+                   bounds={c: times(k) for c, k in model.bounds.items()}, catalogue=catalogue)
+
+
+def test_a_refit_that_strays_from_the_scored_model_is_not_published_the_scored_one_is(
+    local_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    put(local_url, OLD_WEEK, simulate_tranche(600, seed=17).to_csv())
+    put(local_url, NEW_WEEK, simulate_tranche(600, seed=18).to_csv())
+    fitted: List[Any] = []
+
+    def fit_then_stray(*args: Any, **kwargs: Any) -> Any:
+        found = fit(*args, **kwargs)
+        if fitted:  # the second fit is the refit on all rows
+            found = replace(found, model=scaled(found.model, 3.0))
+        fitted.append(found)
+        return found
+
+    monkeypatch.setattr(run_module, "fit", fit_then_stray)
+    assert stage(local_url, "--no-report") == 0
+    published = artefacts.load_latest(open_store(local_url))
+    assert len(fitted) == 2
+    assert published.model.to_json() == fitted[0].model.to_json()
+    meta = published.metadata
+    assert meta.published_model == (
+        "fitted on the training rows (the refit failed its checks against it)")
+    outcomes = {g.gate: g.outcome for g in meta.gates}
+    assert outcomes["refit_estimates"] == "warn" and outcomes["refit_mae"] == "warn"
+
+
+def test_without_a_stray_the_refit_is_published_and_its_checks_pass(local_url: str) -> None:
+    put(local_url, OLD_WEEK, simulate_tranche(600, seed=17).to_csv())
+    put(local_url, NEW_WEEK, simulate_tranche(600, seed=18).to_csv())
+    assert stage(local_url, "--no-report") == 0
+    meta = artefacts.load_latest(open_store(local_url)).metadata
+    assert meta.published_model == "refit on all rows"
+    refit = {g.gate: g.outcome for g in meta.gates if (g.gate or "").startswith("refit_")}
+    assert {"refit_mae", "refit_estimates", "refit_coverage_p90"} <= set(refit)
+    assert set(refit.values()) == {"pass"}
+
+
+def one_or_two_rows_a_part(codes: List[int], seed: int) -> bytes:
+    """A week of a long tail: each listed part ordered once (listed twice: twice)."""
+    rng = np.random.default_rng(seed)
+    lines = ["hours_to_dispatch,orders_placed,product_code"] + [
+        f"{44.0 * np.exp(rng.normal(0.0, 0.8)):.3f},{rng.integers(10, 500)},P{c:04d}"
+        for c in codes]
+    return ("\n".join(lines) + "\n").encode()
+
+
+@pytest.mark.parametrize("weeks", [
+    [list(range(60))],  # a store's first tranche, every part ordered once
+    [list(range(50)) * 2, list(range(30, 90))],  # 40 parts new this week, 20 seen before
+])
+def test_a_week_whose_parts_have_one_or_two_rows_is_split_scored_and_published(
+    local_url: str, weeks: List[List[int]]
+) -> None:
+    for when, codes in zip((OLD_WEEK, NEW_WEEK)[-len(weeks):], weeks):
+        put(local_url, when, one_or_two_rows_a_part(codes, seed=len(codes)))
+    assert stage(local_url, "--no-report") == 0
+    meta = artefacts.load_latest(open_store(local_url)).metadata
+    assert meta.tranche.key == tranche_key(NEW_WEEK)
+    by_basis = meta.metrics.held_out.by_basis
+    if len(weeks) == 1:  # a seeded share held out, answered from the catalogue curve
+        assert meta.rows.test == by_basis["catalogue"].rows == 12
+    else:  # the newest week whole: seen parts from their curves, new ones from the catalogue
+        assert meta.rows.test == 60
+        assert meta.held_out is not None and meta.held_out.startswith("the newest tranche")
+        assert by_basis["pooled"].rows == 20 and by_basis["catalogue"].rows == 40
 
 
 # ------------------------------------------------------------ every bad tranche, one by one
@@ -506,7 +591,7 @@ def test_too_few_rows_in_the_window_is_refused_saying_what_is_needed(
     put(local_url, OLD_WEEK, simulate_tranche(40, seed=47).to_csv())
     key = put(local_url, NEW_WEEK, simulate_tranche(30, seed=48).to_csv())
     before = snapshot(local_url)
-    assert stage(local_url) == EXIT_BAD_DATA
+    assert stage(local_url, "--min-rows", "100") == EXIT_BAD_DATA
     assert snapshot(local_url) == before
     [error] = errors(caplog)
     assert key in error and "too_few_rows" in error

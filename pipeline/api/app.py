@@ -373,7 +373,7 @@ def _fastapi(state: ServiceState, predictions: Predictions) -> FastAPI:
             orders_placed_range=None if trained is None else OrdersPlacedRange(
                 min=trained[0], max=trained[1]
             ),
-            coverage_p90=CoverageP90(overall=serving.metadata.held_out.coverage),
+            coverage_p90=CoverageP90(overall=serving.metadata.metrics.held_out.coverage),
             bases=basis_summaries(serving),
             catalogue_curve=lookup.has_catalogue,
             unknown_products=settings.unknown_products,
@@ -473,7 +473,7 @@ def basis_summaries(serving: ServingModel) -> Dict[str, BasisSummary]:
     summaries: Dict[str, BasisSummary] = {}
     for i, basis in enumerate(BASES):
         recorded = metadata.bases.get(basis, BasisParts())
-        scores = metadata.held_out.by_basis.get(basis, Scores())
+        scores = metadata.metrics.held_out.by_basis.get(basis, Scores())
         summaries[basis] = BasisSummary(
             parts=counts[i] if counts is not None else recorded.parts, mae=scores.mae,
             coverage_p90=scores.coverage_p90, rows=scores.rows,

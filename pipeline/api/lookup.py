@@ -89,7 +89,8 @@ def prepare(model_bytes: bytes, metadata_bytes: bytes, model_sha256: str) -> Pre
     return Prepared(
         checked.format_version, "".join(codes), np.cumsum(lengths), checked.curves,
         checked.bounds, checked.ranges, checked.bases, checked.catalogue,
-        summarise_metadata(document), _coverage(metadata.held_out, codes), match_index(codes),
+        summarise_metadata(document), _coverage(metadata.metrics.held_out, codes),
+        match_index(codes),
     )
 
 

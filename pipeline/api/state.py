@@ -77,6 +77,6 @@ def quality_facts(metadata: Metadata) -> ModelQuality:
     previous = metadata.previous_model or PreviousModel()
     return ModelQuality(
         previous.heldout_mae,
-        metadata.held_out.coverage,
+        metadata.metrics.held_out.coverage,
         metadata.options.thresholds.coverage_min,
     )

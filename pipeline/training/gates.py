@@ -12,7 +12,7 @@ levels of R² and MAE are available and off by default.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 import numpy as np
 import numpy.typing as npt
@@ -22,11 +22,14 @@ from scipy.stats import binomtest, t as student_t
 from sklearn.metrics import mean_absolute_error, r2_score
 
 from pipeline.metadata import Baseline, ByCode, Gate, HeldOut, Scores
-from pipeline.model_format import BASES, DispatchModel, rows_by_code
+from pipeline.model_format import (
+    BASES, CATALOGUE_BASIS, PRODUCT_BASIS, DispatchModel, rows_by_code,
+)
 from pipeline.training.listing import some
 from pipeline.training.validation import ValidTranche
 
 PASS, WARN, FAIL, KEEP = "pass", "warn", "fail", "keep"
+COVERAGE_GATE = "coverage_p90"
 CODE_MEDIAN, GLOBAL_MEDIAN = "code_median", "global_median"
 BASELINE_NAMES = {CODE_MEDIAN: "the window's per-code median",
                   GLOBAL_MEDIAN: "the window's global median"}
@@ -220,36 +223,76 @@ def predict_known(
     return known, predictions[known], None if upper is None else upper[known]
 
 
+class Answers(NamedTuple):
+    """A model's answers to some rows as the service gives them with ``--unknown-products
+    catalogue``: which rows are answered, the estimates and bounds of those, and the basis of
+    each (``catalogue`` for a part the model does not know)."""
+
+    answered: npt.NDArray[np.bool_]
+    estimates: FloatArray
+    upper: Optional[FloatArray]
+    basis: npt.NDArray[np.str_]
+
+
+def answers(model: DispatchModel, rows: ValidTranche) -> Answers:
+    """The model's answers: its own curves for the parts it knows, the catalogue curve (when
+    the model has one) for the others, which are otherwise left unanswered."""
+    known, predictions, upper = predict_known(model, rows)
+    basis_of = np.asarray([model.bases.get(c, PRODUCT_BASIS) for c in rows.product_codes]
+                          or [PRODUCT_BASIS])
+    basis = np.where(known, basis_of[rows.code_index], CATALOGUE_BASIS)
+    if model.catalogue is None or known.all():
+        return Answers(known, predictions, upper, basis[known])
+    estimates = np.empty(rows.rows)
+    estimates[known] = predictions
+    outside = rows.orders_placed[~known]
+    estimates[~known] = guess = model.catalogue.curve.predict(outside)
+    bounds = None
+    if upper is not None:
+        bounds = np.empty(rows.rows)
+        bounds[known] = upper
+        bounds[~known] = np.maximum(model.catalogue.bound.predict(outside), guess)
+    return Answers(np.ones(rows.rows, dtype=bool), estimates, bounds, basis)
+
+
 def evaluate(
     model: DispatchModel, rows: ValidTranche, baselines: Optional[MedianBaselines] = None
 ) -> Evaluation:
     """Metrics of a model on some rows, overall, per product code it knows and per basis; with
-    ``baselines``, theirs on the same rows (those of codes the model knows)."""
-    known, predictions, upper = predict_known(model, rows)
-    actual = rows.hours_to_dispatch[known]
-    codes = rows.code_index[known]
+    ``baselines``, theirs on the same rows.
+
+    A model with a catalogue curve answers every row, as the service does when asked to answer
+    parts it does not know; those rows count in the overall metrics and under the basis
+    ``catalogue``.
+    """
+    found = answers(model, rows)
+    answered, predictions, upper = found.answered, found.estimates, found.upper
+    actual = rows.hours_to_dispatch[answered]
+    codes = rows.code_index[answered]
+    own = found.basis != CATALOGUE_BASIS
     per_code = {}
-    for index, mask in rows_by_code(codes, len(rows.product_codes)):
+    for index, mask in rows_by_code(codes[own], len(rows.product_codes)):
         per_code[rows.product_codes[index]] = metrics(
-            actual[mask], predictions[mask], None if upper is None else upper[mask])
+            actual[own][mask], predictions[own][mask],
+            None if upper is None else upper[own][mask])
     by_basis: Dict[str, Metrics] = {}
-    basis_of = np.asarray([model.bases.get(c, "") for c in rows.product_codes] or [""])
-    row_basis = basis_of[codes] if model.bases else np.full(len(codes), "")
+    row_basis = found.basis if model.bases else np.full(len(codes), "")
     if model.bases:
-        for basis in BASES:
+        for basis in BASES + ((CATALOGUE_BASIS,) if model.catalogue is not None else ()):
             mask = row_basis == basis
             by_basis[basis] = metrics(actual[mask], predictions[mask],
                                       None if upper is None else upper[mask])
     overall = metrics(actual, predictions, upper)
+    unscored = int(rows.rows - answered.sum())
     if baselines is None:
-        return Evaluation(overall, per_code, int(rows.rows - known.sum()), by_basis)
-    answers = {name: values[known] for name, values in baselines.predict(rows).items()}
-    scored = Scored(actual, predictions, row_basis, answers)
+        return Evaluation(overall, per_code, unscored, by_basis)
+    peers = {name: values[answered] for name, values in baselines.predict(rows).items()}
+    scored = Scored(actual, predictions, row_basis, peers)
     return Evaluation(
-        overall, per_code, int(rows.rows - known.sum()), by_basis,
-        {name: metrics(actual, values) for name, values in answers.items()},
+        overall, per_code, unscored, by_basis,
+        {name: metrics(actual, values) for name, values in peers.items()},
         {name: {b: metrics(actual[row_basis == b], values[row_basis == b]) for b in by_basis}
-         for name, values in answers.items()},
+         for name, values in peers.items()},
         scored,
     )
 
@@ -393,12 +436,12 @@ def coverage_gate(held_out: Metrics, thresholds: MetricThresholds) -> Tuple[Deci
     words = (f"held-out coverage of the p90 bound {coverage:.3f} on {held_out.rows} rows "
              f"(95% upper confidence limit {upper:.3f})")
     if upper < minimum:
-        return (Decision("coverage_p90", FAIL, f"{words} is below the minimum {minimum:g}",
+        return (Decision(COVERAGE_GATE, FAIL, f"{words} is below the minimum {minimum:g}",
                          coverage),)
     if coverage < minimum:
-        return (Decision("coverage_p90", WARN, f"{words} is below the minimum {minimum:g} but "
+        return (Decision(COVERAGE_GATE, WARN, f"{words} is below the minimum {minimum:g} but "
                          f"within sampling error", coverage),)
-    return (Decision("coverage_p90", PASS, f"{words} (minimum {minimum:g})", coverage),)
+    return (Decision(COVERAGE_GATE, PASS, f"{words} (minimum {minimum:g})", coverage),)
 
 
 def basis_gates(
@@ -408,9 +451,11 @@ def basis_gates(
 
     Only when the held-out rows span more than one basis (otherwise they repeat the overall
     gates word for word); a basis with fewer than ``min_rows`` held-out rows is scored (in the
-    overall gates and the metadata) but not gated on its own, which one decision says.
+    overall gates and the metadata) but not gated on its own, which one decision says. Answers
+    from the catalogue curve (parts the model has never seen) count in the overall gates and
+    are reported, not gated on their own: they are the model's guess for a new part.
     """
-    scored = {b: m for b, m in held_out.by_basis.items() if m.rows > 0}
+    scored = {b: m for b, m in held_out.by_basis.items() if m.rows > 0 and b in BASES}
     if len(scored) < 2:
         return ()
     decisions: List[Decision] = []
@@ -526,8 +571,8 @@ def champion_gate(
     words = (f"on {len(rows)} held-out rows the challenger's MAE is {challenger_mae:.4f} h, "
              f"champion {champion_version}'s {champion_mae:.4f} h (tolerance {tolerance:.1%})"
              f"{_by_basis_words(scored)}; of all {held_out.rows} held-out orders the challenger "
-             f"answers {held_out.rows - evaluate(challenger, held_out).unscored_rows}, the "
-             f"champion {held_out.rows - evaluate(champion, held_out).unscored_rows}")
+             f"knows the parts of {int(predict_known(challenger, held_out)[0].sum())}, the "
+             f"champion {int(predict_known(champion, held_out)[0].sum())}")
     if challenger_mae > limit:
         unknown = sorted(set(challenger.product_codes) - set(champion.product_codes))
         later = ""

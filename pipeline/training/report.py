@@ -282,7 +282,7 @@ def accuracy_figure(record: RunRecord) -> Optional[Drawn]:
     if record.held_out:
         series.append(("new model, held-out", _maes(record.held_out)))
     if record.live_metadata is not None:
-        promised = record.live_metadata.held_out
+        promised = record.live_metadata.metrics.held_out
         if promised.model_fields_set:
             series.append(("live model, promised (held-out)",
                            _scored_maes(promised.per_product_code, promised.overall.mae)))
