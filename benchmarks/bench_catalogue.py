@@ -32,7 +32,7 @@ prints, per seed:
 
 Worlds: ``scaled`` is ``pipeline.simulate.catalogue_world`` (parts differ by a factor, the
 warehouse by a factor from week to week, noise growing with the queue); ``shaped`` and
-``heavy`` come from ``benchmarks/catalogue.py``: parts that differ in their curve's shape, and a
+``heavy`` come from ``testing_support/worlds.py``: parts that differ in their curve's shape, and a
 shop with skewed, heavy-tailed hours (weekends and holidays, forgotten parcels, parts where
 ``orders_placed`` carries no signal, a warehouse level that moves week to week; small with
 ``--rows 50 --parts 60``). Checks that nothing is tuned to one simulator.
@@ -56,13 +56,13 @@ import numpy.typing as npt
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.catalogue import heavy_world, shaped_world, write_shaped  # noqa: E402
 from benchmarks.scoring import (  # noqa: E402
     CATALOGUE_BASIS, COVERAGE_GOAL, COVERAGE_ROWS_JUDGED, DEFAULT_HISTORY_WEEKS,
     coverage_by_basis, coverage_met, goal, served_answers,
 )
 from pipeline.simulate import SimulatedTranche, catalogue_world, write_catalogue  # noqa: E402
 from pipeline.store import open_store  # noqa: E402
+from testing_support.worlds import heavy_world, shaped_world, write_shaped  # noqa: E402
 
 UNTIL = datetime(2026, 11, 21, tzinfo=timezone.utc)
 GOALS = {"all": 1.08, ">=30": 1.03, "1-29": 1.20}
@@ -260,8 +260,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help="the scaled world's curve")
     parser.add_argument("--world", default="scaled", choices=WORLDS,
                         help="scaled: pipeline.simulate's catalogue (parts differ by a factor); "
-                             "shaped: benchmarks/catalogue.py (parts differ in shape); "
-                             "heavy: benchmarks/catalogue.py's heavy-tailed shop")
+                             "shaped: testing_support/worlds.py (parts differ in shape); "
+                             "heavy: testing_support/worlds.py's heavy-tailed shop")
     parser.add_argument("--draws", type=int, default=1,
                         help="fresh draws of the newest week scored (more for a small shop)")
     parser.add_argument("--score-week", default="newest", choices=("newest", "next"),

@@ -23,7 +23,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -35,11 +34,16 @@ from typing import Dict, List, NamedTuple, Optional, Sequence
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.serving_support import free_port, publish_model  # noqa: E402
+from pipeline.api.routes import BATCH_PATH, SINGLE_PATH  # noqa: E402
 from pipeline.simulate import DEFAULT_PRODUCT_CODES  # noqa: E402
+from testing_support.models import fitted_model, publish_model  # noqa: E402
+from testing_support.servers import ServeProcess  # noqa: E402
+from testing_support.stages import (  # noqa: E402
+    free_port, stage_env, stop_process, wait_for_port,
+)
 
-SINGLE_PATH = "/api/v0.1/time_to_dispatch"
-BATCH_PATH = "/api/v0.1/time_to_dispatch/batch"
+BENCH_MODEL_ROWS = 5_000
+BENCH_MODEL_SEED = 7
 GOAL_RATIO = 0.60
 GOAL_P99_MS = 3.0
 GOAL_BATCH_MS = 50.0
@@ -78,19 +82,6 @@ def request_bodies() -> List[bytes]:
     ]
 
 
-def wait_for_port(port: int, process: "subprocess.Popen[bytes]", timeout: float = 60.0) -> None:
-    """Block until the port accepts connections; fail if the process dies first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode} before listening")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise RuntimeError(f"nothing listened on port {port} within {timeout} s")
-
-
 def start_floor(port: int) -> "subprocess.Popen[bytes]":
     """The bare floor app under uvicorn."""
     command = [
@@ -98,37 +89,23 @@ def start_floor(port: int) -> "subprocess.Popen[bytes]":
         "--host", "127.0.0.1", "--port", str(port), "--loop", "uvloop", "--http", "httptools",
         "--workers", "1", "--no-access-log", "--log-level", "warning", "--lifespan", "off",
     ]
-    return subprocess.Popen(SERVER_CPU + command, cwd=REPO_ROOT, env=_env({}))
+    return subprocess.Popen(SERVER_CPU + command, cwd=REPO_ROOT, env=stage_env())
 
 
 def start_service(
     port: int, store_url: str, request_log: str, extra: Sequence[str] = ()
 ) -> "subprocess.Popen[bytes]":
-    """The real service, as the stage runs it."""
-    command = [
-        sys.executable, "-m", "pipeline.serve_model", store_url,
-        "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", *extra,
-    ]
-    return subprocess.Popen(
-        SERVER_CPU + command, cwd=REPO_ROOT, env=_env({"TTD_REQUEST_LOG": request_log})
-    )
+    """The real service, as the stage runs it, pinned like the floor."""
+    return ServeProcess(store_url, stage_env({"TTD_REQUEST_LOG": request_log}),
+                        args=["--log-level", "warning", *extra], prefix=SERVER_CPU,
+                        port=port).process
 
 
-def _env(extra: Dict[str, str]) -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TTD_")}
-    env.update(extra, PYTHONPATH=str(REPO_ROOT))
-    return env
-
-
-def stop(process: "subprocess.Popen[bytes]") -> None:
-    """Stop a server we started (SIGTERM, then SIGKILL after 15 s)."""
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+def publish_bench_model(store_url: str) -> str:
+    """Publish the model both serving benchmarks serve: fitted on a simulated 5,000-row tranche,
+    with a stand-in p90 bound and trained ranges per code; its version."""
+    model = fitted_model(BENCH_MODEL_SEED, BENCH_MODEL_ROWS, bounded=True)
+    return publish_model(store_url, model).model_version
 
 
 def run_wrk(port: int, seconds: float, connections: int, script: Path) -> LoadResult:
@@ -314,10 +291,10 @@ def start_both(
     }
     try:
         for name, process in processes.items():
-            wait_for_port(ports[name], process)
+            wait_for_port(ports[name], process, 60.0)
     except Exception:
         for process in processes.values():
-            stop(process)
+            stop_process(process, 15.0)
         raise
     return processes
 
@@ -373,7 +350,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         store_url = str(root / "store")
-        publish_model(store_url)
+        publish_bench_model(store_url)
         script: Optional[Path] = None
         if use_wrk:
             script = root / "post.lua"
@@ -393,7 +370,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             batch = batch_latency_ms(ports["service"], args.batch_repeats)
         finally:
             for process in processes.values():
-                stop(process)
+                stop_process(process, 15.0)
         log_path = root / "requests.log"
         logged = sum(1 for _ in log_path.open()) if log_path.exists() else 0
     met = report(results, batch, logged)

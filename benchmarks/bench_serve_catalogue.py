@@ -38,12 +38,11 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import bench_serve  # noqa: E402
 from benchmarks.bench_serve import (  # noqa: E402
-    LoadResult, cpu_seconds, median_result, run_python_load, start_service, stop, wait_for_port,
-)
-from benchmarks.serving_support import (  # noqa: E402
-    catalogue_artefact, free_port, publish_artefact, publish_model,
+    LoadResult, cpu_seconds, median_result, publish_bench_model, run_python_load, start_service,
 )
 from pipeline.simulate import DEFAULT_PRODUCT_CODES  # noqa: E402
+from testing_support.models import catalogue_artefact, publish_model  # noqa: E402
+from testing_support.stages import free_port, stop_process, wait_for_port  # noqa: E402
 
 GOAL_START_SECONDS = 3.0
 GOAL_RSS_MB = 250.0
@@ -73,7 +72,7 @@ def start(store_url: str, root: Path, name: str, extra: Sequence[str] = ()) -> S
     port = free_port()
     began = time.perf_counter()
     process = start_service(port, store_url, str(root / f"{name}.log"), extra)
-    wait_for_port(port, process, timeout=120)
+    wait_for_port(port, process, 120.0)
     return Started(process, port, time.perf_counter() - began)
 
 
@@ -119,7 +118,7 @@ def refresh_under_load(
     runner.start()
     time.sleep(1.0)
     published = time.perf_counter()
-    version = publish_artefact(store_url, artefact)
+    version = publish_model(store_url, artefact).model_version
     delay: Optional[float] = None
     while runner.is_alive():
         if delay is None and served_version(port) == version:
@@ -151,8 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         small_url, big_url = str(root / "small"), str(root / "big")
-        publish_model(small_url)
-        publish_artefact(big_url, catalogue_artefact(args.parts, seed=1))
+        publish_bench_model(small_url)
+        publish_model(big_url, catalogue_artefact(args.parts, seed=1))
         successor = catalogue_artefact(args.parts, seed=2)
         print(f"{args.parts} parts: artefact {len(successor) / 1e6:.1f} MB; load "
               f"{'wrk' if shutil.which('wrk') else 'python asyncio'}, {args.connections} "
@@ -189,7 +188,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             after = memory_mb(big.process.pid)
         finally:
             for service in services.values():
-                stop(service.process)
+                stop_process(service.process, 15.0)
     return report(services, memory, results, sizes, refresh, delay, after)
 
 

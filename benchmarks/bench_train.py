@@ -12,7 +12,7 @@ code added between sizes: the latter stays flat when time grows linearly with th
 former falls as the process's fixed start-up is shared by more codes).
 ``catalogue``: ``--weeks`` (2) weeks of ``--weekly-rows`` orders over a long-tailed catalogue of
 each ``--parts`` count (``pipeline.simulate.catalogue_world``: popularity 1/rank, new parts each
-week; ``--world shaped``: benchmarks/catalogue.py's parts of their own shapes), one timed run
+week; ``--world shaped``: testing_support/worlds.py's parts of their own shapes), one timed run
 each, against the goal 100,000 parts within 600 s and 4 GB; it prints how time and memory grow
 between sizes and the published artefact's sha256. ``--dask`` then runs the largest catalogue
 again on a real cluster started here (``dask scheduler`` and two ``dask worker`` processes on
@@ -49,13 +49,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from pipeline.artefacts import POINTER_KEY  # noqa: E402
+from pipeline.metadata import BasisParts, read_metadata  # noqa: E402
+from pipeline.model_format import POOLED_BASIS  # noqa: E402
 from pipeline.simulate import (  # noqa: E402
     CSV_HEADER, DEFAULT_PRODUCT_CODES, delivery_times, simulate_tranche, tranche_key,
     write_tranches,
 )
 from pipeline.simulate import catalogue_world, write_catalogue  # noqa: E402
 from pipeline.store import open_store  # noqa: E402
-from benchmarks.catalogue import shaped_world, write_shaped  # noqa: E402
+from testing_support.worlds import shaped_world, write_shaped  # noqa: E402
 
 ROW_GOALS: Dict[int, Tuple[float, float]] = {1_000: (5.0, 1024.0), 1_000_000: (15.0, 1024.0)}
 CODE_GOALS: Dict[int, Tuple[float, float]] = {2_000: (120.0, 2048.0)}
@@ -184,10 +186,10 @@ def fitting_rate(folder: str, workers: int) -> str:
     rows); pooled parts cost no fit of their own, so they are counted apart.
     """
     pointer = json.loads(open_store(folder).read_bytes(POINTER_KEY))
-    metadata = json.loads(open_store(folder).read_bytes(pointer["metadata_key"]))
-    fitted = 2 * len(metadata["fits"])
-    pooled = (metadata.get("bases") or {}).get("pooled", {}).get("parts", 0)
-    seconds = float(metadata["training_seconds"])
+    metadata = read_metadata(open_store(folder).read_bytes(pointer["metadata_key"]))
+    fitted = 2 * len(metadata.fits)
+    pooled = metadata.bases.get(POOLED_BASIS, BasisParts()).parts or 0
+    seconds = metadata.training_seconds or float("nan")
     return (f"{fitted:,} own-curve part fits (split and refit) and {pooled:,} pooled parts in "
             f"{seconds:.1f} s of training: {fitted / seconds:.1f} fits/s, "
             f"{fitted / seconds / workers:.1f} per core")
@@ -288,7 +290,7 @@ def main() -> int:
                              "reads those within its --history-weeks, 13 by default)")
     parser.add_argument("--world", default="scaled", choices=("scaled", "shaped"),
                         help="the catalogue scenario's world: pipeline.simulate's (parts differ "
-                             "by a factor) or benchmarks/catalogue.py's (parts differ in shape)")
+                             "by a factor) or testing_support/worlds.py's (parts differ in shape)")
     parser.add_argument("--dask", action="store_true",
                         help="run the largest catalogue again on a two-worker Dask cluster")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per tranche size")

@@ -23,21 +23,22 @@ import argparse
 import json
 import math
 import re
+import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from pathlib import Path
 from typing import List, NamedTuple, Optional, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from benchmarks.serving_support import free_port, publish_model  # noqa: E402
+from benchmarks.bench_serve import publish_bench_model  # noqa: E402
 from pipeline.simulate import DEFAULT_PRODUCT_CODES  # noqa: E402
+from testing_support.servers import ServeProcess  # noqa: E402
+from testing_support.stages import stage_env  # noqa: E402
 
 SINGLE_PATH = "/api/v0.1/time_to_dispatch"
 CAPACITY_CONNECTIONS = 16
@@ -84,26 +85,10 @@ class SoakFigures(NamedTuple):
         return (self.rss_end_kib - self.rss_start_kib) / self.rss_start_kib
 
 
-def start_server(store_url: str, port: int, log_path: Path) -> "subprocess.Popen[bytes]":
-    """The real service, request log discarded, its own log to a file; waits for the port."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipeline.serve_model", store_url, "--host", "127.0.0.1",
-         "--port", str(port)],
-        cwd=REPO_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=open(log_path, "wb"),
-    )
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"server exited {process.returncode}:\n{log_path.read_text()}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return process
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    raise SystemExit("server did not open its port within 60 s")
+def start_server(store_url: str, folder: Path) -> ServeProcess:
+    """The real service (its request log to /dev/null, its own log to a file), listening."""
+    server = ServeProcess(store_url, stage_env({"TTD_REQUEST_LOG": os.devnull}), folder)
+    return server.wait_listening(60.0)
 
 
 def rss_kib(pid: int) -> int:
@@ -239,19 +224,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         folder = Path(tmp)
         store = folder / "store"
         store.mkdir()
-        version = publish_model(str(store))
-        port = free_port()
-        server = start_server(str(store), port, folder / "server.log")
+        version = publish_bench_model(str(store))
+        server = start_server(str(store), folder)
         try:
-            print(f"service pid {server.pid}, model {version}, port {port}")
-            figures = soak(port, server.pid, folder, args.seconds, args.rate, args.load,
-                           args.capacity_seconds)
+            print(f"service pid {server.process.pid}, model {version}, port {server.port}")
+            figures = soak(server.port, server.process.pid, folder, args.seconds, args.rate,
+                           args.load, args.capacity_seconds)
         finally:
-            server.terminate()
-            server.wait(timeout=15)
+            code = server.stop(15.0)
+            server.close()
         passed = report(figures, args.seconds, args.p99_ms)
-        print(f"server exit code after SIGTERM: {server.returncode}")
-    return 0 if passed and server.returncode == 0 else 1
+        print(f"server exit code after SIGTERM: {code}")
+    return 0 if passed and code == 0 else 1
 
 
 if __name__ == "__main__":

@@ -23,14 +23,9 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from pipeline.simulate import simulate_tranche, tranche_key  # noqa: E402
 from pipeline.store import DEFAULT_MAX_ATTEMPTS, StoreError, open_store  # noqa: E402
-from tests.reliability_support import (  # noqa: E402
-    FaultProxy,
-    free_port,
-    publish_model,
-    run_stage,
-    simple_model,
-    stage_environment,
-)
+from testing_support.models import publish_model, simple_model  # noqa: E402
+from testing_support.stages import run_stage, stage_env  # noqa: E402
+from testing_support.stores import FaultProxy, moto_server  # noqa: E402
 
 AWS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
        "AWS_DEFAULT_REGION": "us-east-1"}
@@ -66,14 +61,14 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3)
     repeats = parser.parse_args().repeats
 
-    from moto.server import ThreadedMotoServer
+    with moto_server() as endpoint:
+        return measure(endpoint, repeats)
 
+
+def measure(endpoint: str, repeats: int) -> int:
+    """Each scenario against moto's server at ``endpoint``, behind the fault proxy."""
     import boto3
 
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
     os.environ.update(AWS, AWS_ENDPOINT_URL=endpoint)
     boto3.client("s3").create_bucket(Bucket="fault-budget")
     url = "s3://fault-budget/project"
@@ -83,7 +78,7 @@ def main() -> int:
 
     with FaultProxy(endpoint) as proxy:
         os.environ["AWS_ENDPOINT_URL"] = proxy.url
-        env = stage_environment(dict(AWS, AWS_ENDPOINT_URL=proxy.url))
+        env = stage_env(dict(AWS, AWS_ENDPOINT_URL=proxy.url))
         scenarios: List[Tuple[str, Dict[str, object], Callable[[], str]]] = [
             ("store read, 503 on every attempt (default budget)",
              {"fail_all": True}, _store_call(url)),
@@ -113,7 +108,6 @@ def main() -> int:
             print(f"{name}:\n  outcome {outcome}; requests at the proxy {attempts}; seconds "
                   f"min {min(seconds):.2f} median {statistics.median(seconds):.2f} "
                   f"max {max(seconds):.2f}")
-    server.stop()
     return 0
 
 

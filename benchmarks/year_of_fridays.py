@@ -4,7 +4,7 @@
         [--catalogue 2000]
 
 Starts moto's S3 server (a process of its own), then plays the weeks with the machinery
-of ``tests/fridays.py``: a fault-injecting proxy in front of the train runs, two
+of ``testing_support/fridays.py``: a fault-injecting proxy in front of the train runs, two
 serve_model replicas refreshing every second, a load generator sending valid single and
 batch requests to both the whole time; a seeded, varied mix of tranche kinds and run kinds,
 and every week's invariants checked. Prints one line per week and the year's figures;
@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,25 +25,9 @@ from typing import List, Optional
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.conftest import AWS_TEST_ENV, free_port  # noqa: E402
-from tests.fridays import Year  # noqa: E402
-
-
-def start_moto(port: int) -> "subprocess.Popen[bytes]":
-    """moto's S3 server on loopback, in its own process; returns once it accepts connections."""
-    server = subprocess.Popen(
-        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return server
-        except OSError:
-            time.sleep(0.1)
-    server.kill()
-    raise SystemExit("moto's server did not start")
+from testing_support.fridays import Year  # noqa: E402
+from testing_support.stages import AWS_TEST_ENV  # noqa: E402
+from testing_support.stores import moto_server  # noqa: E402
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -60,20 +42,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_CONFIG_FILE"):
         os.environ.pop(name, None)
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(AWS_TEST_ENV, AWS_ENDPOINT_URL=endpoint)
-    server = start_moto(port)
-    started = time.monotonic()
-    try:
+    with moto_server(own_process=True) as endpoint:
+        started = time.monotonic()
+        os.environ.update(AWS_TEST_ENV, AWS_ENDPOINT_URL=endpoint)
         with tempfile.TemporaryDirectory(prefix="fridays-") as workdir:
             rows = args.rows or (20_000 if args.catalogue else 400)
             with Year(endpoint, Path(workdir), args.weeks, args.seed, rows=rows,
                       catalogue=args.catalogue) as year:
                 report = year.play()
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
     print(f"\nyear of Fridays, seed {args.seed}, {time.monotonic() - started:.0f} s in all "
           f"(set-up included)")
     for line in report.lines(refresh=1.0):

@@ -35,8 +35,9 @@ import re
 import secrets
 from dataclasses import asdict, dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Tuple
+from typing import Iterable, List, NamedTuple, Optional, Tuple
 
+from pipeline.metadata import Metadata, MetadataError, read_metadata
 from pipeline.model_format import DispatchModel, ModelFormatError
 from pipeline.store import ConcurrentUpdate, ObjectExists, ObjectNotFound, Store, StoreError
 
@@ -109,7 +110,7 @@ class LoadedModel:
     """A verified model with its metadata and the pointer that named it."""
 
     model: DispatchModel
-    metadata: Dict[str, Any]
+    metadata: Metadata
     pointer: Pointer
 
     @property
@@ -155,11 +156,15 @@ def load_pointed(store: Store, pointer: Pointer) -> LoadedModel:
     model_bytes, metadata_bytes = read_verified(store, pointer)
     try:
         model = DispatchModel.from_json(model_bytes)
-        metadata = json.loads(metadata_bytes)
-    except (ModelFormatError, ValueError) as exc:
+    except ModelFormatError as exc:
         where = store.location(pointer.model_key)
         raise ModelUnavailable(f"{where} is unreadable: {exc}") from exc
-    if not isinstance(metadata, dict) or metadata.get("model_sha256") != pointer.model_sha256:
+    try:
+        metadata = read_metadata(metadata_bytes)
+    except MetadataError as exc:
+        where = store.location(pointer.metadata_key)
+        raise ModelUnavailable(f"{where} is unreadable: {exc}") from exc
+    if metadata.model_sha256 != pointer.model_sha256:
         raise ModelUnavailable(
             f"{store.location(pointer.metadata_key)} does not describe the artefact it sits beside"
         )
@@ -182,7 +187,7 @@ def load_latest(store: Store) -> LoadedModel:
 def publish(
     store: Store,
     model_bytes: bytes,
-    metadata: Dict[str, Any],
+    metadata: Metadata,
     published_at: datetime,
     expected_token: Optional[str],
 ) -> Pointer:
@@ -194,10 +199,26 @@ def publish(
     pointer changed since it was read as ``expected_token``; the objects created
     then stay, complete and unreferenced.
     """
-    version = str(metadata["model_version"])
-    if metadata.get("model_sha256") != sha256_hex(model_bytes):
+    version = metadata.model_version
+    if not version:
+        raise ValueError("metadata without a model_version")
+    if metadata.model_sha256 != sha256_hex(model_bytes):
         raise ValueError("metadata's model_sha256 does not match the artefact")
-    metadata_bytes = json.dumps(metadata, indent=2, sort_keys=True).encode()
+    return publish_objects(store, version, model_bytes, metadata.to_json(), published_at,
+                           expected_token)
+
+
+def publish_objects(
+    store: Store,
+    version: str,
+    model_bytes: bytes,
+    metadata_bytes: bytes,
+    published_at: datetime,
+    expected_token: Optional[str],
+) -> Pointer:
+    """The order of a publish: artefact, then metadata (each created only if absent), then the
+    pointer, moved only if it still holds ``expected_token``. :func:`publish` checks the
+    metadata and writes it with this; raises as it does."""
     create_once(store, model_key(version), model_bytes)
     create_once(store, metadata_key(version), metadata_bytes)
     pointer = Pointer(

@@ -25,6 +25,7 @@ from typing import Any, Dict, List, Mapping, Optional, Set, Tuple
 
 from pipeline import artefacts
 from pipeline.artefacts import TRANCHE_SUFFIX, tranche_timestamp
+from pipeline.metadata import Metadata, MetadataError, Realised, read_metadata, read_realised
 from pipeline.store import ConcurrentUpdate, ObjectExists, ObjectNotFound, Store
 
 AUDIT_PREFIX = "audit/rollbacks/"
@@ -68,41 +69,22 @@ def realised_key(version: str, tranche_key: str, tranche_sha256: str) -> str:
             f"{tranche_stem(tranche_key)}-{tranche_sha256[:8]}.json")
 
 
-def heldout_mae(metadata: Mapping[str, Any]) -> Optional[float]:
-    """The overall held-out MAE a model's metadata records, if any."""
-    try:
-        return float(metadata["metrics"]["held_out"]["overall"]["mae"])
-    except (KeyError, TypeError, ValueError):
-        return None
-
-
-def trained_on(metadata: Mapping[str, Any]) -> Tuple[Optional[str], Optional[str]]:
-    """The key and sha256 of the tranche a model was trained on, as its metadata records."""
-    tranche = metadata.get("tranche")
-    if not isinstance(tranche, dict):
-        return None, None
-    key, sha = tranche.get("key"), tranche.get("sha256")
-    return (str(key) if key else None), (str(sha) if sha else None)
-
-
-def record_realised(store: Store, record: Dict[str, Any]) -> Tuple[str, Dict[str, Any]]:
+def record_realised(store: Store, record: Realised) -> Tuple[str, Realised]:
     """Write a realised-accuracy record once; an existing one (a re-run) is kept and returned."""
-    key = realised_key(record["model_version"], record["tranche"]["key"],
-                       record["tranche"]["sha256"])
+    key = realised_key(str(record.model_version), str(record.tranche.key),
+                       str(record.tranche.sha256))
     try:
-        existing = json.loads(store.read_bytes(key))
-        if isinstance(existing, dict):
-            return key, existing
-    except ObjectNotFound:
-        pass
-    except ValueError:
+        return key, read_realised(store.read_bytes(key))
+    except (ObjectNotFound, MetadataError):
         pass
     try:
-        artefacts.create_once(store, key, json.dumps(record, indent=2, sort_keys=True).encode())
+        artefacts.create_once(store, key, record.to_json())
     except ObjectExists:
         # A run racing this one recorded it first: its record stands, as written.
-        existing = json.loads(store.read_bytes(key))
-        return key, existing if isinstance(existing, dict) else record
+        try:
+            return key, read_realised(store.read_bytes(key))
+        except MetadataError:
+            return key, record
     return key, record
 
 
@@ -111,9 +93,9 @@ class ModelEntry:
     """One published model as the list shows it."""
 
     version: str
-    metadata: Dict[str, Any]
+    metadata: Metadata
     metadata_sha256: str
-    realised: List[Dict[str, Any]] = field(default_factory=list)
+    realised: List[Realised] = field(default_factory=list)
     rollbacks: List[Dict[str, Any]] = field(default_factory=list)
     rollbacks_from: List[Dict[str, Any]] = field(default_factory=list)
     live: bool = False
@@ -123,44 +105,41 @@ class ModelEntry:
     @property
     def created_at(self) -> str:
         """When the model was created (ISO 8601), or '' if the metadata does not say."""
-        return str(self.metadata.get("created_at", ""))
+        return self.metadata.created_at or ""
 
     @property
     def realised_mae(self) -> Optional[float]:
         """Its MAE on the first tranche after its own, once that arrived."""
-        own_key, own_sha = trained_on(self.metadata)
+        own_key, own_sha = self.metadata.tranche.key, self.metadata.tranche.sha256
         own = tranche_timestamp(own_key) if own_key else None
         later = []
         for r in self.realised:
-            tranche = r.get("tranche", {})
-            moment = tranche_timestamp(str(tranche.get("key", "")))
-            if moment is None or tranche.get("sha256") == own_sha:
+            moment = tranche_timestamp(r.tranche.key or "")
+            if moment is None or r.tranche.sha256 == own_sha:
                 continue
             if own is None or moment >= own:  # the same key re-delivered with new rows counts
                 later.append((moment, r))
         if not later:
             return None
         later.sort(key=lambda pair: pair[0])
-        mae = later[0][1].get("mae")
-        return None if mae is None else float(mae)
+        return later[0][1].mae
 
     def to_dict(self) -> Dict[str, Any]:
         """The JSON form ``models list --json`` prints."""
-        key, _ = trained_on(self.metadata)
-        rows = self.metadata.get("rows", {})
+        report = self.metadata.report
         return {
             "model_version": self.version,
             "live": self.live,
             "live_by": self.live_by,
             "published": self.published,
             "created_at": self.created_at or None,
-            "tranche_key": key,
-            "rows": rows.get("total") if isinstance(rows, dict) else None,
-            "heldout_mae": heldout_mae(self.metadata),
+            "tranche_key": self.metadata.tranche.key or None,
+            "rows": self.metadata.rows.total,
+            "heldout_mae": self.metadata.heldout_mae,
             "realised_mae": self.realised_mae,
             "realised": [
-                {"tranche_key": r.get("tranche", {}).get("key"), "mae": r.get("mae"),
-                 "rows_scored": r.get("rows_scored")} for r in self.realised
+                {"tranche_key": r.tranche.key, "mae": r.mae, "rows_scored": r.rows_scored}
+                for r in self.realised
             ],
             "rollbacks_to": [
                 {"at": a.get("at"), "by": a.get("by"), "reason": a.get("reason"),
@@ -170,7 +149,7 @@ class ModelEntry:
                 {"at": a.get("at"), "by": a.get("by"), "reason": a.get("reason"),
                  "to": (a.get("to") or {}).get("model_version")} for a in self.rollbacks_from
             ],
-            "report": self.metadata.get("report"),
+            "report": None if report is None else report.to_data(),
         }
 
 
@@ -236,21 +215,16 @@ def read_history(store: Store) -> History:
         version = match["version"]
         try:
             data = store.read_bytes(key)
-            metadata = json.loads(data)
-        except (ObjectNotFound, ValueError):
-            unreadable.append(version)
-            continue
-        if not isinstance(metadata, dict):
+            metadata = read_metadata(data)
+        except (ObjectNotFound, MetadataError):
             unreadable.append(version)
             continue
         entry = ModelEntry(version, metadata, artefacts.sha256_hex(data))
         for rkey in realised_keys.get(version, []):
             try:
-                record = _read_json(store, rkey)
-            except (ObjectNotFound, ValueError):
+                entry.realised.append(read_realised(store.read_bytes(rkey)))
+            except (ObjectNotFound, MetadataError):
                 continue
-            if isinstance(record, dict):
-                entry.realised.append(record)
         models.append(entry)
     models.sort(key=lambda m: (m.created_at, m.version), reverse=True)
 
@@ -267,7 +241,8 @@ def read_history(store: Store) -> History:
     ever_live = ever_pointed(models, pointer, rollbacks)
     for entry in models:
         # Models written before previous_model was recorded cannot tell: they count as published.
-        entry.published = "previous_model" not in entry.metadata or entry.version in ever_live
+        entry.published = (not entry.metadata.records_previous_model
+                           or entry.version in ever_live)
     if pointer is not None and pointer.model_version in by_version:
         live = by_version[pointer.model_version]
         live.live = True
@@ -291,9 +266,9 @@ def ever_pointed(
     before it moved the pointer."""
     named = {pointer.model_version} if pointer is not None else set()
     for entry in models:
-        previous = entry.metadata.get("previous_model")
-        if isinstance(previous, dict) and previous.get("model_version"):
-            named.add(str(previous["model_version"]))
+        previous = entry.metadata.previous_model
+        if previous is not None and previous.model_version:
+            named.add(previous.model_version)
     for record in rollbacks:
         for side in ("from", "to"):
             moved = record.get(side)
@@ -316,10 +291,10 @@ def _pointer_dict(pointer: artefacts.Pointer) -> Dict[str, str]:
 def recorded_metadata_sha256(history: History, version: str) -> Optional[str]:
     """The sha256 of a version's metadata as a pointer once recorded it, if any did."""
     for entry in history.models:
-        previous = entry.metadata.get("previous_model")
-        if isinstance(previous, dict) and previous.get("model_version") == version:
-            if previous.get("metadata_sha256"):
-                return str(previous["metadata_sha256"])
+        previous = entry.metadata.previous_model
+        if previous is not None and previous.model_version == version:
+            if previous.metadata_sha256:
+                return previous.metadata_sha256
     for record in history.rollbacks:
         for side in ("from", "to"):
             pointer = record.get(side)
@@ -346,12 +321,11 @@ def verified_pointer(store: Store, version: str, history: History) -> artefacts.
             f"no published model {version} in {store.location(artefacts.MODELS_PREFIX)}"
         ) from None
     try:
-        metadata = json.loads(metadata_bytes)
-    except ValueError as exc:
-        raise CorruptVersion(
-            f"{store.location(artefacts.metadata_key(version))} is not JSON: {exc}"
-        ) from None
-    if not isinstance(metadata, dict) or metadata.get("model_version") != version:
+        metadata = read_metadata(metadata_bytes)
+    except MetadataError as exc:
+        where = store.location(artefacts.metadata_key(version))
+        raise CorruptVersion(f"{where} is unreadable: {exc}") from None
+    if metadata.model_version != version:
         raise CorruptVersion(
             f"{store.location(artefacts.metadata_key(version))} does not describe model {version}"
         )
@@ -360,7 +334,7 @@ def verified_pointer(store: Store, version: str, history: History) -> artefacts.
     pointer = artefacts.Pointer(
         model_version=version,
         model_key=artefacts.model_key(version),
-        model_sha256=str(metadata.get("model_sha256", "")),
+        model_sha256=metadata.model_sha256 or "",
         metadata_key=artefacts.metadata_key(version),
         metadata_sha256=recorded or actual,
         published_at=utc_now().isoformat(),
@@ -400,10 +374,9 @@ def rolled_back_tranche(store: Store, record: Mapping[str, Any]) -> Optional[str
     if not valid_version(version):
         return None
     try:
-        metadata = _read_json(store, artefacts.metadata_key(version))
-    except (ObjectNotFound, ValueError):
+        return read_metadata(store.read_bytes(artefacts.metadata_key(version))).tranche.sha256
+    except (ObjectNotFound, MetadataError):
         return None
-    return trained_on(metadata)[1] if isinstance(metadata, dict) else None
 
 
 def rollback_hold(store: Store, tranche_sha256: str) -> Optional[RollbackHold]:
@@ -435,8 +408,8 @@ def _tranche_of(
     entry = None if pointer is None else history.find(pointer.model_version)
     if entry is None:
         return None
-    key, sha256 = trained_on(entry.metadata)
-    return None if sha256 is None else {"key": key, "sha256": sha256}
+    tranche = entry.metadata.tranche
+    return None if tranche.sha256 is None else {"key": tranche.key, "sha256": tranche.sha256}
 
 
 def rollback(store: Store, version: str, reason: str, by: str) -> RollbackDone:

@@ -19,14 +19,23 @@ the part's own rows in the newest tranche; ``"pooled"``: its few rows combined w
 whole catalogue) and, once per model, the ``catalogue`` curve with a bound wide enough for
 any part (answers for parts the model has never seen, when the service is asked to).
 Again every code has a basis or none does; a model without either is written as version 2.
+
+The format's rules are checked in one place, :func:`check_artefact`, over all codes at once
+with numpy (a catalogue's artefact holds 100,000 curves): :meth:`DispatchModel.from_json`
+and the service's parser (``pipeline.api.lookup``, which keeps the curves as these arrays)
+both use it, so they refuse the same artefacts with the same messages. A model built in
+code is held to the same rules between its parts (:meth:`DispatchModel.__post_init__`).
 """
 from __future__ import annotations
 
 import json
 import math
-from bisect import bisect_right
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
+from itertools import chain
+from operator import methodcaller
+from typing import (
+    Any, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple,
+)
 
 import numpy as np
 import numpy.typing as npt
@@ -45,8 +54,11 @@ CATALOGUE_BASIS = "catalogue"
 BASES = (PRODUCT_BASIS, POOLED_BASIS)
 BOUND_TOLERANCE = 1e-9
 
+NO_BASIS = -1
+
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
+IntArray = npt.NDArray[np.int64]
 OrdersRange = Tuple[float, float]
 
 
@@ -90,14 +102,6 @@ class Curve:
         result: FloatArray = np.maximum(values[i] + slope * (orders - knots[i]), 0.0)
         return result
 
-    def predict_one(self, orders: float) -> float:
-        """The estimate for one order count, in pure Python for the serving hot path."""
-        knots, values = self.knots, self.values
-        i = min(max(bisect_right(knots, orders) - 1, 0), len(knots) - 2)
-        t0, v0 = knots[i], values[i]
-        slope = (values[i + 1] - v0) / (knots[i + 1] - t0)
-        return max(v0 + slope * (orders - t0), 0.0)
-
 
 class CatalogueCurve(NamedTuple):
     """The catalogue-wide estimate and a p90 bound wide enough for any part."""
@@ -129,59 +133,23 @@ class DispatchModel:
         )
         for name, part in parts:
             if part and set(part) != set(self.curves):
-                missing = sorted(set(self.curves) ^ set(part))
-                raise ModelFormatError(
-                    f"{name} must cover every product code or none (differ in {missing[:5]})"
-                )
-        for code, bound in self.bounds.items():
-            problem = bound_violation(self.curves[code], bound)
-            if problem:
-                raise ModelFormatError(f"p90 bound of {code!r} {problem}")
-        for code, (low, high) in self.ranges.items():
-            if not (math.isfinite(low) and math.isfinite(high) and 0.0 <= low <= high):
-                raise ModelFormatError(
-                    f"orders_placed range of {code!r} is not 0 <= min <= max: {[low, high]}"
-                )
-        for code, basis in self.bases.items():
-            if basis not in BASES:
-                raise ModelFormatError(f"basis of {code!r} is {basis!r}, not one of {list(BASES)}")
+                raise _uncovered(name, sorted(set(self.curves) ^ set(part)))
+        codes = self.product_codes
+        if self.bounds:
+            check_bounds(codes, Segments.of(self.curves[c] for c in codes),
+                         Segments.of(self.bounds[c] for c in codes))
+        if self.ranges:
+            check_ranges(codes, np.array([self.ranges[c] for c in codes], dtype=np.float64))
+        if self.bases:
+            check_bases(codes, [self.bases[c] for c in codes])
         if self.catalogue is not None:
-            problem = bound_violation(self.catalogue.curve, self.catalogue.bound)
-            if problem:
-                raise ModelFormatError(f"p90 bound of the catalogue curve {problem}")
+            check_catalogue(Segments.of([self.catalogue.curve]),
+                            Segments.of([self.catalogue.bound]))
 
     @property
     def product_codes(self) -> Tuple[str, ...]:
         """The product codes the model can estimate, sorted."""
         return tuple(sorted(self.curves))
-
-    def predict_one(self, product_code: str, orders_placed: float) -> float:
-        """Estimated hours to dispatch for one product; KeyError for an unknown code."""
-        return self.curves[product_code].predict_one(float(orders_placed))
-
-    def upper_one(self, product_code: str, orders_placed: float) -> Optional[float]:
-        """The p90 bound for one product (never below the estimate), None without bounds."""
-        curve = self.curves[product_code]
-        bound = self.bounds.get(product_code)
-        if bound is None:
-            return None
-        orders = float(orders_placed)
-        return max(bound.predict_one(orders), curve.predict_one(orders))
-
-    def basis_one(self, product_code: str) -> Optional[str]:
-        """What the code's curve rests on (one of BASES); None for a model without bases."""
-        if product_code not in self.curves:
-            raise KeyError(product_code)
-        return self.bases.get(product_code)
-
-    def extrapolated_one(self, product_code: str, orders_placed: float) -> Optional[bool]:
-        """Whether the order count lies outside the code's trained range; None if unknown."""
-        if product_code not in self.curves:
-            raise KeyError(product_code)
-        known = self.ranges.get(product_code)
-        if known is None:
-            return None
-        return not known[0] <= orders_placed <= known[1]
 
     def predict(self, product_codes: Sequence[str], orders_placed: npt.ArrayLike) -> FloatArray:
         """Estimates for many rows at once; KeyError names the first unknown code."""
@@ -195,10 +163,8 @@ class DispatchModel:
     def predict_bounded(
         self, product_codes: Sequence[str], orders_placed: npt.ArrayLike
     ) -> Tuple[FloatArray, Optional[FloatArray], Optional[BoolArray]]:
-        """Estimates, p90 bounds and extrapolated flags for many rows (None: not in the model).
-
-        Equal, row for row, to predict_one, upper_one and extrapolated_one.
-        """
+        """Estimates, p90 bounds (never below the estimate) and whether each row's order count
+        is outside its code's trained range, for many rows (None: not in the model)."""
         orders = np.asarray(orders_placed, dtype=np.float64)
         n = len(orders)
         estimate = np.empty(n, dtype=np.float64)
@@ -251,64 +217,17 @@ class DispatchModel:
             parsed = json.loads(data)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ModelFormatError(f"model artefact is not JSON: {exc}") from exc
-        document = checked_document(parsed)
-        version = document["format_version"]
-        raw = document["curves"]
-        curves = {str(code): _parse_curve(str(code), spec) for code, spec in raw.items()}
-        bounds: Dict[str, Curve] = {}
-        ranges: Dict[str, OrdersRange] = {}
-        if version >= 2:
-            for code, spec in raw.items():
-                if spec.get(BOUND_KEY) is not None:
-                    bounds[str(code)] = _parse_curve(f"{code} {BOUND_KEY}", spec[BOUND_KEY])
-                if spec.get(RANGE_KEY) is not None:
-                    ranges[str(code)] = _parse_range(str(code), spec[RANGE_KEY])
-        bases: Dict[str, str] = {}
-        catalogue: Optional[CatalogueCurve] = None
-        if version >= 3:
-            for code, spec in raw.items():
-                if spec.get(BASIS_KEY) is not None:
-                    bases[str(code)] = _parse_basis(str(code), spec[BASIS_KEY])
-            if document.get(CATALOGUE_KEY) is not None:
-                catalogue = _parse_catalogue(document[CATALOGUE_KEY])
+        checked = check_artefact(parsed)
+        codes = checked.codes
+        curves = dict(zip(codes, checked.curves.curves()))
+        bounds = {} if checked.bounds is None else dict(zip(codes, checked.bounds.curves()))
+        ranges: Dict[str, OrdersRange] = {} if checked.ranges is None else {
+            code: (low, high) for code, (low, high) in zip(codes, checked.ranges.tolist())}
+        bases = {} if checked.bases is None else {
+            code: BASES[i] for code, i in zip(codes, checked.bases.tolist())}
+        catalogue = None if checked.catalogue is None else CatalogueCurve(
+            *checked.catalogue.curve.curves(), *checked.catalogue.bound.curves())
         return cls(curves, bounds, ranges, bases, catalogue)
-
-
-def checked_document(document: Any) -> Dict[str, Any]:
-    """A parsed artefact whose format, version and curves object are as this module reads."""
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
-        raise ModelFormatError(f"model artefact is not of format {FORMAT!r}")
-    version = document.get("format_version")
-    if type(version) is not int or version not in READABLE_FORMAT_VERSIONS:
-        raise ModelFormatError(
-            f"model format version {version!r} is not one of {list(READABLE_FORMAT_VERSIONS)}"
-        )
-    raw = document.get("curves")
-    if not isinstance(raw, dict) or not raw:
-        raise ModelFormatError("model artefact has no curves")
-    return document
-
-
-def bound_violation(estimate: Curve, bound: Curve) -> Optional[str]:
-    """Why ``bound`` is not >= ``estimate`` at every order count >= 0, or None when it is.
-
-    Both are piecewise linear, so checking at 0, at every knot of either and the slope
-    beyond the last knot covers every order count. A relative slack of
-    ``BOUND_TOLERANCE`` absorbs rounding; serving takes the larger of the two anyway.
-    """
-    points = np.unique(np.concatenate(([0.0], estimate.knots, bound.knots)))
-    points = points[points >= 0.0]
-    with np.errstate(all="ignore"):
-        low, high = estimate.predict(points), bound.predict(points)
-    slack = BOUND_TOLERANCE * np.maximum(1.0, np.abs(low))
-    below = np.flatnonzero(~(high >= low - slack))
-    if len(below):
-        i = below[0]
-        return f"is below the estimate at orders_placed={points[i]:g} ({high[i]:g} < {low[i]:g})"
-    grows, needed = _end_slope(bound), _end_slope(estimate)
-    if not grows >= needed - BOUND_TOLERANCE * max(1.0, abs(needed)):
-        return f"grows slower than the estimate beyond its last knot ({grows:g} < {needed:g})"
-    return None
 
 
 def _curve_spec(curve: Curve) -> Dict[str, Any]:
@@ -392,45 +311,315 @@ def trained_ranges(
     }
 
 
-def _parse_range(code: str, spec: Any) -> OrdersRange:
-    if not (isinstance(spec, list) and len(spec) == 2 and all(
-        isinstance(v, (int, float)) and not isinstance(v, bool) for v in spec
-    )):
-        raise ModelFormatError(f"orders_placed range of {code!r} is not [min, max]")
+# ---------------------------------------------------------------------------------------------
+# The format's rules, checked once for every reader
+
+
+class Segments(NamedTuple):
+    """Piecewise-linear curves, one per code: code i's are ``knots[offsets[i]:offsets[i + 1]]``."""
+
+    knots: FloatArray
+    values: FloatArray
+    offsets: IntArray
+
+    @classmethod
+    def of(cls, curves: Iterable[Curve]) -> "Segments":
+        """Curves as segments, in the order given."""
+        listed = list(curves)
+        counts = np.fromiter((len(c.knots) for c in listed), dtype=np.int64, count=len(listed))
+        offsets = np.concatenate(([0], np.cumsum(counts))).astype(np.int64)
+        total = int(offsets[-1])
+        knots = np.fromiter(chain.from_iterable(c.knots for c in listed), np.float64, total)
+        values = np.fromiter(chain.from_iterable(c.values for c in listed), np.float64, total)
+        return cls(knots, values, offsets)
+
+    def curves(self) -> List[Curve]:
+        """Each code's curve as a :class:`Curve`."""
+        knots, values, ends = self.knots.tolist(), self.values.tolist(), self.offsets.tolist()
+        return [Curve(tuple(knots[a:b]), tuple(values[a:b])) for a, b in zip(ends, ends[1:])]
+
+    def evaluate(self, which: IntArray, orders: FloatArray) -> FloatArray:
+        """Curve ``which[r]`` at ``orders[r]`` for every row r, floored at zero.
+
+        A vectorised ``bisect_right`` within each row's curve, then the arithmetic of
+        :meth:`Curve.predict` and of the service's one-answer path, so results are equal.
+        """
+        low = self.offsets[which]
+        high = self.offsets[which + 1]
+        left, right = low.copy(), high.copy()
+        top = len(self.knots) - 1
+        steps = int(np.diff(self.offsets).max(initial=1)).bit_length() + 1
+        for _ in range(steps):
+            open_ = left < right
+            middle = (left + right) >> 1
+            above = open_ & (self.knots[np.minimum(middle, top)] <= orders)
+            left = np.where(above, middle + 1, left)
+            right = np.where(open_ & ~above, middle, right)
+        i = np.minimum(np.maximum(left - 1, low), high - 2)
+        t0, v0 = self.knots[i], self.values[i]
+        slope = (self.values[i + 1] - v0) / (self.knots[i + 1] - t0)
+        result: FloatArray = np.maximum(v0 + slope * (orders - t0), 0.0)
+        return result
+
+    def end_slopes(self) -> FloatArray:
+        """Each curve's slope beyond its last knot."""
+        last = self.offsets[1:] - 1
+        slopes: FloatArray = (self.values[last] - self.values[last - 1]) / (
+            self.knots[last] - self.knots[last - 1]
+        )
+        return slopes
+
+
+class CatalogueSegments(NamedTuple):
+    """The catalogue-wide curve and its p90 bound, as one-curve segments."""
+
+    curve: Segments
+    bound: Segments
+
+
+class CheckedArtefact(NamedTuple):
+    """An artefact that meets every rule of the format, as arrays over its codes (sorted).
+
+    ``bounds``, ``ranges`` (one ``[min, max]`` row per code) and ``bases`` (positions in
+    :data:`BASES`) are None when the artefact has none; ``catalogue`` too.
+    """
+
+    format_version: int
+    codes: List[str]
+    curves: Segments
+    bounds: Optional[Segments]
+    ranges: Optional[FloatArray]
+    bases: Optional[npt.NDArray[np.int8]]
+    catalogue: Optional[CatalogueSegments]
+
+
+def check_artefact(document: Any) -> CheckedArtefact:
+    """A parsed artefact checked against every rule of the format, all codes at once.
+
+    ModelFormatError names the first code (in sorted order) that breaks the first rule
+    broken: an object of this format and version with curves; each curve an object with
+    >= 2 knots and one value per knot, all finite numbers, knots strictly increasing,
+    values non-negative and never falling; bounds, ranges and bases for every code or
+    none; each bound never below its estimate; each range ``0 <= min <= max``; each
+    basis one of :data:`BASES`; a catalogue curve with a bound never below it.
+    """
+    document = checked_document(document)
+    raw: Dict[str, Any] = document["curves"]
+    version: int = document["format_version"]
+    codes = sorted(raw)
+    specs = [raw[code] for code in codes]
+    curves = _segments(codes, specs, "")
+    bounds = ranges = bases = catalogue = None
+    if version >= 2:
+        bound_specs = _covering(codes, _field(specs, BOUND_KEY), "bounds")
+        if bound_specs is not None:
+            bounds = _segments(codes, bound_specs, f" {BOUND_KEY}")
+            check_bounds(codes, curves, bounds)
+        range_specs = _covering(codes, _field(specs, RANGE_KEY), "ranges")
+        if range_specs is not None:
+            ranges = _ranges(codes, range_specs)
+    if version >= 3:
+        basis_specs = _covering(codes, _field(specs, BASIS_KEY), "bases")
+        if basis_specs is not None:
+            bases = check_bases(codes, basis_specs)
+        if document.get(CATALOGUE_KEY) is not None:
+            catalogue = _catalogue(document[CATALOGUE_KEY])
+    return CheckedArtefact(version, codes, curves, bounds, ranges, bases, catalogue)
+
+
+def checked_document(document: Any) -> Dict[str, Any]:
+    """A parsed artefact whose format, version and curves object are as this module reads."""
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise ModelFormatError(f"model artefact is not of format {FORMAT!r}")
+    version = document.get("format_version")
+    if type(version) is not int or version not in READABLE_FORMAT_VERSIONS:
+        raise ModelFormatError(
+            f"model format version {version!r} is not one of {list(READABLE_FORMAT_VERSIONS)}"
+        )
+    raw = document.get("curves")
+    if not isinstance(raw, dict) or not raw:
+        raise ModelFormatError("model artefact has no curves")
+    return document
+
+
+def check_bounds(codes: Sequence[str], curves: Segments, bounds: Segments) -> None:
+    """ModelFormatError unless each bound is >= its estimate at 0, every knot and beyond."""
+    problem = bound_violations(curves, bounds)
+    if problem is not None:
+        i, text = problem
+        raise ModelFormatError(f"p90 bound of {codes[i]!r} {text}")
+
+
+def check_catalogue(curve: Segments, bound: Segments) -> None:
+    """ModelFormatError unless the catalogue's bound is >= its curve everywhere."""
+    problem = bound_violations(curve, bound)
+    if problem is not None:
+        raise ModelFormatError(f"p90 bound of the catalogue curve {problem[1]}")
+
+
+def bound_violation(estimate: Curve, bound: Curve) -> Optional[str]:
+    """Why ``bound`` is not >= ``estimate`` at every order count >= 0, or None when it is."""
+    problem = bound_violations(Segments.of([estimate]), Segments.of([bound]))
+    return None if problem is None else problem[1]
+
+
+def bound_violations(curves: Segments, bounds: Segments) -> Optional[Tuple[int, str]]:
+    """The first code (position) whose bound falls below its estimate and why, or None.
+
+    Both are piecewise linear, so checking at 0, at every knot of either and the slope
+    beyond the last knots covers every order count. A relative slack of
+    ``BOUND_TOLERANCE`` absorbs rounding; serving takes the larger of the two anyway.
+    """
+    n = len(curves.offsets) - 1
+    owners = np.arange(n)
+    points = np.concatenate((np.zeros(n), curves.knots, bounds.knots))
+    which = np.concatenate((
+        owners,
+        np.repeat(owners, np.diff(curves.offsets)),
+        np.repeat(owners, np.diff(bounds.offsets)),
+    ))
+    keep = points >= 0.0
+    points, which = points[keep], which[keep]
+    with np.errstate(all="ignore"):
+        low, high = curves.evaluate(which, points), bounds.evaluate(which, points)
+        slack = BOUND_TOLERANCE * np.maximum(1.0, np.abs(low))
+        below = ~(high >= low - slack)
+        if below.any():
+            row = np.flatnonzero(below)
+            row = row[np.lexsort((points[row], which[row]))][0]
+            return int(which[row]), (
+                f"is below the estimate at orders_placed={points[row]:g} "
+                f"({high[row]:g} < {low[row]:g})"
+            )
+        grows, needed = bounds.end_slopes(), curves.end_slopes()
+        slow = ~(grows >= needed - BOUND_TOLERANCE * np.maximum(1.0, np.abs(needed)))
+    if slow.any():
+        i = int(np.flatnonzero(slow)[0])
+        return i, (
+            f"grows slower than the estimate beyond its last knot "
+            f"({grows[i]:g} < {needed[i]:g})"
+        )
+    return None
+
+
+def check_ranges(codes: Sequence[str], ranges: FloatArray) -> None:
+    """ModelFormatError unless every row of ``ranges`` is finite with ``0 <= min <= max``."""
+    low, high = ranges[:, 0], ranges[:, 1]
+    bad = ~(np.isfinite(low) & np.isfinite(high) & (low >= 0.0) & (low <= high))
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        raise ModelFormatError(
+            f"orders_placed range of {codes[i]!r} is not 0 <= min <= max: {ranges[i].tolist()}"
+        )
+
+
+def check_bases(codes: Sequence[str], specs: Sequence[Any]) -> npt.NDArray[np.int8]:
+    """Each code's basis as its position in :data:`BASES`; ModelFormatError for any other."""
+    positions = {basis: i for i, basis in enumerate(BASES)}
+    found = [positions.get(spec, NO_BASIS) if type(spec) is str else NO_BASIS for spec in specs]
+    index = np.array(found, dtype=np.int8)
+    if (index == NO_BASIS).any():
+        i = int(np.flatnonzero(index == NO_BASIS)[0])
+        raise ModelFormatError(f"basis of {codes[i]!r} is {specs[i]!r}, not one of {list(BASES)}")
+    return index
+
+
+def _uncovered(name: str, missing: Sequence[str]) -> ModelFormatError:
+    return ModelFormatError(
+        f"{name} must cover every product code or none (differ in {list(missing[:5])})"
+    )
+
+
+def _field(specs: Sequence[Dict[str, Any]], key: str) -> List[Any]:
+    """Each spec's value for ``key`` (None where absent)."""
+    return list(map(methodcaller("get", key), specs))
+
+
+def _covering(codes: Sequence[str], found: List[Any], name: str) -> Optional[List[Any]]:
+    """The per-code values if every code has one, None if none has; else ModelFormatError."""
+    absent = found.count(None)
+    if absent == len(codes):
+        return None
+    if absent:
+        raise _uncovered(name, [code for code, value in zip(codes, found) if value is None])
+    return found
+
+
+def _numbers(lists: Sequence[Any], total: int) -> FloatArray:
+    """Every number of some lists in one column (an integer too large for a float is inf)."""
     try:
-        return float(spec[0]), float(spec[1])
-    except OverflowError as exc:
-        raise ModelFormatError(f"orders_placed range of {code!r} is not finite") from exc
+        with np.errstate(over="ignore"):
+            return np.fromiter(chain.from_iterable(lists), np.float64, total)
+    except OverflowError:
+        return np.fromiter(map(_as_float, chain.from_iterable(lists)), np.float64, total)
 
 
-def _parse_basis(code: str, spec: Any) -> str:
-    if spec not in BASES:
-        raise ModelFormatError(f"basis of {code!r} is {spec!r}, not one of {list(BASES)}")
-    return str(spec)
+def _as_float(value: Any) -> float:
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
 
 
-def _parse_catalogue(spec: Any) -> CatalogueCurve:
-    if not isinstance(spec, dict) or spec.get(BOUND_KEY) is None:
+def _segments(codes: Sequence[str], specs: Sequence[Any], suffix: str) -> Segments:
+    """Curves checked: objects with >= 2 finite knots, increasing, values rising from >= 0."""
+
+    def first(bad: BoolArray, what: str) -> None:
+        if bad.any():
+            raise ModelFormatError(what.format(repr(codes[int(np.flatnonzero(bad)[0])] + suffix)))
+
+    if set(map(type, specs)) != {dict}:
+        first(np.array([type(spec) is not dict for spec in specs]), "curve for {} is not an object")
+    knots, values = _field(specs, "knots"), _field(specs, "values")
+    if set(map(type, knots)) | set(map(type, values)) != {list}:
+        first(np.array([type(k) is not list or type(v) is not list
+                        for k, v in zip(knots, values)]), "curve for {} lacks knots or values")
+    counts = np.fromiter(map(len, knots), dtype=np.int64, count=len(knots))
+    value_counts = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
+    first((counts < 2) | (counts != value_counts),
+          "curve for {} needs >= 2 knots and one value per knot")
+    offsets = np.concatenate(([0], np.cumsum(counts)))
+    total = int(offsets[-1])
+    by_code = offsets[:-1]
+
+    def per_code(bad: BoolArray) -> BoolArray:
+        flagged: BoolArray = np.add.reduceat(bad, by_code) > 0
+        return flagged
+
+    for lists in (knots, values):
+        if not set(map(type, chain.from_iterable(lists))) <= {int, float}:
+            kinds = np.fromiter((type(x) in (int, float) for x in chain.from_iterable(lists)),
+                                np.bool_, total)
+            first(per_code(~kinds), "curve for {} holds a value that is not a number")
+    k_arr, v_arr = _numbers(knots, total), _numbers(values, total)
+    first(per_code(~(np.isfinite(k_arr) & np.isfinite(v_arr))),
+          "curve for {} holds a value that is not finite")
+    within = np.ones(total, dtype=np.bool_)
+    within[by_code] = False  # a curve's first knot has no predecessor in its curve
+    step_k = np.concatenate(([0.0], np.diff(k_arr)))
+    step_v = np.concatenate(([0.0], np.diff(v_arr)))
+    first(per_code(within & ~(step_k > 0)), "knots of {} are not strictly increasing")
+    first(per_code(within & (step_v < 0)) | (v_arr[by_code] < 0),
+          "values of {} are negative or decreasing")
+    return Segments(k_arr, v_arr, offsets.astype(np.int64))
+
+
+def _ranges(codes: Sequence[str], specs: Sequence[Any]) -> FloatArray:
+    shaped = set(map(type, specs)) == {list} and set(map(len, specs)) == {2}
+    if not (shaped and set(map(type, chain.from_iterable(specs))) <= {int, float}):
+        for code, spec in zip(codes, specs):
+            if not (type(spec) is list and len(spec) == 2
+                    and type(spec[0]) in (int, float) and type(spec[1]) in (int, float)):
+                raise ModelFormatError(f"orders_placed range of {code!r} is not [min, max]")
+    ranges = _numbers(specs, 2 * len(specs)).reshape(len(codes), 2)
+    check_ranges(codes, ranges)
+    return ranges
+
+
+def _catalogue(spec: Any) -> CatalogueSegments:
+    if type(spec) is not dict or spec.get(BOUND_KEY) is None:
         raise ModelFormatError("catalogue curve is not an object with a p90 bound")
-    bound = _parse_curve(f"{CATALOGUE_BASIS} {BOUND_KEY}", spec[BOUND_KEY])
-    return CatalogueCurve(_parse_curve(CATALOGUE_BASIS, spec), bound)
-
-
-def _parse_curve(code: str, spec: Any) -> Curve:
-    if not isinstance(spec, dict):
-        raise ModelFormatError(f"curve for {code!r} is not an object")
-    knots, values = spec.get("knots"), spec.get("values")
-    if not isinstance(knots, list) or not isinstance(values, list):
-        raise ModelFormatError(f"curve for {code!r} lacks knots or values")
-    if len(knots) < 2 or len(knots) != len(values):
-        raise ModelFormatError(f"curve for {code!r} needs >= 2 knots and one value per knot")
-    numbers = knots + values
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
-        raise ModelFormatError(f"curve for {code!r} holds a value that is not a number")
-    if not all(math.isfinite(v) for v in numbers):
-        raise ModelFormatError(f"curve for {code!r} holds a value that is not finite")
-    if any(b <= a for a, b in zip(knots, knots[1:])):
-        raise ModelFormatError(f"knots of {code!r} are not strictly increasing")
-    if any(b < a for a, b in zip(values, values[1:])) or values[0] < 0:
-        raise ModelFormatError(f"values of {code!r} are negative or decreasing")
-    return Curve(tuple(float(k) for k in knots), tuple(float(v) for v in values))
+    curve = _segments([CATALOGUE_BASIS], [spec], "")
+    bound = _segments([CATALOGUE_BASIS], [spec[BOUND_KEY]], f" {BOUND_KEY}")
+    check_catalogue(curve, bound)
+    return CatalogueSegments(curve, bound)

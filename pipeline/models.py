@@ -11,10 +11,11 @@ import getpass
 import json
 import logging
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from pipeline import artefacts, history
 from pipeline.artefacts import tranche_timestamp
+from pipeline.metadata import Realised, Scores
 from pipeline.model_format import BASES
 from pipeline.store import (
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, ObjectNotFound, Store, StoreError, open_store,
@@ -79,21 +80,21 @@ def _exists(store: Store, key: str) -> bool:
     return True
 
 
-def metrics_text(metrics: Any) -> str:
-    """``MAE 0.4022 h, R² 0.9863, p90 coverage 0.880 on 200 rows`` (what the metrics hold)."""
-    if not isinstance(metrics, dict) or not metrics.get("rows"):
+def metrics_text(scores: Scores) -> str:
+    """``MAE 0.4022 h, R² 0.9863, p90 coverage 0.880 on 200 rows`` (what the scores hold)."""
+    if not scores.rows:
         return "no rows"
-    parts = [f"MAE {_number(metrics.get('mae'))} h"]
-    if metrics.get("r2") is not None:
-        parts.append(f"R² {_number(metrics['r2'])}")
-    if metrics.get("coverage_p90") is not None:
-        parts.append(f"p90 coverage {float(metrics['coverage_p90']):.3f}")
-    return f"{', '.join(parts)} on {metrics['rows']} rows"
+    parts = [f"MAE {_number(scores.mae)} h"]
+    if scores.r2 is not None:
+        parts.append(f"R² {_number(scores.r2)}")
+    if scores.coverage_p90 is not None:
+        parts.append(f"p90 coverage {scores.coverage_p90:.3f}")
+    return f"{', '.join(parts)} on {scores.rows} rows"
 
 
-def by_basis_text(by_basis: Any) -> Optional[str]:
+def by_basis_text(by_basis: Mapping[str, Scores]) -> Optional[str]:
     """``product: <metrics>; pooled: <metrics>``, or None for a model without bases."""
-    if not isinstance(by_basis, dict) or not by_basis:
+    if not by_basis:
         return None
     order = sorted(by_basis, key=lambda b: (BASES.index(b) if b in BASES else len(BASES), b))
     return "; ".join(f"{basis}: {metrics_text(by_basis[basis])}" for basis in order)
@@ -101,15 +102,15 @@ def by_basis_text(by_basis: Any) -> Optional[str]:
 
 def realised_lines(entry: history.ModelEntry) -> List[str]:
     """One line per later tranche the model was scored on, oldest first, with its basis split."""
-    def when(record: Dict[str, Any]) -> Any:
-        key = str(record.get("tranche", {}).get("key", ""))
+    def when(record: Realised) -> Any:
+        key = record.tranche.key or ""
         return (str(tranche_timestamp(key) or ""), key)
 
     lines = []
     for record in sorted(entry.realised, key=when):
-        overall = dict(record, rows=record.get("rows_scored"))
-        split = by_basis_text(record.get("by_basis"))
-        lines.append(f"    {history.tranche_stem(str(record.get('tranche', {}).get('key', '-')))}"
+        overall = Scores(rows=record.rows_scored, mae=record.mae, r2=record.r2)
+        split = by_basis_text(record.by_basis)
+        lines.append(f"    {history.tranche_stem(record.tranche.key or '-')}"
                      f"  {metrics_text(overall)}" + (f"; by basis: {split}" if split else ""))
     return lines
 
@@ -119,20 +120,18 @@ def show_text(store: Store, entry: history.ModelEntry) -> str:
     realised accuracy on later tranches, gates, drift, rollbacks and where its report is."""
     meta = entry.metadata
     data = entry.to_dict()
-    held = meta.get("metrics", {}).get("held_out", {})
+    held = meta.metrics.held_out
     lines = [
         f"model {entry.version}{'  (live, ' + str(entry.live_by) + ')' if entry.live else ''}",
         f"  created at       {entry.created_at}",
-        f"  trained on       {data['tranche_key']} "
-        f"(sha256 {meta.get('tranche', {}).get('sha256')})",
-        f"  rows             {json.dumps(meta.get('rows', {}).get('per_product_code', {}))} "
-        f"total {data['rows']}",
-        f"  held-out         {metrics_text(held.get('overall'))}",
+        f"  trained on       {data['tranche_key']} (sha256 {meta.tranche.sha256})",
+        f"  rows             {json.dumps(meta.rows.per_product_code)} total {data['rows']}",
+        f"  held-out         {metrics_text(held.overall)}",
     ]
-    split = by_basis_text(held.get("by_basis"))
+    split = by_basis_text(held.by_basis)
     if split:
         lines.append(f"    by basis       {split}")
-    for code, values in sorted(held.get("per_product_code", {}).items()):
+    for code, values in sorted(held.per_product_code.items()):
         lines.append(f"    {code:<14} {metrics_text(values)}")
     lines.append(f"  realised MAE     {_number(data['realised_mae'])}"
                  + (" (on the first tranche after its own)" if data["realised_mae"] is not None
@@ -140,18 +139,18 @@ def show_text(store: Store, entry: history.ModelEntry) -> str:
     if entry.realised:
         lines.append("  realised on later tranches (all their rows, which it never saw):")
         lines.extend(realised_lines(entry))
-    previous = meta.get("previous_model")
-    if isinstance(previous, dict):
-        lines.append(f"  replaced         {previous.get('model_version')} (held-out MAE "
-                     f"{_number(previous.get('heldout_mae'))}, realised MAE on this tranche "
-                     f"{_number(previous.get('realised_mae'))})")
-    for gate in meta.get("gates", []):
-        lines.append(f"  gate {gate.get('gate')}: {gate.get('outcome')}: {gate.get('detail')}")
-    drift = meta.get("drift", {})
-    if drift:
-        psi = ", ".join(f"{k} {v}" for k, v in drift.get("psi", {}).items())
-        against = f" against {drift['previous_tranche']}" if drift.get("previous_tranche") else ""
-        lines.append(f"  drift (PSI)      {psi or drift.get('note')}{against}")
+    previous = meta.previous_model
+    if previous is not None:
+        lines.append(f"  replaced         {previous.model_version} (held-out MAE "
+                     f"{_number(previous.heldout_mae)}, realised MAE on this tranche "
+                     f"{_number(previous.realised_mae)})")
+    for gate in meta.gates:
+        lines.append(f"  gate {gate.gate}: {gate.outcome}: {gate.detail}")
+    drift = meta.drift
+    if drift.model_fields_set:
+        psi = ", ".join(f"{k} {v}" for k, v in drift.psi.items())
+        against = f" against {drift.previous_tranche}" if drift.previous_tranche else ""
+        lines.append(f"  drift (PSI)      {psi or drift.note}{against}")
     for record in entry.rollbacks:
         lines.append(f"  rolled back to   at {record.get('at')} by {record.get('by')} from "
                      f"{(record.get('from') or {}).get('model_version')}: {record.get('reason')}")
@@ -163,10 +162,10 @@ def show_text(store: Store, entry: history.ModelEntry) -> str:
                      f"{history.tranche_stem(data['tranche_key'] or '-')} (these bytes) again: "
                      f"a new tranche or --force retrains")
     lines.append(f"  metadata         {store.location(artefacts.metadata_key(entry.version))}")
-    report = meta.get("report")
-    if isinstance(report, dict) and report.get("html"):
-        where = store.location(str(report["html"]))
-        missing = "" if _exists(store, str(report["html"])) else " (missing: it was not written)"
+    report = meta.report
+    if report is not None and report.html:
+        where = store.location(report.html)
+        missing = "" if _exists(store, report.html) else " (missing: it was not written)"
         lines.append(f"  report           {where}{missing}")
     else:
         lines.append("  report           none recorded")
@@ -231,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
                 f"no published model {args.version} in "
                 f"{store.location(artefacts.MODELS_PREFIX)}")
         if args.json:
-            shown: Dict[str, Any] = dict(entry.to_dict(), metadata=entry.metadata)
+            stored = json.loads(entry.metadata.to_json())  # as stored: keys sorted
+            shown: Dict[str, Any] = dict(entry.to_dict(), metadata=stored)
             print(json.dumps(shown, indent=2))
         else:
             print(show_text(store, entry))

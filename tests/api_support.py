@@ -1,40 +1,22 @@
 """Helpers for the API tests: small models published into a local store, and apps over them.
 
-Not a test module: imported by tests/test_api_*.py.
+Not a test module: imported by tests/test_api_*.py. Models and publishing come from
+``testing_support`` (shared with the benchmarks).
 """
 from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
-
-import numpy as np
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from pipeline.api.app import create_app
 from pipeline.api.fastpath import PredictionLayer
 from pipeline.api.settings import ServeSettings
-from pipeline.artefacts import (
-    LoadedModel,
-    load_latest,
-    make_model_version,
-    publish,
-    read_pointer,
-    sha256_hex,
-)
-from pipeline.model_format import (
-    FORMAT,
-    DispatchModel,
-    OrdersRange,
-    trained_ranges,
-    upper_bound_curve,
-    with_bounds,
-)
-from pipeline.simulate import DEFAULT_PRODUCT_CODES, simulate_tranche
+from pipeline.artefacts import LoadedModel, load_latest, sha256_hex
+from pipeline.simulate import DEFAULT_PRODUCT_CODES
 from pipeline.store import Store, open_store
-from pipeline.training.estimator import fit_model
-from tests.conftest import publish_unchecked
+from testing_support.models import model_bytes, plant_model, publish_document, publish_model
 
 SINGLE = "/api/v0.1/time_to_dispatch"
 BATCH = "/api/v0.1/time_to_dispatch/batch"
@@ -42,50 +24,7 @@ CODES: Tuple[str, ...] = DEFAULT_PRODUCT_CODES
 TRAINED_AT = datetime(2026, 11, 20, 23, 0, tzinfo=timezone.utc)
 
 
-def with_test_bounds(
-    model: DispatchModel, ranges: Optional[Mapping[str, OrdersRange]] = None
-) -> DispatchModel:
-    """The model as format version 2, built here rather than by training: a p90 bound per
-    code (1.25 x the estimate + 0.5 h) and trained ranges (given, or each curve's end knots)."""
-    bounds = {
-        code: upper_bound_curve(curve, curve.knots, [1.25 * v + 0.5 for v in curve.values])
-        for code, curve in model.curves.items()
-    }
-    known = ranges or {code: (c.knots[0], c.knots[-1]) for code, c in model.curves.items()}
-    return with_bounds(model, bounds, known)
-
-
-def v1_artefact(model: DispatchModel) -> bytes:
-    """The model's curves as a format version 1 artefact (no bounds, no ranges)."""
-    document = {
-        "format": FORMAT,
-        "format_version": 1,
-        "feature": "orders_placed",
-        "target": "hours_to_dispatch",
-        "curves": {
-            code: {"knots": list(curve.knots), "values": list(curve.values)}
-            for code, curve in sorted(model.curves.items())
-        },
-    }
-    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
-
-
-@lru_cache(maxsize=None)
-def model_bytes(seed: int = 1, codes: Tuple[str, ...] = CODES, version: int = 2) -> bytes:
-    """A model fitted on a simulated 1,000-row tranche, as artefact bytes (cached).
-
-    Version 2 (the default) adds test bounds and the tranche's ranges; 1 is the old format.
-    """
-    tranche = simulate_tranche(1000, seed=seed, product_codes=codes)
-    orders = tranche.orders_placed.astype(np.float64)
-    fit = fit_model(tranche.product_code, orders, tranche.hours_to_dispatch, random_state=seed)
-    if version == 1:
-        return v1_artefact(fit.model)
-    ranges = trained_ranges(list(tranche.product_code), orders)
-    return with_test_bounds(fit.model, ranges).to_json()
-
-
-def publish_model(
+def publish_fitted(
     store: Store,
     seed: int = 1,
     codes: Tuple[str, ...] = CODES,
@@ -93,21 +32,16 @@ def publish_model(
     extra: Optional[Dict[str, Any]] = None,
     version: int = 2,
 ) -> str:
-    """Publish a fitted model as train_model does (pointer last); its model_version."""
-    data = model_bytes(seed, codes, version)
-    version = make_model_version(trained_at, sha256_hex(data))
-    metadata: Dict[str, Any] = {
-        "model_version": version,
-        "model_sha256": sha256_hex(data),
-        "created_at": trained_at.isoformat(),
+    """Publish a fitted model (artefact format ``version``) with the tranche and metrics the
+    API tests read, and ``extra`` metadata as given; its model_version."""
+    metadata = {
         "tranche": {"key": "datasets/time_to_dispatch_2026-11-20T23:00:00.csv", "rows": 1000},
         "metrics": {"mae": 0.41, "r2": 0.93},
+        **(extra or {}),
     }
-    metadata.update(extra or {})
-    found = read_pointer(store)
-    token = found[1] if found else None
-    publish(store, data, metadata, trained_at + timedelta(minutes=1), token)
-    return version
+    pointer = publish_model(store, model_bytes(seed, codes, version), trained_at, metadata,
+                            published_at=trained_at + timedelta(minutes=1))
+    return pointer.model_version
 
 
 def publish_raw(
@@ -122,16 +56,11 @@ def publish_raw(
     With ``metadata_sha`` the metadata and pointer record that checksum instead of the
     artefact's, as a corrupted or tampered artefact would look; ``extra`` adds metadata.
     """
-    metadata: Dict[str, Any] = {
-        "model_version": version, "model_sha256": metadata_sha or sha256_hex(artefact),
-        **(extra or {}),
-    }
-    found = read_pointer(store)
-    token = found[1] if found else None
-    if metadata_sha is None:
-        publish(store, artefact, metadata, TRAINED_AT, token)
-    else:
-        publish_unchecked(store, version, artefact, metadata_sha)
+    if metadata_sha is not None:
+        plant_model(store, version, artefact, metadata_sha, extra)
+        return
+    document = {"model_version": version, "model_sha256": sha256_hex(artefact), **(extra or {})}
+    publish_document(store, artefact, document, TRAINED_AT)
 
 
 def new_store(
@@ -141,7 +70,7 @@ def new_store(
     root = tmp_path / "store"
     root.mkdir(exist_ok=True)
     store = open_store(str(root))
-    publish_model(store, seed, codes, version=version)
+    publish_fitted(store, seed, codes, version=version)
     return store
 
 

@@ -11,7 +11,7 @@ from typing import Any, Dict, FrozenSet, Iterable, Set, Tuple
 
 import yaml
 
-from tests.conftest import REPO_ROOT
+from testing_support.stages import REPO_ROOT
 
 BODYWORK_YAML = REPO_ROOT / "bodywork.yaml"
 REQUIREMENTS_PIPE = REPO_ROOT / "requirements_pipe.txt"

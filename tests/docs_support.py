@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Dict, List, Set, Tuple
 
-from tests.conftest import REPO_ROOT
+from testing_support.stages import REPO_ROOT
 
 DOCS_DIR = REPO_ROOT / "docs"
 FENCE = re.compile(r"^\s*(```|~~~)")

@@ -15,11 +15,12 @@ from typing import Any, Dict, List, Set
 import pytest
 import yaml
 
+from pipeline.api.routes import BATCH_PATH
 from pipeline.store import open_store
-from tests.api_support import SINGLE, publish_model
-from tests.conftest import REPO_ROOT
+from testing_support.servers import ServeProcess, request
+from testing_support.stages import REPO_ROOT, stage_env
+from tests.api_support import SINGLE, publish_fitted
 from tests.docs_support import DOCS_DIR, anchors
-from tests.serve_support import BATCH_PATH, ServerProcess, request, stage_env_for
 
 RULES_DIR = REPO_ROOT / "deploy" / "prometheus"
 RULES = RULES_DIR / "alerts.yml"
@@ -112,8 +113,8 @@ def test_a_live_services_metrics_pass_the_lint_and_carry_every_series_the_rules_
 ) -> None:
     root = tmp_path / "store"
     root.mkdir()
-    publish_model(open_store(str(root)), extra=RECORDED)
-    with ServerProcess(str(root), stage_env_for({}), tmp_path, form="module") as server:
+    publish_fitted(open_store(str(root)), extra=RECORDED)
+    with ServeProcess(str(root), stage_env({}), tmp_path, form="module") as server:
         server.wait_listening()
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
         try:

@@ -11,7 +11,8 @@ from starlette.testclient import TestClient
 from pipeline.api.app import refresh_once
 from pipeline.artefacts import load_latest
 from pipeline.store import Store
-from tests.api_support import BATCH, CODES, SINGLE, make_app, new_store, publish_model, rows
+from tests.api_support import BATCH, CODES, SINGLE, make_app, new_store, publish_fitted, rows
+from tests.conftest import answers
 
 MODEL = "/api/v0.1/model"
 CODES_PAGE = "/api/v0.1/model/product_codes"
@@ -54,8 +55,9 @@ def test_single_answers_carry_the_bound_and_the_extrapolated_flag(
             "model_version",
         ]
         assert body["basis"] is None  # a format 2 model records no basis
-        assert body["est_hours_to_dispatch"] == model.predict_one(code, orders)
-        assert body["p90_hours_to_dispatch"] == model.upper_one(code, orders)
+        estimate, upper, _ = answers(model, code, orders)
+        assert body["est_hours_to_dispatch"] == estimate
+        assert body["p90_hours_to_dispatch"] == upper
         assert body["p90_hours_to_dispatch"] >= body["est_hours_to_dispatch"]
         low, high = model.ranges[code]
         assert body["extrapolated"] is (not low <= orders <= high)
@@ -125,7 +127,7 @@ def test_a_swap_from_format_1_to_format_2_brings_the_bound(tmp_path: Path) -> No
     row = {"product_code": "SKU001", "orders_placed": 50}
     with TestClient(app) as client:
         before = client.post(SINGLE, json=row).json()
-        publish_model(store, seed=3)
+        publish_fitted(store, seed=3)
         assert refresh_once(app.state).outcome == "swapped"
         after = client.post(SINGLE, json=row).json()
     assert before["p90_hours_to_dispatch"] is None
@@ -149,7 +151,7 @@ def test_model_endpoint_reads_held_out_coverage_from_the_metadata(
     tmp_path: Path, held_out: Dict[str, Any], overall: Any, sku001: Any
 ) -> None:
     store = new_store(tmp_path)
-    publish_model(store, seed=4, extra={"metrics": {"held_out": held_out}})
+    publish_fitted(store, seed=4, extra={"metrics": {"held_out": held_out}})
     with TestClient(make_app(store)) as client:
         body = json.loads(client.get(MODEL).text)
         listed = json.loads(client.get(CODES_PAGE).text)["product_codes"]

@@ -1,7 +1,8 @@
 """Serving at catalogue scale in process: basis, unknown parts, bounded bodies, the code list.
 
-The columnar lookup must refuse exactly what ``DispatchModel.from_json`` refuses and answer
-exactly as the model does; answers of a five-part model are those the model gives.
+The columnar lookup and ``DispatchModel.from_json`` check an artefact with the format's one
+checker, so they refuse alike (with the same message); what they accept, the lookup answers
+exactly as the model does.
 """
 from __future__ import annotations
 
@@ -17,12 +18,13 @@ from hypothesis import HealthCheck, assume, given, settings
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from benchmarks.serving_support import catalogue_artefact
 from pipeline.api.lookup import Lookup, prepare
 from pipeline.artefacts import load_latest
 from pipeline.model_format import CatalogueCurve, Curve, DispatchModel, ModelFormatError
 from pipeline.store import Store
+from testing_support.models import catalogue_artefact
 from tests.api_support import BATCH, CODES, SINGLE, make_app, new_store, publish_raw, rows
+from tests.conftest import answers, at
 from tests.test_reliability_model import near_artefacts
 
 MODEL = "/api/v0.1/model"
@@ -55,9 +57,9 @@ def test_a_five_part_model_answers_as_the_model_does(store: Store) -> None:
         batch = client.post(BATCH, json=rows(pairs)).json()
         unknown = client.post(SINGLE, json={"product_code": "SKU999", "orders_placed": 3})
     for (code, orders), single in zip(pairs, singles):
-        assert single["est_hours_to_dispatch"] == model.predict_one(code, orders)
-        assert single["p90_hours_to_dispatch"] == model.upper_one(code, orders)
-        assert single["extrapolated"] == model.extrapolated_one(code, orders)
+        expected = answers(model, code, orders)
+        assert (single["est_hours_to_dispatch"], single["p90_hours_to_dispatch"],
+                single["extrapolated"]) == expected
     assert batch["est_hours_to_dispatch"] == [s["est_hours_to_dispatch"] for s in singles]
     assert unknown.status_code == 422
     listed = "'SKU001', 'SKU002', 'SKU003', 'SKU004' or 'SKU005'"
@@ -131,8 +133,8 @@ def test_unknown_parts_are_answered_from_the_catalogue_curve_on_request(store: S
         batch = client.post(BATCH, json=rows([("NEW-1", 50), ("SKU001", 50)])).json()
     assert single.status_code == 200
     assert single.json()["basis"] == "catalogue"
-    assert single.json()["est_hours_to_dispatch"] == CATALOGUE.curve.predict_one(50.0)
-    assert single.json()["p90_hours_to_dispatch"] == CATALOGUE.bound.predict_one(50.0)
+    assert single.json()["est_hours_to_dispatch"] == at(CATALOGUE.curve, 50.0)
+    assert single.json()["p90_hours_to_dispatch"] == at(CATALOGUE.bound, 50.0)
     assert single.json()["extrapolated"] is False
     assert batch["basis"] == ["catalogue", "product"]
     assert batch["est_hours_to_dispatch"][0] == single.json()["est_hours_to_dispatch"]
@@ -296,36 +298,40 @@ def test_a_big_models_answers_equal_its_curves(big: TestClient) -> None:
         batch = big.post(BATCH, json=rows(pairs)).json()
         for i, orders in enumerate(PROBES):
             answer = big.post(SINGLE, json={"product_code": code, "orders_placed": orders}).json()
-            assert answer["est_hours_to_dispatch"] == curve.predict_one(orders)
-            assert answer["p90_hours_to_dispatch"] == max(bound.predict_one(orders),
-                                                          curve.predict_one(orders))
+            assert answer["est_hours_to_dispatch"] == at(curve, orders)
+            assert answer["p90_hours_to_dispatch"] == max(at(bound, orders), at(curve, orders))
             assert answer["basis"] == spec["basis"]
             assert batch["est_hours_to_dispatch"][i] == answer["est_hours_to_dispatch"]
             assert batch["p90_hours_to_dispatch"][i] == answer["p90_hours_to_dispatch"]
 
 
 def _compare(data: bytes) -> None:
-    """prepare refuses what from_json refuses; what both accept answers alike."""
+    """The service's parser and from_json share the format's one checker: an artefact is
+    refused by both with the same message, or both accept it and answer alike."""
+    metadata = json.dumps({"model_sha256": "x"}).encode()
     try:
         model = DispatchModel.from_json(data)
-    except ModelFormatError:
-        with pytest.raises(ModelFormatError):
-            prepare(data, json.dumps({"model_sha256": "x"}).encode(), "x")
+    except ModelFormatError as refused:
+        with pytest.raises(ModelFormatError) as refused_too:
+            prepare(data, metadata, "x")
+        assert str(refused_too.value) == str(refused)
         return
-    lookup = Lookup(prepare(data, json.dumps({"model_sha256": "x"}).encode(), "x"))
+    lookup = Lookup(prepare(data, metadata, "x"))
     assert lookup.codes == model.product_codes
     for i, code in enumerate(lookup.codes):
         for orders in PROBES:
-            estimate = lookup.estimate(i, orders)
-            assert estimate == model.predict_one(code, orders)
-            assert lookup.upper(i, orders, estimate) == model.upper_one(code, orders)
-            assert lookup.extrapolated(i, orders) == model.extrapolated_one(code, orders)
-            assert lookup.basis(i) == model.basis_one(code)
+            estimate, upper, extrapolated = answers(model, code, orders)
+            assert lookup.estimate(i, orders) == estimate
+            assert lookup.upper(i, orders, estimate) == upper
+            assert lookup.extrapolated(i, orders) == extrapolated
+            assert lookup.basis(i) == model.bases.get(code)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(document=near_artefacts())
-def test_the_lookup_refuses_what_the_model_refuses(document: Dict[str, Any]) -> None:
+def test_the_service_and_the_model_refuse_alike_and_answer_alike(
+    document: Dict[str, Any]
+) -> None:
     data = json.dumps(document).encode()
     try:
         orjson.loads(data)

@@ -24,6 +24,7 @@ from tests.api_support import (
     publish_raw,
     rows,
 )
+from tests.conftest import answers as model_answers
 
 BAD_SINGLE: List[Tuple[str, bytes, List[Any], str]] = [
     ("missing code", b'{"orders_placed": 3}', ["body", "product_code"], "missing"),
@@ -99,10 +100,11 @@ def test_single_prediction_matches_the_model(client: TestClient, store: Store) -
     assert response.status_code == 200
     assert response.headers["content-type"] == "application/json"
     body = strict_json(response.text)
+    estimate, upper, extrapolated = model_answers(loaded.model, "SKU002", 112.0)
     assert body == {
-        "est_hours_to_dispatch": loaded.model.predict_one("SKU002", 112.0),
-        "p90_hours_to_dispatch": loaded.model.upper_one("SKU002", 112.0),
-        "extrapolated": loaded.model.extrapolated_one("SKU002", 112.0),
+        "est_hours_to_dispatch": estimate,
+        "p90_hours_to_dispatch": upper,
+        "extrapolated": extrapolated,
         "basis": None,
         "model_version": loaded.version,
     }
@@ -274,10 +276,10 @@ def test_model_endpoint_gives_metadata(client: TestClient, store: Store) -> None
 
 
 def test_non_finite_metadata_is_served_as_strict_json(tmp_path: Path) -> None:
-    from tests.api_support import publish_model
+    from tests.api_support import publish_fitted
 
     store = new_store(tmp_path)
-    publish_model(store, seed=2, extra={"metrics": {"r2": float("nan")}, "big": 10**30})
+    publish_fitted(store, seed=2, extra={"metrics": {"r2": float("nan")}, "big": 10**30})
     with TestClient(make_app(store)) as client:
         response = client.get("/api/v0.1/model")
     assert response.status_code == 200

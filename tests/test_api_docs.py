@@ -17,9 +17,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from pipeline.store import Store
+from testing_support.servers import ServeProcess
+from testing_support.stages import stage_env
 from tests.api_support import make_app, new_store
 from tests.browser_support import chromium, render
-from tests.serve_support import ServerProcess, stage_env_for
 
 PREFIX = "/time-to-dispatch/serve-model"
 ASSETS = {
@@ -76,12 +77,11 @@ def test_assets_hold_no_links_to_fonts_or_cdns(store: Store) -> None:
 
 
 @pytest.fixture(scope="module")
-def server(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+def server(store: Store, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
     """serve_model over the store, behind the ingress's path prefix."""
     root = store.location("").rstrip("/")
     logs = tmp_path_factory.mktemp("docs-logs")
-    with ServerProcess(root, stage_env_for({}), logs, form="module",
-                       extra=["--root-path", PREFIX]) as process:
+    with ServeProcess(root, stage_env({}), logs, args=["--root-path", PREFIX]) as process:
         process.wait_listening()
         yield process
         process.terminate()
@@ -101,7 +101,7 @@ def _screenshot(name: str, tmp_path: Path) -> Path:
     [("/docs", 'class="opblock'), ("/redoc", "operation/")],
 )
 def test_each_page_renders_its_operations_offline(
-    server: ServerProcess, tmp_path: Path, page: str, marker: str
+    server: ServeProcess, tmp_path: Path, page: str, marker: str
 ) -> None:
     shot = _screenshot(f"{page.strip('/')}.png", tmp_path)
     dom = render(f"http://127.0.0.1:{server.port}{PREFIX}{page}", shot, budget_ms=8000)
@@ -113,7 +113,7 @@ def test_each_page_renders_its_operations_offline(
 
 
 def test_head_on_a_real_server_sends_no_body_and_keeps_the_connection(
-    server: ServerProcess,
+    server: ServeProcess,
 ) -> None:
     conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
     try:

@@ -18,7 +18,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from pipeline.api.app import refresh_once
-from tests.api_support import CODES, make_app, new_store, publish_model
+from tests.api_support import CODES, make_app, new_store, publish_fitted
 
 PACKAGE = "ttd_generated_client"
 SEARCH = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
@@ -67,7 +67,7 @@ def test_a_generated_client_asks_for_a_part_the_model_learns_later(generated: An
     with TestClient(app) as http:
         client = package.Client(base_url="http://testserver").set_httpx_client(http)
         before = single.sync_detailed(client=client, body=asked)
-        version = publish_model(store, seed=6, codes=CODES + (NEW_CODE,))
+        version = publish_fitted(store, seed=6, codes=CODES + (NEW_CODE,))
         assert refresh_once(app.state).outcome == "swapped"
         after = single.sync_detailed(client=client, body=asked)
         rows = [models.PredictionRequest(product_code=code, orders_placed=40)

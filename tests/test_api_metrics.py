@@ -12,16 +12,8 @@ from pipeline.api.app import refresh_once
 from pipeline.api.metrics import LATENCY_BUCKETS, Series
 from pipeline.api.serving import RefreshOutcome
 from pipeline.artefacts import POINTER_KEY, load_latest
-from tests.api_support import (
-    BATCH,
-    SINGLE,
-    make_app,
-    model_bytes,
-    new_store,
-    publish_model,
-    publish_raw,
-    rows,
-)
+from testing_support.models import model_bytes
+from tests.api_support import BATCH, SINGLE, make_app, new_store, publish_fitted, publish_raw, rows
 
 Samples = Dict[Tuple[str, Tuple[Tuple[str, str], ...]], float]
 
@@ -73,7 +65,7 @@ def test_model_version_and_refresh_outcomes_follow_a_swap(tmp_path: Path) -> Non
     app = make_app(store)
     with TestClient(app) as client:
         refresh_once(app.state)
-        version = publish_model(store, seed=4)
+        version = publish_fitted(store, seed=4)
         refresh_once(app.state)
         samples = scrape(client)
     assert samples[("ttd_model_info", (("model_version", version),))] == 1
@@ -95,7 +87,7 @@ def test_a_duration_on_a_bucket_bound_counts_in_that_bucket(index: int) -> None:
 
 def test_recorded_quality_is_exported_for_the_alert_rules(tmp_path: Path) -> None:
     store = new_store(tmp_path)
-    version = publish_model(store, seed=4, extra={
+    version = publish_fitted(store, seed=4, extra={
         "metrics": {"held_out": {"overall": {"mae": 0.42, "coverage_p90": 0.875}}},
         "options": {"thresholds": {"coverage_min": 0.85}},
         "previous_model": {"model_version": "20261120-000000-old", "heldout_mae": 0.38,

@@ -9,7 +9,7 @@ from starlette.testclient import TestClient
 
 from pipeline.api.app import refresh_once
 from pipeline.store import Store
-from tests.api_support import BATCH, CODES, SINGLE, make_app, new_store, publish_model
+from tests.api_support import BATCH, CODES, SINGLE, make_app, new_store, publish_fitted
 
 NEW_CODES = ("SKU010", "SKU011", "SKU012")
 
@@ -115,7 +115,7 @@ def test_document_is_the_same_whatever_model_is_served(tmp_path: Path) -> None:
     app = make_app(store)
     with TestClient(app) as client:
         before = client.get("/openapi.json").content
-        new_version = publish_model(store, seed=5, codes=NEW_CODES)
+        new_version = publish_fitted(store, seed=5, codes=NEW_CODES)
         assert refresh_once(app.state).outcome == "swapped"
         assert client.get("/health").json()["model_version"] == new_version
         after = client.get("/openapi.json").content

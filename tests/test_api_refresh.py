@@ -13,7 +13,8 @@ from pipeline.api.app import refresh_once
 from pipeline.api.serving import ServingModel, build_serving_model, refresh_step
 from pipeline.artefacts import load_latest
 from pipeline.store import Store, StoreError, open_store
-from tests.api_support import SINGLE, make_app, model_bytes, new_store, publish_model, publish_raw
+from testing_support.models import model_bytes
+from tests.api_support import SINGLE, make_app, new_store, publish_fitted, publish_raw
 
 NEW_CODES = ("SKU001", "SKU002", "SKU007")
 BODY = {"product_code": "SKU001", "orders_placed": 150}
@@ -62,7 +63,7 @@ def test_same_pointer_is_unchanged(store: Store) -> None:
 
 def test_new_model_is_swapped_in(store: Store) -> None:
     serving = current(store)
-    version = publish_model(store, seed=3, codes=NEW_CODES)
+    version = publish_fitted(store, seed=3, codes=NEW_CODES)
     result = refresh_step(store, serving)
     assert result.outcome == "swapped"
     assert result.serving.version == version != serving.version
@@ -116,7 +117,7 @@ def test_app_serves_the_new_model_after_refresh(store: Store) -> None:
     app = make_app(store)
     with TestClient(app) as client:
         old = client.post(SINGLE, json=BODY).json()
-        version = publish_model(store, seed=3, codes=NEW_CODES)
+        version = publish_fitted(store, seed=3, codes=NEW_CODES)
         assert refresh_once(app.state).outcome == "swapped"
         new = client.post(SINGLE, json=BODY).json()
         assert new["model_version"] == version != old["model_version"]
@@ -146,7 +147,7 @@ def test_background_refresh_swaps_while_serving(store: Store) -> None:
     app = make_app(store, model_refresh_seconds=0.05)
     with TestClient(app) as client:
         assert client.get("/health").json()["refresh"]["enabled"] is True
-        version = publish_model(store, seed=3, codes=NEW_CODES)
+        version = publish_fitted(store, seed=3, codes=NEW_CODES)
         deadline = time.monotonic() + 30.0
         seen = set()
         while time.monotonic() < deadline:

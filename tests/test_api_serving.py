@@ -173,7 +173,8 @@ def test_model_facts_from_metadata(tmp_path: Path) -> None:
     serving = build_serving_model(loaded)
     assert serving.trained_at is not None and serving.trained_at.year == 2026
     assert serving.product_codes == CODES
-    assert serving.metadata["model_version"] == serving.version
+    assert serving.metadata.model_version == serving.version
+    assert serving.summary["model_version"] == serving.version
 
 
 def test_summarise_makes_metadata_strict_json_and_small() -> None:

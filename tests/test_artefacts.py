@@ -19,6 +19,7 @@ from pipeline.artefacts import (
     read_pointer,
     sha256_hex,
 )
+from pipeline.metadata import Metadata
 from pipeline.model_format import Curve, DispatchModel
 from pipeline.store import ConcurrentUpdate, ObjectExists, Store, open_store
 
@@ -32,8 +33,8 @@ def _model(level: float = 1.0) -> DispatchModel:
 def _publish(store: Store, level: float = 1.0, token: Any = None) -> str:
     data = _model(level).to_json()
     version = make_model_version(WHEN, sha256_hex(data))
-    metadata: Dict[str, Any] = {"model_version": version, "model_sha256": sha256_hex(data)}
-    publish(store, data, metadata, WHEN, token)
+    publish(store, data, Metadata(model_version=version, model_sha256=sha256_hex(data)), WHEN,
+            token)
     return version
 
 
@@ -42,8 +43,8 @@ def test_published_model_loads_back_verified(store_url: str) -> None:
     version = _publish(store)
     loaded = load_latest(store)
     assert loaded.version == version
-    assert loaded.model.predict_one("SKU001", 50.0) == pytest.approx(3.5)
-    assert loaded.metadata["model_version"] == version
+    assert loaded.model.predict(["SKU001"], [50.0]).tolist() == [pytest.approx(3.5)]
+    assert loaded.metadata.model_version == version
     assert store.list_keys("models/") == sorted(
         [POINTER_KEY, model_key(version), metadata_key(version)]
     )
@@ -74,11 +75,13 @@ def test_a_version_whose_objects_exist_is_refused_and_left_as_it_was(store_url: 
     store = open_store(store_url)
     data = _model().to_json()
     version = make_model_version(WHEN, sha256_hex(data), "0000")
-    publish(store, data, {"model_version": version, "model_sha256": sha256_hex(data)}, WHEN, None)
+    publish(store, data, Metadata(model_version=version, model_sha256=sha256_hex(data)), WHEN,
+            None)
     before = {key: store.read_bytes(key) for key in store.list_keys("")}
     found = read_pointer(store)
     assert found is not None
-    rival = {"model_version": version, "model_sha256": sha256_hex(data), "note": "rival"}
+    rival = Metadata.model_validate(
+        {"model_version": version, "model_sha256": sha256_hex(data), "note": "rival"})
     with pytest.raises(ObjectExists, match=f"{version}/metadata.json already exists"):
         publish(store, data, rival, WHEN, found[1])
     assert {key: store.read_bytes(key) for key in store.list_keys("")} == before
@@ -132,7 +135,8 @@ def test_artefact_that_is_not_a_model_is_unreadable_even_with_a_matching_checksu
 def test_metadata_must_describe_the_artefact_beside_it() -> None:
     data = _model().to_json()
     with pytest.raises(ValueError, match="model_sha256"):
-        publish(open_store("/tmp"), data, {"model_version": "v", "model_sha256": "0"}, WHEN, None)
+        publish(open_store("/tmp"), data, Metadata(model_version="v", model_sha256="0"), WHEN,
+                None)
 
 
 def test_pointer_that_moved_since_it_was_read_is_not_overwritten(store_url: str) -> None:

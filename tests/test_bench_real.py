@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from pipeline.simulate import DEFAULT_PRODUCT_CODES, simulate_tranche
-from tests.conftest import PYTHON, REPO_ROOT, stage_env
+from testing_support.stages import PYTHON, REPO_ROOT, stage_env
 
 DAYS = ("2026-10-30", "2026-11-06", "2026-11-13", "2026-11-20")
 NEW_PART = "SKU-NEW"

@@ -1,9 +1,10 @@
-"""benchmarks/catalogue.py's heavy-tailed world: its truth is the conditional median it claims."""
+"""testing_support/worlds.py's heavy-tailed world (bench_catalogue.py --world heavy): its truth
+is the conditional median it claims."""
 from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.catalogue import heavy_world
+from testing_support.worlds import heavy_world
 
 
 def test_the_truth_is_each_orders_conditional_median_and_the_p90_its_p90() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from pipeline import serve_model, train_model
 from pipeline.training.run import TrainOptions
-from tests.conftest import PYTHON, REPO_ROOT, stage_env
+from testing_support.stages import PYTHON, REPO_ROOT, stage_env
 
 HELPS: Tuple[Tuple[str, ...], ...] = (
     ("-m", "pipeline.train_model", "--help"),

@@ -24,7 +24,7 @@ from pipeline.train_model import main
 from pipeline.training.cluster import ADDRESS_ENV, NO_WORKERS_TIMEOUT_KEY
 from pipeline.training.estimator import FitResult, fit_model
 from pipeline.training.run import EXIT_CLUSTER, EXIT_OK
-from tests.conftest import PYTHON, REPO_ROOT, free_port, stage_env
+from testing_support.stages import PYTHON, REPO_ROOT, free_port, stage_env
 
 distributed = pytest.importorskip("distributed")
 

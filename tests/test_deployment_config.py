@@ -14,7 +14,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from testing_support.stages import REPO_ROOT
 from tests.deployment_support import (
     REQUIREMENTS_PIPE,
     bodywork_config,

@@ -20,7 +20,7 @@ from typing import Dict, Iterator, List, Optional
 
 import pytest
 
-from tests.conftest import REPO_ROOT, free_port
+from testing_support.stages import REPO_ROOT, free_port
 
 READY_TIMEOUT_SECONDS = 90.0
 

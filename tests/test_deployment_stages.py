@@ -28,7 +28,7 @@ import yaml
 
 from pipeline.artefacts import read_pointer
 from pipeline.store import open_store
-from tests.conftest import PYTHON, REPO_ROOT, free_port, stage_env
+from testing_support.stages import PYTHON, REPO_ROOT, free_port, stage_env
 from tests.deployment_support import bodywork_config, stage_file
 
 CONFIG = bodywork_config()

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import PYTHON, REPO_ROOT, free_port, stage_env
+from testing_support.stages import PYTHON, REPO_ROOT, free_port, stage_env
 
 RERUN = "the docs are stale: run `python scripts/make_doc_examples.py` and commit what it changed"
 

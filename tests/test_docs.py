@@ -15,7 +15,7 @@ from typing import Dict, Iterator, List, Optional, Set, Tuple
 
 import pytest
 
-from tests.conftest import PYTHON, REPO_ROOT
+from testing_support.stages import PYTHON, REPO_ROOT
 from tests.docs_support import DOCS_DIR, FENCE, HEADING, anchors, broken_links, slug
 
 README = REPO_ROOT / "README.md"

@@ -17,6 +17,7 @@ from pipeline.training.estimator import (
     DEFAULT_FAMILIES, CurveFamilies, DispatchTimeRegressor, MonotoneCurveRegressor, features,
     fit_code, simplest_within_tolerance,
 )
+from tests.conftest import at
 
 
 def _data(
@@ -164,7 +165,7 @@ def test_a_curve_stays_flat_where_orders_placed_carries_no_signal() -> None:
     hours = 40.0 * np.exp(rng.normal(0.0, 0.8, 300))
     curve, _, fit, _ = fit_code(orders, hours)
     assert fit.family == "flat" and fit.loss == "absolute"
-    assert curve.predict_one(0.0) == curve.predict_one(250.0) == pytest.approx(np.median(hours))
+    assert at(curve, 0.0) == at(curve, 250.0) == pytest.approx(np.median(hours))
 
 
 def test_scores_within_rounding_noise_tie_and_go_to_the_simpler_family() -> None:

@@ -7,9 +7,11 @@ from typing import Any, Dict
 import numpy as np
 import pytest
 
+from pipeline.api.lookup import Lookup, prepare
 from pipeline.model_format import Curve, DispatchModel, ModelFormatError
 from pipeline.simulate import noise_floor_mae, simulate_tranche
 from pipeline.training.estimator import DEFAULT_FAMILIES, fit_code, fit_model
+from tests.conftest import answers, at
 
 ACCURACY_MARGIN = 1.03
 
@@ -56,8 +58,8 @@ def test_a_straight_line_is_recovered_and_chosen_as_linear() -> None:
     curve, _, fit, _ = fit_code(orders, 2.0 + 0.05 * orders)
     assert fit.cv_mae["linear"] < 1e-9
     assert fit.family == "linear"
-    assert curve.predict_one(100.0) == pytest.approx(7.0, abs=1e-6)
-    assert curve.predict_one(400.0) == pytest.approx(22.0, abs=1e-6)
+    assert at(curve, 100.0) == pytest.approx(7.0, abs=1e-6)
+    assert at(curve, 400.0) == pytest.approx(22.0, abs=1e-6)
 
 
 def test_a_saturating_curve_is_chosen_over_the_line() -> None:
@@ -71,8 +73,8 @@ def test_a_saturating_curve_is_chosen_over_the_line() -> None:
 
 def test_a_single_order_count_gives_a_constant_curve() -> None:
     curve, _, _, _ = fit_code(np.full(40, 12.0), np.linspace(1.0, 3.0, 40))
-    assert curve.predict_one(0.0) == pytest.approx(2.0)
-    assert curve.predict_one(500.0) == pytest.approx(2.0)
+    assert at(curve, 0.0) == pytest.approx(2.0)
+    assert at(curve, 500.0) == pytest.approx(2.0)
 
 
 def test_fitting_is_deterministic() -> None:
@@ -90,19 +92,20 @@ def test_rare_codes_are_skipped_at_the_threshold_and_learned_above_it() -> None:
     assert result.fits["B"].rows == 30
 
 
-def test_predict_one_agrees_with_the_vectorised_predict() -> None:
+def test_the_services_single_answers_equal_the_models_predictions() -> None:
     model = _fit(500, seed=11, shape="saturating")
     rng = np.random.default_rng(1)
     codes = rng.choice(list(model.product_codes), 300)
     orders = rng.uniform(0.0, 500.0, 300)
     vector = model.predict(codes, orders)
-    single = [model.predict_one(str(c), float(o)) for c, o in zip(codes, orders)]
-    assert np.allclose(vector, single, rtol=0, atol=1e-12)
+    lookup = Lookup(prepare(model.to_json(), b'{"model_sha256": "s"}', "s"))
+    single = [lookup.estimate(lookup.index[str(c)], float(o)) for c, o in zip(codes, orders)]
+    assert vector.tolist() == single
 
 
 def test_unknown_code_is_a_key_error() -> None:
     with pytest.raises(KeyError):
-        _fit(300, seed=1, shape="linear").predict_one("SKU999", 10)
+        _fit(300, seed=1, shape="linear").predict(["SKU999"], [10.0])
 
 
 def test_json_round_trip_is_exact_and_canonical() -> None:
@@ -126,7 +129,7 @@ def _document(**curve: Any) -> bytes:
 
 def test_a_valid_minimal_document_parses() -> None:
     model = DispatchModel.from_json(_document())
-    assert model.predict_one("SKU001", 5.0) == pytest.approx(1.5)
+    assert answers(model, "SKU001", 5.0) == (pytest.approx(1.5), None, None)
 
 
 @pytest.mark.parametrize(
@@ -159,9 +162,9 @@ def test_other_format_versions_are_refused() -> None:
 
 def test_curve_extrapolates_along_its_end_segments_and_floors_at_zero() -> None:
     curve = Curve((10.0, 20.0), (1.0, 3.0))
-    assert curve.predict_one(30.0) == pytest.approx(5.0)
-    assert curve.predict_one(5.0) == pytest.approx(0.0)
-    assert curve.predict_one(0.0) == 0.0
+    assert at(curve, 30.0) == pytest.approx(5.0)
+    assert at(curve, 5.0) == pytest.approx(0.0)
+    assert at(curve, 0.0) == 0.0
 
 
 def test_a_line_that_levels_off_at_a_capacity_is_recovered() -> None:

@@ -52,16 +52,14 @@ def test_format_3_round_trip_is_exact_and_canonical() -> None:
     again = DispatchModel.from_json(data)
     assert again == model
     assert again.to_json() == data
-    assert again.basis_one("SKU001") == "product" and again.basis_one("SKU002") == "pooled"
+    assert again.bases == {"SKU001": "product", "SKU002": "pooled"}
 
 
 def test_a_model_without_bases_is_written_as_format_2_and_answers_no_basis() -> None:
     plain = DispatchModel({"SKU001": ESTIMATE}, {"SKU001": BOUND}, {"SKU001": (0.0, 1.0)})
     doc = json.loads(plain.to_json())
     assert doc["format_version"] == 2 and "catalogue" not in doc
-    assert DispatchModel.from_json(plain.to_json()).basis_one("SKU001") is None
-    with pytest.raises(KeyError):
-        plain.basis_one("SKU999")
+    assert DispatchModel.from_json(plain.to_json()).bases == {}
 
 
 def test_bases_cover_every_code_or_none_and_name_a_known_basis() -> None:

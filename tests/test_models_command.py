@@ -19,7 +19,7 @@ from pipeline import train_model
 from pipeline.simulate import simulate_tranche, tranche_key
 from pipeline.store import Store, open_store
 from pipeline.training import run as stage_run
-from tests.conftest import PYTHON, REPO_ROOT, stage_env
+from testing_support.stages import PYTHON, REPO_ROOT, stage_env
 
 FIRST_WEEK = datetime(2026, 10, 2, 23, tzinfo=timezone.utc)
 ALWAYS_PUBLISH = ["--champion-tolerance", "100", "--no-report"]
@@ -125,16 +125,17 @@ def test_a_model_that_lost_the_pointer_race_is_listed_as_never_published(
 ) -> None:
     store = open_store(three_weeks)
     live = artefacts.load_latest(store)
-    loser = dict(live.metadata, model_version="20991231-000000-0123abcd-beef")
+    loser = "20991231-000000-0123abcd-beef"
+    metadata = live.metadata.model_copy(update={"model_version": loser})
     with pytest.raises(artefacts.ConcurrentUpdate):
-        artefacts.publish(store, live.model.to_json(), loser, datetime.now(timezone.utc),
+        artefacts.publish(store, live.model.to_json(), metadata, datetime.now(timezone.utc),
                           expected_token="a token the pointer no longer has")
     entries = {e["model_version"]: e for e in listed(three_weeks, capsys)}
-    assert entries[loser["model_version"]]["published"] is False
-    assert not entries[loser["model_version"]]["live"]
-    assert all(e["published"] for v, e in entries.items() if v != loser["model_version"])
+    assert entries[loser]["published"] is False
+    assert not entries[loser]["live"]
+    assert all(e["published"] for v, e in entries.items() if v != loser)
     assert models.main([three_weeks, "list"]) == 0
-    line = [row for row in capsys.readouterr().out.splitlines() if loser["model_version"] in row]
+    line = [row for row in capsys.readouterr().out.splitlines() if loser in row]
     assert "never published" in line[0]
 
 
@@ -191,9 +192,9 @@ def test_rollback_moves_the_pointer_records_an_audit_and_the_next_run_builds_on_
 
     # The next weekly run treats the rolled-back model as the champion and scores it.
     assert week(url, 3) == 0
-    meta = artefacts.load_latest(store).metadata
-    assert meta["previous_model"]["model_version"] == oldest
-    assert meta["previous_model"]["realised_mae"] is not None
+    previous = artefacts.load_latest(store).metadata.previous_model
+    assert previous is not None and previous.model_version == oldest
+    assert previous.realised_mae is not None
     realised = [k for k in store.list_keys(f"models/{oldest}/realised/")]
     assert len(realised) == 2, "week 1 (its next tranche) and week 3 (after the rollback)"
     entry = {e["model_version"]: e for e in listed(url, capsys)}[oldest]
@@ -440,8 +441,8 @@ def test_a_new_tranche_after_a_rollback_trains_as_usual(
     caplog.set_level(logging.INFO)
     assert week(url, 3) == 0
     assert live_version(url) not in (newest, middle)
-    assert artefacts.load_latest(open_store(url)).metadata["previous_model"][
-        "model_version"] == middle
+    previous = artefacts.load_latest(open_store(url)).metadata.previous_model
+    assert previous is not None and previous.model_version == middle
 
 
 def test_a_second_rollback_keeps_the_hold_and_rolling_forward_lifts_it(

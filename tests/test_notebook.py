@@ -6,7 +6,7 @@ from typing import Any, List
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from testing_support.stages import REPO_ROOT
 
 NOTEBOOK = REPO_ROOT / "notebooks" / "time_to_dispatch.ipynb"
 SMALL_TRANCHE_ROWS = 500

@@ -18,6 +18,7 @@ from pipeline.training.pooling import (
     OUT_OF_TIME, PRODUCT_GROUP, TRANCHE, WITHIN_WEEK, PooledDispatchRegressor, bucket_names,
     group_quantiles, local_level_forecast, rows_bucket,
 )
+from tests.conftest import at
 
 
 def frame(codes: List[str], orders: np.ndarray, tranche: np.ndarray) -> pd.DataFrame:
@@ -135,16 +136,24 @@ def test_the_warehouse_wide_level_of_each_week_is_recovered(fitted) -> None:
     assert np.max(np.abs(levels / truth - 1.0)) < 0.03
 
 
-def test_held_out_coverage_holds_for_both_bases(fitted) -> None:
-    regressor, X, _, fresh, _ = fitted
+def next_week_coverage(
+    regressor: PooledDispatchRegressor, fresh: SimulatedTranche
+) -> Tuple[float, np.ndarray, np.ndarray]:
+    """The exported model on later rows: the share of rows whose part it knows and, for those
+    rows, each one's basis and whether its p90 bound covers it."""
     model = regressor.to_dispatch_model()
     known = np.isin(fresh.product_code, list(model.curves))
-    assert known.mean() > 0.97
     codes = list(fresh.product_code[known])
     _, upper, _ = model.predict_bounded(codes, fresh.orders_placed[known])
     assert upper is not None
     basis = np.asarray([model.bases[c] for c in codes])
-    covered = fresh.hours_to_dispatch[known] <= upper
+    return float(known.mean()), basis, fresh.hours_to_dispatch[known] <= upper
+
+
+def test_held_out_coverage_holds_for_both_bases(fitted) -> None:
+    regressor, X, _, fresh, _ = fitted
+    known, basis, covered = next_week_coverage(regressor, fresh)
+    assert known > 0.97
     for name in ("product", "pooled"):
         assert (basis == name).sum() > 500
         assert 0.86 <= covered[basis == name].mean() <= 0.94, name
@@ -167,14 +176,7 @@ def test_a_jump_of_the_warehouse_in_the_newest_week_neither_narrows_nor_shifts_t
               np.concatenate([np.full(3000, i) for i in range(4)]))
     regressor = PooledDispatchRegressor(n_jobs=1).fit(
         X, np.concatenate([t.hours_to_dispatch for t in weekly]))
-    fresh = world.tranche(3, draw=1)
-    model = regressor.to_dispatch_model()
-    known = np.isin(fresh.product_code, list(model.curves))
-    codes = list(fresh.product_code[known])
-    _, upper, _ = model.predict_bounded(codes, fresh.orders_placed[known])
-    assert upper is not None
-    basis = np.asarray([model.bases[c] for c in codes])
-    covered = fresh.hours_to_dispatch[known] <= upper
+    _, basis, covered = next_week_coverage(regressor, world.tranche(3, draw=1))
     for name in ("product", "pooled"):
         assert 0.86 <= covered[basis == name].mean() <= 0.96, name
 
@@ -204,7 +206,7 @@ def test_curves_stay_flat_where_orders_placed_carries_no_signal() -> None:
     regressor = PooledDispatchRegressor(n_jobs=1).fit(X, y)
     assert regressor.summary_.catalogue_family == "flat"
     for curve in regressor.curves_.values():
-        assert curve.predict_one(150.0) <= 1.05 * curve.predict_one(1.0)
+        assert at(curve, 150.0) <= 1.05 * at(curve, 1.0)
 
 
 def test_a_part_with_two_rows_lands_near_its_peers_one_with_many_near_its_own_level() -> None:
@@ -216,9 +218,9 @@ def test_a_part_with_two_rows_lands_near_its_peers_one_with_many_near_its_own_le
         0.0, 0.8, 400))])
     regressor = PooledDispatchRegressor(n_jobs=1).fit(pd.concat([X, extra], ignore_index=True),
                                                       np.concatenate([y, hours]))
-    typical = regressor.catalogue_.curve.predict_one(50.0)
-    two = regressor.curves_["TWO"].predict_one(50.0)
-    many = regressor.curves_["MANY"].predict_one(50.0)
+    typical = at(regressor.catalogue_.curve, 50.0)
+    two = at(regressor.curves_["TWO"], 50.0)
+    many = at(regressor.curves_["MANY"], 50.0)
     assert regressor.bases_["TWO"] == regressor.bases_["MANY"] == "pooled"
     # Two rows 50x the typical part move its estimate by far less than that.
     assert two < 2.5 * typical

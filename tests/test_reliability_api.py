@@ -32,8 +32,8 @@ from pipeline.api.settings import ServeSettings
 from pipeline.artefacts import LoadedModel, load_latest
 from pipeline.model_format import CatalogueCurve, Curve
 from pipeline.store import open_store
-from tests.api_support import with_test_bounds
-from tests.reliability_support import publish_model, simple_model
+from testing_support.models import publish_model, simple_model, with_test_bounds
+from tests.conftest import answers as model_answers
 
 SINGLE = "/api/v0.1/time_to_dispatch"
 BATCH = "/api/v0.1/time_to_dispatch/batch"
@@ -158,7 +158,7 @@ def test_any_valid_rows_get_finite_non_negative_estimates(
     for row, estimate, upper, outside in zip(
         rows, estimates, answers["p90_hours_to_dispatch"], answers["extrapolated"]
     ):
-        expected = model.model.predict_one(row["product_code"], row["orders_placed"])
+        expected = model_answers(model.model, row["product_code"], row["orders_placed"])[0]
         assert math.isfinite(estimate) and estimate >= 0.0
         assert estimate == pytest.approx(expected, rel=1e-9, abs=1e-9)
         assert math.isfinite(upper) and upper >= estimate

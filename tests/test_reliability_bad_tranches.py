@@ -14,71 +14,21 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta, timezone
-from typing import Callable, Dict, Iterator, List, NamedTuple
+from typing import Dict, Iterator, List, NamedTuple
 
 import pytest
 
 from pipeline.artefacts import load_latest
-from pipeline.simulate import CSV_HEADER, simulate_tranche, tranche_key
+from pipeline.simulate import simulate_tranche, tranche_key
 from pipeline.store import Store, open_store
-from tests.reliability_support import (
-    Service,
-    error_lines,
-    full_only,
-    publish_model,
-    random_bytes,
-    run_stage,
-    simple_model,
-    snapshot,
-    stage_environment,
-)
+from testing_support.models import publish_model, simple_model
+from testing_support.servers import ServeProcess, refreshing
+from testing_support.stages import error_lines, run_stage, stage_env
+from testing_support.stores import snapshot
+from testing_support.tranches import BAD_TRANCHES
+from tests.reliability_support import full_only
 
-GOOD_ROWS = 400
 FIRST_WEEK = datetime(2026, 11, 6, 23, 0, tzinfo=timezone.utc)
-
-
-def _good_lines(seed: int, rows: int = GOOD_ROWS) -> List[str]:
-    return simulate_tranche(rows, seed=seed).to_csv().decode().splitlines()
-
-
-BAD_EVERY = 20  # one data row in 20 edited: 5% of the rows, beyond the 1% that may be set aside
-
-
-def _edit(row: int, column: int, value: str) -> Callable[[List[str]], List[str]]:
-    """Replace one field of every BAD_EVERY-th data row from ``row`` on (row 0 is the first
-    after the header)."""
-    def apply(lines: List[str]) -> List[str]:
-        edited = list(lines)
-        for line in range(row + 1, len(lines), BAD_EVERY):
-            fields = edited[line].split(",")
-            fields[column] = value
-            edited[line] = ",".join(fields)
-        return edited
-    return apply
-
-
-def _csv(lines: List[str]) -> bytes:
-    return ("\n".join(lines) + "\n").encode()
-
-
-HOURS, ORDERS, CODE = 0, 1, 2
-BAD_TRANCHES: Dict[str, Callable[[], bytes]] = {
-    "missing-column": lambda: _csv([",".join(f.split(",")[:2]) for f in _good_lines(11)]),
-    "wrong-type": lambda: _csv(_edit(7, ORDERS, "ten")(_good_lines(12))),
-    "null": lambda: _csv(_edit(3, HOURS, "")(_good_lines(13))),
-    "negative-orders": lambda: _csv(_edit(5, ORDERS, "-3")(_good_lines(14))),
-    "non-integral-orders": lambda: _csv(_edit(5, ORDERS, "12.5")(_good_lines(15))),
-    "inf-hours": lambda: _csv(_edit(9, HOURS, "inf")(_good_lines(16))),
-    "nan-orders": lambda: _csv(_edit(9, ORDERS, "NaN")(_good_lines(17))),
-    "hours-over-max": lambda: _csv(_edit(2, HOURS, "8760.5")(_good_lines(18))),
-    "negative-hours": lambda: _csv(_edit(2, HOURS, "-0.25")(_good_lines(19))),
-    "empty-product-code": lambda: _csv(_edit(4, CODE, "")(_good_lines(20))),
-    "every-row-bad": lambda: _csv(_edit(0, HOURS, "-1")(_good_lines(21, rows=1))),
-    "empty-file": lambda: b"",
-    "header-only": lambda: (CSV_HEADER + "\n").encode(),
-    "binary": lambda: b"\x89PNG\r\n\x1a\n\x00\x00" + random_bytes(seed=22),
-    "unreadable-utf16": lambda: "\n".join(_good_lines(23)).encode("utf-16"),
-}
 
 
 class Served(NamedTuple):
@@ -86,7 +36,7 @@ class Served(NamedTuple):
 
     url: str
     store: Store
-    service: Service
+    service: ServeProcess
     version: str
     week: List[int]
 
@@ -116,10 +66,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     url = str(root / "store")
     store = open_store(url)
     store.write_bytes(_tranche_key(0), simulate_tranche(1000, seed=1).to_csv())
-    done = run_stage("pipeline.train_model", [url], stage_environment())
+    done = run_stage("pipeline.train_model", [url], stage_env())
     assert done.returncode == 0, done.stderr
     version = load_latest(store).version
-    with Service(url, stage_environment(), root, refresh_seconds=0.2) as service:
+    with ServeProcess(url, stage_env(), root, args=refreshing(0.2)) as service:
         service.wait_listening()
         assert service.served_version() == version
         yield Served(url, store, service, version, [1])
@@ -154,7 +104,7 @@ def test_control_a_good_tranche_is_published_and_served(served: Served) -> None:
     """The control: the same set-up does publish, so the checks above can fail."""
     served.store.write_bytes(_tranche_key(served.week[0]), simulate_tranche(1000, seed=2).to_csv())
     served.week[0] += 1
-    done = run_stage("pipeline.train_model", [served.url], stage_environment())
+    done = run_stage("pipeline.train_model", [served.url], stage_env())
     assert done.returncode == 0, done.stderr
     new = load_latest(served.store).version
     assert new != served.version
@@ -192,7 +142,7 @@ def test_bad_tranche_through_the_cli_on_s3_changes_nothing(
 ) -> None:
     s3_served.store.write_bytes(_tranche_key(1), BAD_TRANCHES["missing-column"]())
     before = snapshot(s3_served.store)
-    done = run_stage("pipeline.train_model", [s3_served.url], stage_environment(aws_env))
+    done = run_stage("pipeline.train_model", [s3_served.url], stage_env(aws_env))
     output = done.stdout + done.stderr
     assert done.returncode != 0
     errors = error_lines(output)

@@ -15,19 +15,12 @@ import pytest
 
 from pipeline.artefacts import POINTER_KEY, ModelUnavailable, load_latest, sha256_hex
 from pipeline.store import open_store
-from tests.reliability_support import (
-    Service,
-    error_lines,
-    full_only,
-    malicious_pickle,
-    plant_hostile,
-    publish_model,
-    random_bytes,
-    replace_in_place,
-    run_stage,
-    simple_model,
-    stage_environment,
+from testing_support.models import (
+    malicious_pickle, publish_model, random_bytes, replace_in_place, simple_model,
 )
+from testing_support.servers import ServeProcess, refreshing
+from testing_support.stages import error_lines, run_stage, stage_env
+from tests.reliability_support import full_only, plant_hostile
 
 CONTENTS = ["pickle", "random"]
 CHECKSUMS = ["matching", "stale"]
@@ -97,7 +90,7 @@ def test_serve_refuses_to_start_on_hostile_content(
     marker = tmp_path / "pwned"
     replace_in_place(store, _content(kind, marker), checksum)
     done = run_stage("pipeline.serve_model", [store_url, "--host", "127.0.0.1", "--port", "0"],
-                     stage_environment(aws_env), timeout=60)
+                     stage_env(aws_env), timeout=60)
     output = done.stdout + done.stderr
     assert done.returncode != 0, output
     errors = error_lines(output)
@@ -117,8 +110,8 @@ def test_refresh_ignores_hostile_content_and_keeps_serving(
     store = open_store(store_url)
     first = publish_model(store, simple_model(1.0))
     marker = tmp_path / "pwned"
-    env = stage_environment(aws_env)
-    with Service(store_url, env, tmp_path, refresh_seconds=0.2) as service:
+    env = stage_env(aws_env)
+    with ServeProcess(store_url, env, tmp_path, args=refreshing(0.2)) as service:
         service.wait_listening()
         assert service.served_version() == first.model_version
         for number, (kind, checksum) in enumerate(

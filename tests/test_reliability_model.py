@@ -1,9 +1,9 @@
 """Hostile input to the model (issue 5, item 1): property-based tests with Hypothesis.
 
-Any finite, valid order count gives a finite, non-negative estimate, the same from
-``predict_one`` (the serving hot path) and ``predict`` (batches), never decreasing as
-orders grow; any bytes offered as an artefact are either a valid model or refused
-with ModelFormatError, never another exception.
+Any finite, valid order count gives a finite, non-negative estimate, the same from the
+service's one-answer path (``Lookup.estimate``) and the model's ``predict`` (batches), never
+decreasing as orders grow; any bytes offered as an artefact are either a valid model or
+refused with ModelFormatError, never another exception.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from pipeline.model_format import Curve, DispatchModel, ModelFormatError
 from pipeline.training.estimator import fit_model
+from tests.conftest import answers, served
 
 # The largest order count the fuzzing offers: far beyond any real week's trade.
 MAX_ORDERS = 1e9
@@ -55,7 +56,8 @@ def test_any_finite_valid_input_gives_a_finite_non_negative_estimate(
         st.lists(st.tuples(st.sampled_from(model.product_codes), finite_orders), min_size=1,
                  max_size=20)
     )
-    singles = [model.predict_one(code, orders) for code, orders in rows]
+    lookup = served(model)
+    singles = [lookup.estimate(lookup.index[code], orders) for code, orders in rows]
     batch = model.predict([c for c, _ in rows], [o for _, o in rows])
     assert all(math.isfinite(v) and v >= 0.0 for v in singles)
     assert np.all(np.isfinite(batch)) and np.all(batch >= 0.0)
@@ -66,9 +68,9 @@ def test_any_finite_valid_input_gives_a_finite_non_negative_estimate(
 @given(curve=curves(), a=finite_orders, b=finite_orders)
 def test_estimates_never_fall_as_orders_grow(curve: Curve, a: float, b: float) -> None:
     low, high = min(a, b), max(a, b)
-    model = DispatchModel({"SKU": curve})
-    tolerance = 1e-9 * max(1.0, abs(model.predict_one("SKU", high)))
-    assert model.predict_one("SKU", low) <= model.predict_one("SKU", high) + tolerance
+    lookup = served(DispatchModel({"SKU": curve}))
+    tolerance = 1e-9 * max(1.0, abs(lookup.estimate(0, high)))
+    assert lookup.estimate(0, low) <= lookup.estimate(0, high) + tolerance
 
 
 @settings(max_examples=100, deadline=None)
@@ -82,7 +84,7 @@ def test_artefact_round_trip_is_exact(model: DispatchModel) -> None:
 def test_an_unknown_code_is_a_key_error_in_both_paths() -> None:
     model = DispatchModel({"SKU001": Curve((0.0, 1.0), (1.0, 2.0))})
     with pytest.raises(KeyError):
-        model.predict_one("SKU999", 1.0)
+        model.predict_bounded(["SKU999"], [1.0])
     with pytest.raises(KeyError):
         model.predict(["SKU001", "SKU999"], [1.0, 1.0])
 
@@ -132,11 +134,10 @@ def _parse_or_refuse(data: bytes) -> None:
         assert all(b > a for a, b in zip(curve.knots, curve.knots[1:]))
         assert curve.values[0] >= 0 and all(b >= a for a, b in zip(curve.values, curve.values[1:]))
         for orders in (0.0, curve.knots[0], curve.knots[-1], MAX_ORDERS):
-            value = model.predict_one(code, orders)
+            value, upper, extrapolated = answers(model, code, orders)
             assert math.isfinite(value) and value >= 0.0
-            upper = model.upper_one(code, orders)
             assert upper is None or upper >= value
-            assert model.extrapolated_one(code, orders) in (None, True, False)
+            assert extrapolated in (None, True, False)
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -193,8 +194,9 @@ def test_any_finite_training_data_gives_a_sound_model(
         min_rows_per_code=2, folds=2,
     )
     model = DispatchModel.from_json(fitted.model.to_json())
+    lookup = served(model)
     for code in model.product_codes:
-        values = [model.predict_one(code, o) for o in sorted(probes)]
+        values = [lookup.estimate(lookup.index[code], o) for o in sorted(probes)]
         assert all(math.isfinite(v) and v >= 0.0 for v in values)
         assert all(b >= a - 1e-9 * max(1.0, abs(a)) for a, b in zip(values, values[1:]))
         batch = model.predict([code] * len(probes), sorted(probes))

@@ -25,20 +25,15 @@ from typing import Any, Dict, List, Tuple
 import pytest
 
 from pipeline.artefacts import POINTER_KEY, load_latest, load_pointed, read_pointer
+from pipeline.metadata import Metadata
 from pipeline.simulate import simulate_tranche, tranche_key
 from pipeline.store import ConcurrentUpdate, open_store
-from tests.race_runner import race_problems
-from tests.reliability_runner import EXIT_CRASHED
-from tests.reliability_support import (
-    assert_verifies,
-    full_only,
-    REPO_ROOT,
-    publish_model,
-    run_stage,
-    simple_model,
-    snapshot,
-    stage_environment,
-)
+from testing_support.models import publish_model, simple_model
+from testing_support.races import race_problems
+from testing_support.stage_faults import EXIT_CRASHED
+from testing_support.stages import REPO_ROOT, run_stage, stage_env
+from testing_support.stores import snapshot
+from tests.reliability_support import assert_verifies, full_only
 
 CONTENDERS = 4
 ROUNDS = 3
@@ -65,7 +60,7 @@ def test_train_killed_mid_publish_leaves_the_previous_model(
     store.write_bytes(tranche_key("2026-11-13T23:00:00"), simulate_tranche(1000, seed=4).to_csv())
     previous = publish_model(store, simple_model(1.0))
     before = snapshot(store)
-    env = stage_environment(aws)
+    env = stage_env(aws)
     done = run_stage("pipeline.train_model", [url], env,
                      faults=("--exit-on-write", CRASH_POINTS[crash]))
     assert done.returncode == EXIT_CRASHED, done.stderr
@@ -102,7 +97,7 @@ def _contend(url: str, scale: float, barrier: Any, results: Any) -> None:
     data = model.to_json()
     when = datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(seconds=scale)
     digest = sha256_hex(data)
-    metadata = {"model_version": make_model_version(when, digest), "model_sha256": digest}
+    metadata = Metadata(model_version=make_model_version(when, digest), model_sha256=digest)
     if hasattr(store, "client"):
         store.client  # noqa: B018  (build the client before the race, not during it)
     barrier.wait(timeout=20)
@@ -163,13 +158,14 @@ def test_a_loser_leaves_only_complete_unreferenced_objects(store_url: str) -> No
     data = simple_model(3.0).to_json()
     when = datetime(2030, 1, 1, tzinfo=timezone.utc)
     digest = sha256_hex(data)
-    meta = {"model_version": make_model_version(when, digest), "model_sha256": digest}
+    version = make_model_version(when, digest)
     with pytest.raises(ConcurrentUpdate):
-        publish(store, data, meta, when, stale_token)
+        publish(store, data, Metadata(model_version=version, model_sha256=digest), when,
+                stale_token)
     assert load_latest(store).version == winner.model_version
     keys = store.list_keys("models/")
-    assert f"models/{meta['model_version']}/model.json" in keys
-    assert store.read_bytes(f"models/{meta['model_version']}/model.json") == data
+    assert f"models/{version}/model.json" in keys
+    assert store.read_bytes(f"models/{version}/model.json") == data
 
 
 def test_pointer_written_by_a_racer_always_verifies(store_url: str) -> None:
@@ -208,9 +204,9 @@ def test_four_train_runs_at_once_never_corrupt_the_store(
               (("local", local_url), ("s3", s3_url))}
     runners = {
         kind: subprocess.Popen(
-            [sys.executable, "-m", "tests.race_runner", "--contenders", "4",
+            [sys.executable, "-m", "testing_support.races", "--contenders", "4",
              *(url for url, _ in stores), "--", *RACE_TRAIN_ARGS],
-            cwd=REPO_ROOT, env=stage_environment(aws_env), stdout=subprocess.PIPE, text=True,
+            cwd=REPO_ROOT, env=stage_env(aws_env), stdout=subprocess.PIPE, text=True,
         )
         for kind, stores in trials.items()
     }

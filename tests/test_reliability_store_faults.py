@@ -14,17 +14,11 @@ import pytest
 from pipeline.artefacts import load_latest, read_pointer
 from pipeline.simulate import simulate_tranche, tranche_key
 from pipeline.store import DEFAULT_MAX_ATTEMPTS, ConcurrentUpdate, Store, StoreError, open_store
-from tests.reliability_support import (
-    FaultProxy,
-    Service,
-    full_only,
-    error_lines,
-    publish_model,
-    run_stage,
-    simple_model,
-    snapshot,
-    stage_environment,
-)
+from testing_support.models import publish_model, simple_model
+from testing_support.servers import ServeProcess, refreshing
+from testing_support.stages import error_lines, run_stage, stage_env
+from testing_support.stores import FaultProxy, snapshot
+from tests.reliability_support import full_only
 
 # Long enough that an undelayed request on a busy machine never times out by accident.
 SHORT_TIMEOUT = 0.75
@@ -188,7 +182,7 @@ def published(s3_url: str, s3_endpoint: str) -> Store:
 
 
 def _stage_env(aws_env: Dict[str, str], proxy: FaultProxy) -> Dict[str, str]:
-    return stage_environment(dict(aws_env, AWS_ENDPOINT_URL=proxy.url))
+    return stage_env(dict(aws_env, AWS_ENDPOINT_URL=proxy.url))
 
 
 @pytest.mark.parametrize("failing", ["everything", pytest.param("writes", marks=full_only)])
@@ -252,7 +246,7 @@ def test_running_service_keeps_its_model_when_refresh_fails(
 ) -> None:
     first = load_latest(published).version
     env = _stage_env(aws_env, proxy)
-    with Service(s3_url, env, tmp_path, refresh_seconds=0.2, faults=NO_BACKOFF) as service:
+    with ServeProcess(s3_url, env, tmp_path, args=refreshing(0.2), faults=NO_BACKOFF) as service:
         service.wait_listening()
         assert service.served_version() == first
         proxy.plan.reset(fail_all=True)

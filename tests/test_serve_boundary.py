@@ -10,15 +10,16 @@ from typing import List
 
 import pytest
 
-from tests.conftest import PIPELINE_DIR, PYTHON, REPO_ROOT, stage_env
+from testing_support.stages import PIPELINE_DIR, PYTHON, REPO_ROOT, stage_env
 
 TRAINING_ONLY = ("pipeline.training", "sklearn", "pandas", "pandera", "scipy", "matplotlib",
                  "dask", "distributed")
 # What serve_model imports once it runs: the app and the server runtime (imported in main()).
 SERVICE = "import pipeline.serve_model, pipeline.api.app, pipeline.api.server"
-# The child process that parses an artefact (python -m pipeline.api.lookup).
+# The child process that parses an artefact (python -m pipeline.api.lookup); it reads the
+# metadata with pipeline.metadata's schema, so pydantic is the one library it shares with the app.
 PARSER_CHILD = "import pipeline.api.lookup"
-WEB = ("fastapi", "starlette", "uvicorn", "pydantic", "boto3", "prometheus_client")
+WEB = ("fastapi", "starlette", "uvicorn", "boto3", "prometheus_client")
 
 
 def loaded(statement: str, cwd: str = str(REPO_ROOT)) -> List[str]:
@@ -57,7 +58,7 @@ def test_the_check_sees_a_training_import() -> None:
 
 def test_the_artefact_parser_child_loads_neither_the_web_stack_nor_training() -> None:
     modules = loaded(PARSER_CHILD)
-    assert "numpy" in modules and "orjson" in modules
+    assert "numpy" in modules and "orjson" in modules and "pipeline.metadata" in modules
     assert under(modules, TRAINING_ONLY + WEB) == []
 
 

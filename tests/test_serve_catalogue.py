@@ -11,22 +11,14 @@ import threading
 from pathlib import Path
 from typing import Any, Dict, List
 
-from benchmarks.serving_support import catalogue_artefact
+from pipeline.api.routes import BATCH_PATH, SINGLE_PATH
 from pipeline.model_format import CatalogueCurve, Curve
 from pipeline.store import open_store
+from testing_support.models import catalogue_artefact, fitted_model
+from testing_support.servers import ServeProcess, call, request
+from testing_support.stages import stage_env, wait_for
 from tests.api_support import publish_raw
-from tests.serve_support import (
-    BATCH_PATH,
-    SINGLE_PATH,
-    ServerProcess,
-    Tally,
-    fitted_model,
-    get_json,
-    keep_asking,
-    request,
-    stage_env_for,
-    wait_for,
-)
+from tests.serve_support import Tally, keep_asking
 
 PARTS = 100_000
 PAGE = "/api/v0.1/model/product_codes"
@@ -49,10 +41,10 @@ def test_a_100000_part_model_is_served_small_and_refreshed_under_load(tmp_path: 
     store = open_store(str(root))
     publish_raw(store, "20261201-000000-parts001", catalogue_artefact(PARTS, seed=1))
     extra = ["--model-refresh-seconds", "0.2", "--drain-seconds", "0.2"]
-    with ServerProcess(str(root), stage_env_for({}), tmp_path, extra=extra) as server:
+    with ServeProcess(str(root), stage_env({}), tmp_path, args=extra, form="script") as server:
         server.wait_listening(timeout=90)
         port = server.port
-        status, health = get_json(port, "/health")
+        status, health = call(port, "GET", "/health")
         assert (status, health["product_codes"]) == (200, PARTS)
 
         typo = {"product_code": "P01234", "orders_placed": 3}
@@ -88,7 +80,7 @@ def test_a_100000_part_model_is_served_small_and_refreshed_under_load(tmp_path: 
             assert wait_for(lambda: tally.answered > 50, 30)
             publish_raw(store, "20261201-000001-parts002", catalogue_artefact(PARTS, seed=2))
             swapped = wait_for(
-                lambda: get_json(port, "/health")[1]["model_version"].endswith("parts002"), 90
+                lambda: call(port, "GET", "/health")[1]["model_version"].endswith("parts002"), 90
             )
             answered = tally.answered
             assert wait_for(lambda: tally.answered > answered + 50, 30)
@@ -131,7 +123,7 @@ def test_basis_and_unknown_products_through_the_process(tmp_path: Path) -> None:
     }
     seen: Dict[str, List[Any]] = {}
     for name, (env, extra) in runs.items():
-        with ServerProcess(str(root), stage_env_for(env), tmp_path, extra=extra) as server:
+        with ServeProcess(str(root), stage_env(env), tmp_path, args=extra, form="script") as server:
             server.wait_listening()
             seen[name] = _answers(server.port, rows)
             log = server.output()

@@ -12,6 +12,7 @@ import pytest
 import uvicorn
 
 from pipeline import serve_model
+from pipeline.api.routes import SINGLE_PATH
 from pipeline.api.server import (
     CLOSE_HEADER,
     MAX_DRAIN_SECONDS,
@@ -23,20 +24,11 @@ from pipeline.api.server import (
 )
 from pipeline.api.settings import ServeSettings
 from pipeline.serve_model import parse_options
-from tests.serve_support import (
-    SINGLE_PATH,
-    RefusedRun,
-    ServerProcess,
-    Tally,
-    can_connect,
-    fitted_model,
-    get_json,
-    publish_broken,
-    publish_model,
-    request,
-    rows_for,
-    stage_env_for,
-)
+from testing_support.models import fitted_model, publish_model
+from testing_support.servers import ServeProcess, call, request
+from testing_support.stages import can_connect, stage_env
+from tests.conftest import answers
+from tests.serve_support import RefusedRun, Tally, publish_broken, rows_for
 
 
 # --- the command line -------------------------------------------------------------------------
@@ -209,7 +201,7 @@ def refusals(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Tuple[str, R
     for breakage, (form, _) in BREAKAGES.items():
         url = str(tmp_path_factory.mktemp("store"))
         _break_store(url, breakage)
-        runs[breakage] = (url, RefusedRun(url, stage_env_for({}), form))
+        runs[breakage] = (url, RefusedRun(url, stage_env({}), form))
     return runs
 
 
@@ -235,16 +227,16 @@ def test_port_opens_only_once_the_model_is_loaded(
 ) -> None:
     """Also the ``python -m pipeline.serve_model`` form (the drain test uses the script form)."""
     model = fitted_model(seed=3)
-    version = publish_model(s3_url, model)
+    version = publish_model(s3_url, model).model_version
     extra = ["--drain-seconds", "0.2"]
-    env = stage_env_for(aws_env)
-    with ServerProcess(s3_url, env, tmp_path, form="module", extra=extra) as server:
+    env = stage_env(aws_env)
+    with ServeProcess(s3_url, env, tmp_path, form="module", args=extra) as server:
         deadline = time.monotonic() + 30
         while not can_connect(server.port, timeout=0.05):
             assert server.process.poll() is None, server.output()
             assert time.monotonic() < deadline, server.output()
             time.sleep(0.005)
-        status, health = get_json(server.port, "/health")
+        status, health = call(server.port, "GET", "/health")
         assert status == 200 and health["model_version"] == version
 
         conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
@@ -252,9 +244,10 @@ def test_port_opens_only_once_the_model_is_loaded(
                                   {"product_code": "SKU002", "orders_placed": 112})
         conn.close()
         assert status == 200
-        assert body == {"est_hours_to_dispatch": pytest.approx(model.predict_one("SKU002", 112)),
-                        "p90_hours_to_dispatch": pytest.approx(model.upper_one("SKU002", 112)),
-                        "extrapolated": model.extrapolated_one("SKU002", 112),
+        estimate, upper, extrapolated = answers(model, "SKU002", 112)
+        assert body == {"est_hours_to_dispatch": pytest.approx(estimate),
+                        "p90_hours_to_dispatch": pytest.approx(upper),
+                        "extrapolated": extrapolated,
                         "basis": None,
                         "model_version": version}
         assert body["p90_hours_to_dispatch"] > body["est_hours_to_dispatch"]
@@ -291,16 +284,16 @@ def _steady_client(port: int, rows: List[Dict[str, object]], stop: threading.Eve
 def _fresh_health(port: int) -> str:
     """GET /health on a new connection: the status, or what went wrong."""
     try:
-        return str(get_json(port, "/health")[0])
+        return str(call(port, "GET", "/health")[0])
     except (OSError, http.client.HTTPException) as exc:
         return repr(exc)
 
 
 def test_sigterm_drains_steady_traffic_and_exits_zero(local_url: str, tmp_path: Path) -> None:
     model = fitted_model(seed=5)
-    version = publish_model(local_url, model)
+    version = publish_model(local_url, model).model_version
     drain = 2.0
-    with ServerProcess(local_url, stage_env_for({}), tmp_path) as server:
+    with ServeProcess(local_url, stage_env({}), tmp_path, form="script") as server:
         server.wait_listening()
         tally, stop = Tally(), threading.Event()
         clients = [threading.Thread(target=_steady_client,

@@ -12,17 +12,10 @@ import time
 from pathlib import Path
 from typing import Dict
 
-from tests.conftest import PYTHON, REPO_ROOT, stage_env
-from tests.serve_support import (
-    ServerProcess,
-    Tally,
-    fitted_model,
-    keep_asking,
-    publish_model,
-    rows_for,
-    stage_env_for,
-    wait_for,
-)
+from testing_support.models import fitted_model, publish_model
+from testing_support.servers import ServeProcess
+from testing_support.stages import PYTHON, REPO_ROOT, stage_env, wait_for
+from tests.serve_support import Tally, keep_asking, rows_for
 
 REFRESH_SECONDS = 1
 WITHIN_SECONDS = 8.0  # a few refresh periods on a loaded machine
@@ -32,11 +25,11 @@ def test_a_rollback_is_picked_up_by_a_refreshing_service_with_no_failed_request(
     s3_url: str, aws_env: Dict[str, str], tmp_path: Path
 ) -> None:
     first_model = fitted_model(seed=41)
-    first = publish_model(s3_url, first_model)
+    first = publish_model(s3_url, first_model).model_version
     time.sleep(1.1)  # versions carry the creation second
-    second = publish_model(s3_url, fitted_model(seed=42))
+    second = publish_model(s3_url, fitted_model(seed=42)).model_version
     extra = ["--model-refresh-seconds", str(REFRESH_SECONDS), "--drain-seconds", "0.2"]
-    with ServerProcess(s3_url, stage_env_for(aws_env), tmp_path, extra=extra) as server:
+    with ServeProcess(s3_url, stage_env(aws_env), tmp_path, args=extra, form="script") as server:
         server.wait_listening()
         tally, stop = Tally(), threading.Event()
         clients = [threading.Thread(target=keep_asking,

@@ -15,18 +15,12 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
+from pipeline.api.routes import BATCH_PATH, SINGLE_PATH
 from pipeline.api.server import STOP_DEADLINE_SECONDS
-from tests.serve_support import (
-    BATCH_PATH,
-    SINGLE_PATH,
-    ServerProcess,
-    Tally,
-    can_connect,
-    fitted_model,
-    publish_model,
-    rows_for,
-    stage_env_for,
-)
+from testing_support.models import fitted_model, publish_model
+from testing_support.servers import ServeProcess
+from testing_support.stages import can_connect, stage_env
+from tests.serve_support import Tally, rows_for
 
 BATCH_ROWS = 10_000
 DRAIN_SECONDS = 2.0  # the default: the server is started without --drain-seconds
@@ -98,9 +92,9 @@ def test_sigterm_with_batches_in_flight_and_new_connections_arriving(
     local_url: str, tmp_path: Path
 ) -> None:
     model = fitted_model(seed=21)
-    version = publish_model(local_url, model)
+    version = publish_model(local_url, model).model_version
     body = json.dumps(rows_for(model, BATCH_ROWS, seed=1)).encode()
-    with ServerProcess(local_url, stage_env_for({}), tmp_path) as server:
+    with ServeProcess(local_url, stage_env({}), tmp_path, form="script") as server:
         server.wait_listening()
         tally, batches_stop, arrivals_stop = Tally(), threading.Event(), threading.Event()
         threads = [threading.Thread(target=_batch_client, daemon=True,

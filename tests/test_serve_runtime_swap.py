@@ -16,18 +16,11 @@ from typing import Dict, List
 import pytest
 
 from pipeline.model_format import DispatchModel
-from tests.serve_support import (
-    Answer,
-    ServerProcess,
-    Tally,
-    fitted_model,
-    keep_asking,
-    publish_broken,
-    publish_model,
-    rows_for,
-    stage_env_for,
-    wait_for,
-)
+from testing_support.models import fitted_model, publish_model
+from testing_support.servers import ServeProcess
+from testing_support.stages import stage_env, wait_for
+from tests.conftest import answers as model_answers
+from tests.serve_support import Answer, Tally, keep_asking, publish_broken, rows_for
 
 REFRESH_SECONDS = 1
 CLIENTS = 2
@@ -39,9 +32,9 @@ def test_new_model_swapped_in_under_load_and_broken_one_ignored(
 ) -> None:
     models: Dict[str, DispatchModel] = {}
     first = fitted_model(seed=31)
-    models[publish_model(s3_url, first)] = first
+    models[publish_model(s3_url, first).model_version] = first
     extra = ["--model-refresh-seconds", str(REFRESH_SECONDS), "--drain-seconds", "0.2"]
-    with ServerProcess(s3_url, stage_env_for(aws_env), tmp_path, extra=extra) as server:
+    with ServeProcess(s3_url, stage_env(aws_env), tmp_path, args=extra, form="script") as server:
         server.wait_listening()
         tally, stop = Tally(), threading.Event()
         seen: List[List[Answer]] = [[] for _ in range(CLIENTS)]
@@ -54,7 +47,7 @@ def test_new_model_swapped_in_under_load_and_broken_one_ignored(
         try:
             time.sleep(0.5)
             second = fitted_model(seed=32)
-            version2 = publish_model(s3_url, second)
+            version2 = publish_model(s3_url, second).model_version
             models[version2] = second
             swapped = wait_for(lambda: tally.versions.get(version2, 0) > 10,
                                SWAP_WITHIN_SECONDS)
@@ -66,7 +59,7 @@ def test_new_model_swapped_in_under_load_and_broken_one_ignored(
             still = {v: n - after_broken.get(v, 0) for v, n in tally.versions.items()}
 
             third = fitted_model(seed=33)
-            version3 = publish_model(s3_url, third)
+            version3 = publish_model(s3_url, third).model_version
             models[version3] = third
             recovered = wait_for(lambda: tally.versions.get(version3, 0) > 10,
                                  SWAP_WITHIN_SECONDS)
@@ -87,7 +80,7 @@ def test_new_model_swapped_in_under_load_and_broken_one_ignored(
     rank = {version: i for i, version in enumerate(models)}
     for answers in seen:
         wrong = [a for a in answers
-                 if a[3] != pytest.approx(models[a[0]].predict_one(a[1], a[2]), rel=1e-9)]
+                 if a[3] != pytest.approx(model_answers(models[a[0]], a[1], a[2])[0], rel=1e-9)]
         assert wrong == [], wrong[:5]
         ranks = [rank[a[0]] for a in answers]
         assert ranks == sorted(ranks), "a client went back to an older model"

@@ -15,7 +15,7 @@ from pipeline.simulate import (
 )
 from pipeline.store import open_store
 from pipeline.training.validation import validate_tranche
-from tests.conftest import PYTHON, REPO_ROOT, stage_env
+from testing_support.stages import PYTHON, REPO_ROOT, stage_env
 
 UTC = timezone.utc
 FRIDAY_23 = datetime(2026, 11, 20, 23, tzinfo=UTC)

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.artefacts import POINTER_KEY
 from pipeline.store import ConcurrentUpdate, ObjectExists, ObjectNotFound, StoreError, open_store
-from tests.conftest import PYTHON, REPO_ROOT, stage_env
+from testing_support.stages import PYTHON, REPO_ROOT, stage_env
 
 
 def test_write_read_list_round_trip(store_url: str) -> None:

@@ -25,8 +25,9 @@ from pipeline.training import run as run_module
 from pipeline.training.run import (
     EXIT_BAD_DATA, EXIT_CONCURRENT, EXIT_GATES, EXIT_NO_TRANCHE, EXIT_STORE, fit, split_rows,
 )
-from tests.conftest import PIPELINE_DIR, PYTHON, REPO_ROOT, free_port, stage_env
-from tests.reliability_support import is_run_record
+from testing_support.models import publish_model
+from testing_support.stages import PIPELINE_DIR, PYTHON, REPO_ROOT, free_port, stage_env
+from testing_support.stores import is_run_record
 
 OLD_WEEK = "2026-11-13T23:00:00"
 NEW_WEEK = "2026-11-20T23:00:00"
@@ -136,21 +137,22 @@ def test_publishes_a_verified_model_with_complete_metadata(
     assert stage(store_url) == 0
     loaded = artefacts.load_latest(store)
     meta = loaded.metadata
-    assert meta["model_version"] == loaded.version
-    assert meta["tranche"]["key"] == keys[-1]
-    assert meta["tranche"]["sha256"] == artefacts.sha256_hex(store.read_bytes(keys[-1]))
-    assert meta["rows"]["total"] == 1000
+    assert meta.unknown_fields() == [], "training writes only fields the schema names"
+    assert meta.model_version == loaded.version
+    assert meta.tranche.key == keys[-1]
+    assert meta.tranche.sha256 == artefacts.sha256_hex(store.read_bytes(keys[-1]))
+    assert meta.rows.total == 1000
     # Last week's tranche is in the window: the scored model was fitted on it alone and judged
     # on this whole week, the week that came after it.
-    assert meta["rows"]["train"] == 0 and meta["rows"]["test"] == 1000
-    assert meta["held_out"].startswith("the newest tranche, whole")
-    assert sum(meta["rows"]["per_product_code"].values()) == 1000
-    assert meta["product_codes"] == list(DEFAULT_PRODUCT_CODES)
-    assert set(meta["fits"]) == set(DEFAULT_PRODUCT_CODES)
-    held_out = meta["metrics"]["held_out"]
-    assert held_out["overall"]["rows"] == 1000 and held_out["overall"]["r2"] > 0.8
-    assert set(held_out["per_product_code"]) == set(DEFAULT_PRODUCT_CODES)
-    gates = {g["gate"]: g["outcome"] for g in meta["gates"]}
+    assert meta.rows.train == 0 and meta.rows.test == 1000
+    assert meta.held_out is not None and meta.held_out.startswith("the newest tranche, whole")
+    assert sum(meta.rows.per_product_code.values()) == 1000
+    assert meta.product_codes == list(DEFAULT_PRODUCT_CODES)
+    assert set(meta.fits) == set(DEFAULT_PRODUCT_CODES)
+    held_out = meta.metrics.held_out
+    assert held_out.overall.rows == 1000 and (held_out.overall.r2 or 0.0) > 0.8
+    assert set(held_out.per_product_code) == set(DEFAULT_PRODUCT_CODES)
+    gates = {g.gate: g.outcome for g in meta.gates}
     assert gates == {
         "coverage_p90": "pass", "mae_vs_code_median": "pass", "mae_vs_global_median": "pass",
         "monotone": "pass", "non_negative": "pass",
@@ -158,31 +160,37 @@ def test_publishes_a_verified_model_with_complete_metadata(
         "refit_non_negative": "pass", "refit_bounded": "pass", "refit_mae": "pass",
         "refit_estimates": "pass", "refit_coverage_p90": "pass",
     }
-    baselines = held_out["baselines"]
+    baselines = held_out.baselines
     assert set(baselines) == {"code_median", "global_median"}
-    assert held_out["overall"]["mae"] < baselines["code_median"]["overall"]["mae"] < \
-        baselines["global_median"]["overall"]["mae"]
-    assert baselines["code_median"]["overall"]["rows"] == 1000
-    assert meta["quarantine"] == {"max_bad_row_share": 0.01, "rows_set_aside": 0, "tranches": []}
-    assert [h["rows_set_aside"] for h in meta["history"]] == [0, 0]
-    coverage = [held_out["overall"]["coverage_p90"]] + [
-        m["coverage_p90"] for m in held_out["per_product_code"].values()]
-    assert 0.8 < coverage[0] < 0.97 and all(0.0 <= c <= 1.0 for c in coverage)
+    assert (held_out.overall.mae or 0.0) < (baselines["code_median"].overall.mae or 0.0) < \
+        (baselines["global_median"].overall.mae or 0.0)
+    assert baselines["code_median"].overall.rows == 1000
+    assert meta.quarantine is not None and meta.quarantine.to_data() == {
+        "max_bad_row_share": 0.01, "rows_set_aside": 0, "tranches": []}
+    assert [h.rows_set_aside for h in meta.history] == [0, 0]
+    coverage = [held_out.overall.coverage_p90] + [
+        m.coverage_p90 for _, m in held_out.per_product_code.items()]
+    assert 0.8 < (coverage[0] or 0.0) < 0.97
+    assert all(c is not None and 0.0 <= c <= 1.0 for c in coverage)
     model = loaded.model
     assert set(model.bounds) == set(model.ranges) == set(DEFAULT_PRODUCT_CODES)
-    rows = meta["rows"]["per_product_code"]
-    assert all(meta["fits"][code]["bound_quantile"] > 0 for code in rows)
+    fits = [meta.fits.get(code) for code in meta.rows.per_product_code]
+    assert all(f is not None and (f.bound_quantile or 0.0) > 0 for f in fits)
     assert all(low >= 0 and high > low for low, high in model.ranges.values())
-    assert meta["drift"]["previous_tranche"] == keys[0]
-    assert set(meta["drift"]["psi"]) == {"orders_placed", "hours_to_dispatch", "product_code"}
-    assert meta["git_commit"] == "abc1234"
+    assert meta.drift.previous_tranche == keys[0]
+    assert set(meta.drift.psi) == {"orders_placed", "hours_to_dispatch", "product_code"}
+    assert meta.git_commit == "abc1234"
     assert {"python", "numpy", "pandas", "pandera", "scikit-learn", "scipy"} <= set(
-        meta["library_versions"]
+        meta.library_versions
     )
-    assert meta["training_seconds"] > 0
-    assert meta["published_model"] == "refit on all rows"
-    assert meta["options"]["champion_tolerance"] == 0.05
-    assert datetime.fromisoformat(meta["created_at"]).tzinfo is not None
+    assert (meta.training_seconds or 0.0) > 0
+    assert meta.published_model == "refit on all rows"
+    assert meta.options.thresholds.coverage_min == 0.85
+    assert meta.options.to_data()["champion_tolerance"] == 0.05
+    assert meta.created is not None and meta.created.tzinfo is not None
+    assert meta.previous_model is None and meta.records_previous_model
+    assert meta.report is not None and meta.report.json_key is not None
+    assert store.read_bytes(artefacts.metadata_key(loaded.version)) == meta.to_json()
 
 
 def test_the_next_run_meets_the_champion_and_replaces_it(
@@ -193,9 +201,9 @@ def test_the_next_run_meets_the_champion_and_replaces_it(
     with caplog.at_level(logging.INFO):
         assert stage(published) == 0
     assert pointed_version(published) != champion
-    decision = [g for g in artefacts.load_latest(open_store(published)).metadata["gates"]
-                if g["gate"] == "champion"][0]
-    assert champion in decision["detail"] and decision["outcome"] == "pass"
+    decision = [g for g in artefacts.load_latest(open_store(published)).metadata.gates
+                if g.gate == "champion"][0]
+    assert champion in (decision.detail or "") and decision.outcome == "pass"
 
 
 def true_model(shape: str) -> DispatchModel:
@@ -206,21 +214,10 @@ def true_model(shape: str) -> DispatchModel:
     })
 
 
-def publish_model(url: str, model: DispatchModel) -> str:
-    store = open_store(url)
-    data = model.to_json()
-    now = datetime.now(timezone.utc)
-    version = artefacts.make_model_version(now, artefacts.sha256_hex(data))
-    found = artefacts.read_pointer(store)
-    metadata = {"model_version": version, "model_sha256": artefacts.sha256_hex(data)}
-    artefacts.publish(store, data, metadata, now, None if found is None else found[1])
-    return version
-
-
 def test_a_better_champion_is_deliberately_kept(
     local_url: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    champion = publish_model(local_url, true_model("saturating"))
+    champion = publish_model(local_url, true_model("saturating")).model_version
     tranche = simulate_tranche(1000, seed=21, shape="saturating", noise_sd=0.01)
     put(local_url, NEW_WEEK, tranche.to_csv())
     before = snapshot(local_url)
@@ -251,9 +248,9 @@ def test_new_codes_are_learned_and_rare_ones_skipped_and_recorded(
     with caplog.at_level(logging.INFO):
         assert stage(published, "--history-weeks", "0") == 0
     meta = artefacts.load_latest(open_store(published)).metadata
-    assert "NEW001" in meta["product_codes"] and "RARE01" not in meta["product_codes"]
-    assert meta["rows"]["skipped_product_codes"] == {"RARE01": 10}
-    assert meta["bases"] == {"product": {"parts": 6}, "pooled": {"parts": 0}}
+    assert "NEW001" in meta.product_codes and "RARE01" not in meta.product_codes
+    assert meta.rows.skipped_product_codes == {"RARE01": 10}
+    assert {b: p.parts for b, p in meta.bases.items()} == {"product": 6, "pooled": 0}
     assert any("RARE01" in m for m in messages(caplog, logging.WARNING))
 
 
@@ -270,21 +267,26 @@ def test_with_history_a_rare_code_gets_a_pooled_curve(published: str) -> None:
     assert stage(published) == 0
     loaded = artefacts.load_latest(open_store(published))
     meta, model = loaded.metadata, loaded.model
-    assert "RARE01" in meta["product_codes"] and meta["rows"]["skipped_product_codes"] == {}
+    assert meta.unknown_fields() == []
+    assert "RARE01" in meta.product_codes and meta.rows.skipped_product_codes == {}
     assert model.bases["RARE01"] == "pooled" and model.bases["NEW001"] == "product"
-    assert meta["bases"] == {"product": {"parts": 6}, "pooled": {"parts": 1}}
-    by_basis = meta["metrics"]["held_out"]["by_basis"]
+    assert {b: p.parts for b, p in meta.bases.items()} == {"product": 6, "pooled": 1}
+    by_basis = meta.metrics.held_out.by_basis
     assert set(by_basis) == {"product", "pooled", "catalogue"}
     # NEW001 and RARE01 are new this week: the scored model answered them from its catalogue.
-    assert by_basis["catalogue"]["rows"] == 210
-    for peer in meta["metrics"]["held_out"]["baselines"].values():
-        assert set(peer["by_basis"]) == {"product", "pooled", "catalogue"}
+    assert by_basis["catalogue"].rows == 210
+    for peer in meta.metrics.held_out.baselines.values():
+        assert set(peer.by_basis) == {"product", "pooled", "catalogue"}
+    assert meta.pooling is not None and meta.pooling.parts == {"product": 6, "pooled": 1}
     assert model.catalogue is not None
-    assert [h["newest"] for h in meta["history"]] == [True, False]
-    assert meta["history"][1]["key"] == tranche_key(OLD_WEEK)
-    report = json.loads(open_store(published).read_bytes(meta["report"]["json"]))
-    assert "tail" in report["figures"] and report["history"] == meta["history"]
-    page = open_store(published).read_bytes(meta["report"]["html"]).decode()
+    assert [h.newest for h in meta.history] == [True, False]
+    assert meta.history[1].key == tranche_key(OLD_WEEK)
+    assert meta.report is not None and meta.report.json_key is not None
+    report = json.loads(open_store(published).read_bytes(meta.report.json_key))
+    assert "tail" in report["figures"]
+    assert report["history"] == [h.to_data() for h in meta.history]
+    assert meta.report.html is not None
+    page = open_store(published).read_bytes(meta.report.html).decode()
     assert "<th>MAE of window&#x27;s per-code median (h)</th>" in page
     assert report["bases"] == {"product": 6, "pooled": 1}
 
@@ -301,9 +303,9 @@ def test_a_broken_older_tranche_is_left_out_with_one_warning_and_the_window_hold
     [warning] = [m for m in messages(caplog, logging.WARNING) if "older tranche" in m]
     assert broken in warning and "left out" in warning
     meta = artefacts.load_latest(open_store(local_url)).metadata
-    assert [h["key"] for h in meta["history"]] == [newest, good]
-    assert meta["history"][1]["rows"] == 500 and len(meta["history"][1]["sha256"]) == 64
-    assert [h["key"] for h in meta["history_left_out"]] == [broken]
+    assert [h.key for h in meta.history] == [newest, good]
+    assert meta.history[1].rows == 500 and len(meta.history[1].sha256 or "") == 64
+    assert [h.key for h in meta.history_left_out] == [broken]
 
 
 def test_log_lines_stay_short_however_many_product_codes(
@@ -316,7 +318,7 @@ def test_log_lines_stay_short_however_many_product_codes(
     with caplog.at_level(logging.INFO):
         assert stage(local_url, "--no-report", "--history-weeks", "0") == 0
     meta = artefacts.load_latest(open_store(local_url)).metadata
-    assert len(meta["rows"]["skipped_product_codes"]) == 3000, "the metadata keeps every code"
+    assert len(meta.rows.skipped_product_codes) == 3000, "the metadata keeps every code"
     lines = [r.getMessage() for r in caplog.records]
     assert max(len(line) for line in lines) < 2000
     [skipped] = [m for m in messages(caplog, logging.WARNING) if "not learned" in m]
@@ -329,8 +331,8 @@ def test_no_refit_publishes_the_model_fitted_on_the_training_rows(local_url: str
     put(local_url, NEW_WEEK, simulate_tranche(1000, seed=15).to_csv())
     assert stage(local_url, "--no-refit") == 0
     meta = artefacts.load_latest(open_store(local_url)).metadata
-    assert meta["published_model"] == "fitted on the training rows"
-    assert not any(g["gate"].startswith("refit_") for g in meta["gates"])
+    assert meta.published_model == "fitted on the training rows"
+    assert not any((g.gate or "").startswith("refit_") for g in meta.gates)
 
 
 def scaled(model: DispatchModel, factor: float) -> DispatchModel:
@@ -364,9 +366,9 @@ def test_a_refit_that_strays_from_the_scored_model_is_not_published_the_scored_o
     assert len(fitted) == 2
     assert published.model.to_json() == fitted[0].model.to_json()
     meta = published.metadata
-    assert meta["published_model"] == (
+    assert meta.published_model == (
         "fitted on the training rows (the refit failed its checks against it)")
-    outcomes = {g["gate"]: g["outcome"] for g in meta["gates"]}
+    outcomes = {g.gate: g.outcome for g in meta.gates}
     assert outcomes["refit_estimates"] == "warn" and outcomes["refit_mae"] == "warn"
 
 
@@ -375,8 +377,8 @@ def test_without_a_stray_the_refit_is_published_and_its_checks_pass(local_url: s
     put(local_url, NEW_WEEK, simulate_tranche(600, seed=18).to_csv())
     assert stage(local_url, "--no-report") == 0
     meta = artefacts.load_latest(open_store(local_url)).metadata
-    assert meta["published_model"] == "refit on all rows"
-    refit = {g["gate"]: g["outcome"] for g in meta["gates"] if g["gate"].startswith("refit_")}
+    assert meta.published_model == "refit on all rows"
+    refit = {g.gate: g.outcome for g in meta.gates if (g.gate or "").startswith("refit_")}
     assert {"refit_mae", "refit_estimates", "refit_coverage_p90"} <= set(refit)
     assert set(refit.values()) == {"pass"}
 
@@ -401,13 +403,14 @@ def test_a_week_whose_parts_have_one_or_two_rows_is_split_scored_and_published(
         put(local_url, when, one_or_two_rows_a_part(codes, seed=len(codes)))
     assert stage(local_url, "--no-report") == 0
     meta = artefacts.load_latest(open_store(local_url)).metadata
-    assert meta["tranche"]["key"] == tranche_key(NEW_WEEK)
-    by_basis = meta["metrics"]["held_out"]["by_basis"]
+    assert meta.tranche.key == tranche_key(NEW_WEEK)
+    by_basis = meta.metrics.held_out.by_basis
     if len(weeks) == 1:  # a seeded share held out, answered from the catalogue curve
-        assert meta["rows"]["test"] == by_basis["catalogue"]["rows"] == 12
+        assert meta.rows.test == by_basis["catalogue"].rows == 12
     else:  # the newest week whole: seen parts from their curves, new ones from the catalogue
-        assert meta["rows"]["test"] == 60 and meta["held_out"].startswith("the newest tranche")
-        assert by_basis["pooled"]["rows"] == 20 and by_basis["catalogue"]["rows"] == 40
+        assert meta.rows.test == 60
+        assert meta.held_out is not None and meta.held_out.startswith("the newest tranche")
+        assert by_basis["pooled"].rows == 20 and by_basis["catalogue"].rows == 40
 
 
 # ------------------------------------------------------------ every bad tranche, one by one
@@ -521,14 +524,17 @@ def test_a_1001_row_tranche_with_one_bad_row_trains_and_keeps_the_row_in_quarant
         "line,rule,hours_to_dispatch,orders_placed,product_code",
         "501,hours_to_dispatch_negative,-3.5,42,SKU002"]
     meta = artefacts.load_latest(store).metadata
-    assert meta["rows"]["total"] == 1000
-    assert meta["quarantine"] == {"max_bad_row_share": 0.01, "rows_set_aside": 1, "tranches": [{
-        "key": key, "quarantine": where, "rows_read": 1001, "rows_set_aside": 1,
-        "rules": {"hours_to_dispatch_negative": 1}}]}
-    assert meta["history"][0]["rows_set_aside"] == 1
-    report = json.loads(store.read_bytes(meta["report"]["json"]))
-    assert report["quarantine"] == meta["quarantine"]
-    page = store.read_bytes(meta["report"]["html"]).decode()
+    assert meta.unknown_fields() == []
+    assert meta.rows.total == 1000
+    assert meta.quarantine is not None and meta.quarantine.to_data() == {
+        "max_bad_row_share": 0.01, "rows_set_aside": 1, "tranches": [{
+            "key": key, "quarantine": where, "rows_read": 1001, "rows_set_aside": 1,
+            "rules": {"hours_to_dispatch_negative": 1}}]}
+    assert meta.history[0].rows_set_aside == 1
+    assert meta.report is not None and meta.report.json_key and meta.report.html
+    report = json.loads(store.read_bytes(meta.report.json_key))
+    assert report["quarantine"] == meta.quarantine.to_data()
+    page = store.read_bytes(meta.report.html).decode()
     assert "Rows set aside" in page and where in page
     [warning] = [m for m in messages(caplog, logging.WARNING) if "set aside" in m]
     assert "1 of 1001 data rows set aside" in warning and "line 501" in warning
@@ -559,10 +565,11 @@ def test_an_older_tranche_with_one_bad_row_still_counts(
     with caplog.at_level(logging.INFO):
         assert stage(local_url, "--no-report") == 0
     meta = artefacts.load_latest(open_store(local_url)).metadata
-    assert [(h["key"], h["rows"], h["rows_set_aside"]) for h in meta["history"]] == [
+    assert [(h.key, h.rows, h.rows_set_aside) for h in meta.history] == [
         (newest, 1000, 0), (older, 46, 1)]
-    assert meta["history_left_out"] == []
-    assert meta["quarantine"]["tranches"][0]["rules"] == {"hours_to_dispatch_above_max": 1}
+    assert meta.history_left_out == []
+    assert meta.quarantine is not None
+    assert meta.quarantine.tranches[0].rules == {"hours_to_dispatch_above_max": 1}
     assert open_store(local_url).read_bytes(artefacts.quarantine_key(older)).decode().endswith(
         "48,hours_to_dispatch_above_max,9000,3,SKU001\n")
     assert not any("left out" in m for m in messages(caplog, logging.WARNING))
@@ -574,8 +581,8 @@ def test_a_30_row_week_trains_with_its_history(local_url: str) -> None:
     newest = put(local_url, NEW_WEEK, simulate_tranche(30, seed=46).to_csv())
     assert stage(local_url, "--no-report") == 0
     meta = artefacts.load_latest(open_store(local_url)).metadata
-    assert meta["tranche"]["key"] == newest and meta["rows"]["total"] == 30
-    assert [h["rows"] for h in meta["history"]] == [30, 40, 40]
+    assert meta.tranche.key == newest and meta.rows.total == 30
+    assert [h.rows for h in meta.history] == [30, 40, 40]
 
 
 def test_too_few_rows_in_the_window_is_refused_saying_what_is_needed(
@@ -665,8 +672,8 @@ def test_min_rows_per_code_boundary(edge_rows: int, learned: bool, local_url: st
     put(local_url, NEW_WEEK, simulate_tranche(1000, seed=19).to_csv() + edge.encode())
     assert stage(local_url, "--min-rows-per-code", "30", "--history-weeks", "0") == 0
     meta = artefacts.load_latest(open_store(local_url)).metadata
-    assert ("EDGE" in meta["product_codes"]) == learned
-    assert meta["rows"]["skipped_product_codes"] == ({} if learned else {"EDGE": 29})
+    assert ("EDGE" in meta.product_codes) == learned
+    assert meta.rows.skipped_product_codes == ({} if learned else {"EDGE": 29})
     assert stage(local_url, "--min-rows-per-code", "30", "--force", "--no-report") == 0
     model = artefacts.load_latest(open_store(local_url)).model
     assert model.bases["EDGE"] == ("product" if learned else "pooled")
@@ -733,16 +740,14 @@ def test_module_form_publishes_from_the_repo_root(local_url: str) -> None:
     done = run_cli([PYTHON, "-m", "pipeline.train_model", local_url], REPO_ROOT, stage_env({}))
     assert done.returncode == 0, done.stderr
     assert "ERROR" not in done.stderr and "published model" in done.stderr
-    assert artefacts.load_latest(open_store(local_url)).metadata["rows"]["total"] == 1000
+    assert artefacts.load_latest(open_store(local_url)).metadata.rows.total == 1000
 
 
 def test_bodywork_form_publishes_to_s3(s3_url: str, aws_env: Dict[str, str]) -> None:
     put(s3_url, NEW_WEEK, rows(1000))
     done = run_cli([PYTHON, "train_model.py", s3_url], PIPELINE_DIR, stage_env(aws_env))
     assert done.returncode == 0, done.stderr
-    assert artefacts.load_latest(open_store(s3_url)).metadata["tranche"]["key"] == tranche_key(
-        NEW_WEEK
-    )
+    assert artefacts.load_latest(open_store(s3_url)).metadata.tranche.key == tranche_key(NEW_WEEK)
 
 
 def test_cli_failure_is_one_error_line_without_traceback(published: str) -> None:

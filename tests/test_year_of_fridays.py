@@ -1,6 +1,6 @@
 """A few Fridays of the whole cycle under load and store faults (issue 12, part 2).
 
-The same machinery as benchmarks/year_of_fridays.py (tests/fridays.py), shortened: a
+The same machinery as benchmarks/year_of_fridays.py (testing_support/fridays.py), shortened: a
 handful of weeks on moto's S3 server behind the fault-injecting proxy, two replicas
 refreshing every second and the load generator running throughout. Every week's
 invariants hold and no valid request fails.
@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict
 
-from tests.fridays import Year, schedule
+from testing_support.fridays import Year, breach_cases, schedule
 
 WEEKS = 6
 SEED = 82  # an outage, a lost response, two runs at once, a kill, a rollback; breaches
@@ -23,8 +23,6 @@ def test_the_schedule_is_seeded_and_varied() -> None:
                                          "new-code", "vanish-code"}
     assert {w.run for w in year} >= {"normal", "503-burst", "outage", "stall", "lost-response",
                                      "killed", "two-at-once", "rollback"}
-    from tests.fridays import breach_cases
-
     assert {w.breach for w in year if w.breach} == set(breach_cases())
 
 

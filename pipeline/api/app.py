@@ -27,7 +27,6 @@ from typing import (
     Coroutine,
     Dict,
     List,
-    Mapping,
     Optional,
     Type,
     Union,
@@ -89,15 +88,9 @@ from pipeline.api.serving import (
     refresh_step,
 )
 from pipeline.api.settings import ServeSettings
-from pipeline.api.state import (
-    ServiceState,
-    accuracy_facts,
-    count_at,
-    heldout_coverage,
-    iso_utc,
-    number_at,
-)
+from pipeline.api.state import ServiceState, accuracy_facts, iso_utc
 from pipeline.artefacts import LoadedModel
+from pipeline.metadata import BasisParts, Scores
 from pipeline.model_format import BASES
 from pipeline.store import Store
 
@@ -357,12 +350,12 @@ def _fastapi(state: ServiceState, predictions: Predictions) -> FastAPI:
     async def model_info() -> ModelInfo:
         """The served model's facts: version, training, metrics, counts per basis (bounded)."""
         serving = state.serving
-        metadata = serving.metadata
+        summary = serving.summary
         lookup = serving.lookup
-        tranche = metadata.get("tranche")
+        tranche = summary.get("tranche")
         if tranche is None:
-            tranche = {key: metadata[key] for key in TRAINING_KEYS if key in metadata} or None
-        held_mae, previous_version, previous_mae = accuracy_facts(metadata)
+            tranche = {key: summary[key] for key in TRAINING_KEYS if key in summary} or None
+        held_mae, previous_version, previous_mae = accuracy_facts(serving.metadata)
         trained = lookup.orders_range
         return ModelInfo(
             model_version=serving.version,
@@ -370,17 +363,17 @@ def _fastapi(state: ServiceState, predictions: Predictions) -> FastAPI:
             published_at=serving.pointer.published_at,
             format_version=lookup.format_version,
             tranche=tranche,
-            metrics=metadata.get("metrics"),
+            metrics=summary.get("metrics"),
             product_codes=len(lookup),
             product_codes_path=PRODUCT_CODES_PATH,
             heldout_mae=held_mae,
             previous_model_version=previous_version,
             previous_realised_mae=previous_mae,
-            metadata=metadata,
+            metadata=summary,
             orders_placed_range=None if trained is None else OrdersPlacedRange(
                 min=trained[0], max=trained[1]
             ),
-            coverage_p90=coverage_p90(metadata),
+            coverage_p90=CoverageP90(overall=serving.metadata.metrics.held_out.coverage),
             bases=basis_summaries(serving),
             catalogue_curve=lookup.has_catalogue,
             unknown_products=settings.unknown_products,
@@ -471,28 +464,19 @@ def _not_found(request: Request, known: List[str]) -> str:
     return "Not Found"
 
 
-def coverage_p90(metadata: Mapping[str, Any]) -> CoverageP90:
-    """Held-out p90 coverage from the metadata (``metrics.held_out``), null where absent.
-
-    ``metrics.held_out.overall.coverage_p90`` (or ``metrics.held_out.coverage_p90``).
-    """
-    return CoverageP90(overall=heldout_coverage(metadata))
-
-
 def basis_summaries(serving: ServingModel) -> Dict[str, BasisSummary]:
     """Per basis: its parts (the artefact's count, else the metadata's ``bases.<basis>.parts``)
     and held-out accuracy (``metrics.held_out.by_basis.<basis>``), null where not recorded."""
     metadata = serving.metadata
-    scored = ("metrics", "held_out", "by_basis")
     bases = serving.lookup.bases
     counts = None if bases is None else np.bincount(bases, minlength=len(BASES)).tolist()
     summaries: Dict[str, BasisSummary] = {}
     for i, basis in enumerate(BASES):
-        parts = counts[i] if counts is not None else count_at(metadata, "bases", basis, "parts")
+        recorded = metadata.bases.get(basis, BasisParts())
+        scores = metadata.metrics.held_out.by_basis.get(basis, Scores())
         summaries[basis] = BasisSummary(
-            parts=parts, mae=number_at(metadata, *scored, basis, "mae"),
-            coverage_p90=number_at(metadata, *scored, basis, "coverage_p90"),
-            rows=count_at(metadata, *scored, basis, "rows"),
+            parts=counts[i] if counts is not None else recorded.parts, mae=scores.mae,
+            coverage_p90=scores.coverage_p90, rows=scores.rows,
         )
     return summaries
 

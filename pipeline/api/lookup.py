@@ -4,16 +4,16 @@ A published artefact of 100,000 parts is 20+ MB of JSON; parsed into Python obje
 takes 200+ MB and seconds of interpreter time. So the service never builds a
 :class:`~pipeline.model_format.DispatchModel`: :func:`prepare` (run in a child process by
 :func:`prepare_isolated`, so neither its memory nor its interpreter lock reach the
-process that answers requests) parses the artefact with orjson, checks it as strictly
-as :meth:`DispatchModel.from_json <pipeline.model_format.DispatchModel.from_json>` does, with
-numpy over all parts at once, and returns flat arrays: all knots concatenated with each
-code's offsets. :class:`Lookup` wraps those arrays for answering: a dict from code to
-position, a binary search for one answer (pure Python over memoryviews) and a
-vectorised one for a batch, equal row for row.
+process that answers requests) parses the artefact with orjson, checks it with
+:func:`~pipeline.model_format.check_artefact` (the format's one checker, which
+``DispatchModel.from_json`` uses too: numpy over all parts at once) and returns its flat
+arrays: all knots concatenated with each code's offsets. :class:`Lookup` wraps those arrays
+for answering: a dict from code to position, a binary search for one answer (pure Python
+over memoryviews) and a vectorised one for a batch
+(:meth:`~pipeline.model_format.Segments.evaluate`), equal row for row.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import pickle
@@ -22,8 +22,6 @@ import sys
 from bisect import bisect_right
 from contextlib import suppress
 from difflib import SequenceMatcher
-from itertools import chain
-from operator import methodcaller
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -31,22 +29,17 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from pipeline.metadata import HeldOut, Metadata, MetadataError, parse_document, read_metadata
 from pipeline.model_format import (
     BASES,
-    BASIS_KEY,
-    BOUND_KEY,
-    BOUND_TOLERANCE,
-    CATALOGUE_BASIS,
-    CATALOGUE_KEY,
-    RANGE_KEY,
+    CatalogueSegments,
     ModelFormatError,
-    checked_document,
+    Segments,
+    check_artefact,
 )
 
 FloatArray = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]
-BoolArray = npt.NDArray[np.bool_]
-NO_BASIS = -1
 MATCH_WIDTH = 32
 MATCH_WINDOW = 12
 MATCH_VARIANT_WINDOW = 3
@@ -66,52 +59,6 @@ class MetadataMismatch(ModelFormatError):
     """The metadata is not JSON or does not describe the artefact beside it."""
 
 
-class Segments(NamedTuple):
-    """Piecewise-linear curves, one per code: code i's are ``knots[offsets[i]:offsets[i + 1]]``."""
-
-    knots: FloatArray
-    values: FloatArray
-    offsets: IntArray
-
-    def evaluate(self, which: IntArray, orders: FloatArray) -> FloatArray:
-        """Curve ``which[r]`` at ``orders[r]`` for every row r, floored at zero.
-
-        A vectorised ``bisect_right`` within each row's curve, then the same arithmetic as
-        :meth:`Curve.predict_one <pipeline.model_format.Curve.predict_one>`, so results are equal.
-        """
-        low = self.offsets[which]
-        high = self.offsets[which + 1]
-        left, right = low.copy(), high.copy()
-        top = len(self.knots) - 1
-        steps = int(np.diff(self.offsets).max(initial=1)).bit_length() + 1
-        for _ in range(steps):
-            open_ = left < right
-            middle = (left + right) >> 1
-            above = open_ & (self.knots[np.minimum(middle, top)] <= orders)
-            left = np.where(above, middle + 1, left)
-            right = np.where(open_ & ~above, middle, right)
-        i = np.minimum(np.maximum(left - 1, low), high - 2)
-        t0, v0 = self.knots[i], self.values[i]
-        slope = (self.values[i + 1] - v0) / (self.knots[i + 1] - t0)
-        result: FloatArray = np.maximum(v0 + slope * (orders - t0), 0.0)
-        return result
-
-    def end_slopes(self) -> FloatArray:
-        """Each curve's slope beyond its last knot."""
-        last = self.offsets[1:] - 1
-        slopes: FloatArray = (self.values[last] - self.values[last - 1]) / (
-            self.knots[last] - self.knots[last - 1]
-        )
-        return slopes
-
-
-class Catalogue(NamedTuple):
-    """The catalogue-wide curve and its p90 bound, as one-curve segments."""
-
-    curve: Segments
-    bound: Segments
-
-
 class Prepared(NamedTuple):
     """A verified, checked artefact and its metadata, as arrays (picklable, compact)."""
 
@@ -122,7 +69,7 @@ class Prepared(NamedTuple):
     bounds: Optional[Segments]
     ranges: Optional[FloatArray]
     bases: Optional[npt.NDArray[np.int8]]
-    catalogue: Optional[Catalogue]
+    catalogue: Optional[CatalogueSegments]
     metadata: Dict[str, Any]
     coverage: FloatArray
     matches: "MatchIndex"
@@ -130,32 +77,20 @@ class Prepared(NamedTuple):
 
 def prepare(model_bytes: bytes, metadata_bytes: bytes, model_sha256: str) -> Prepared:
     """Parse and check an artefact and its metadata (ModelFormatError says what is wrong)."""
-    document = _document(model_bytes)
-    raw: Dict[str, Any] = document["curves"]
-    version: int = document["format_version"]
-    codes = sorted(raw)
-    specs = [raw[code] for code in codes]
-    curves = _segments(codes, specs, "")
-    bounds = ranges = bases = catalogue = None
-    if version >= 2:
-        bound_specs = _covering(codes, _field(specs, BOUND_KEY), "bounds")
-        if bound_specs is not None:
-            bounds = _segments(codes, bound_specs, f" {BOUND_KEY}")
-            _check_bounds(codes, curves, bounds)
-        range_specs = _covering(codes, _field(specs, RANGE_KEY), "ranges")
-        if range_specs is not None:
-            ranges = _ranges(codes, range_specs)
-    if version >= 3:
-        basis_specs = _covering(codes, _field(specs, BASIS_KEY), "bases")
-        if basis_specs is not None:
-            bases = _bases(codes, basis_specs)
-        if document.get(CATALOGUE_KEY) is not None:
-            catalogue = _catalogue(document[CATALOGUE_KEY])
-    metadata = _metadata(metadata_bytes, model_sha256)
+    try:
+        parsed = orjson.loads(model_bytes)
+    except orjson.JSONDecodeError as exc:
+        raise ModelFormatError(f"model artefact is not JSON: {exc}") from exc
+    checked = check_artefact(parsed)
+    del parsed
+    codes = checked.codes
+    document, metadata = _metadata(metadata_bytes, model_sha256)
     lengths = np.fromiter(map(len, codes), dtype=np.int64, count=len(codes))
     return Prepared(
-        version, "".join(codes), np.cumsum(lengths), curves, bounds, ranges, bases, catalogue,
-        summarise_metadata(metadata), _coverage(metadata, codes), match_index(codes),
+        checked.format_version, "".join(codes), np.cumsum(lengths), checked.curves,
+        checked.bounds, checked.ranges, checked.bases, checked.catalogue,
+        summarise_metadata(document), _coverage(metadata.metrics.held_out, codes),
+        match_index(codes),
     )
 
 
@@ -164,10 +99,11 @@ def prepare_isolated(
 ) -> Prepared:
     """:func:`prepare` in a fresh child process: its memory and CPU never touch this one's.
 
-    The child (``python -m pipeline.api.lookup``) imports only numpy, orjson and the model
-    module. ``background`` lowers its scheduling priority and lets it run on any CPU this
-    process may use, so the requests being answered meanwhile come first. Raises what
-    :func:`prepare` raises, or ChildProcessError when the child dies (killed, out of memory).
+    The child (``python -m pipeline.api.lookup``) imports only numpy, orjson, pydantic and
+    the model format and metadata modules. ``background`` lowers its scheduling priority and
+    lets it run on any CPU this process may use, so the requests being answered meanwhile
+    come first. Raises what :func:`prepare` raises, or ChildProcessError when the child dies
+    (killed, out of memory).
     """
     command = [sys.executable, "-m", "pipeline.api.lookup", model_sha256]
     if background:
@@ -224,201 +160,29 @@ def _child(argv: Sequence[str]) -> int:
     return 0
 
 
-def _document(data: bytes) -> Dict[str, Any]:
+def _metadata(data: bytes, model_sha256: str) -> Tuple[Dict[str, Any], Metadata]:
+    """The metadata document as parsed and as read; MetadataMismatch unless it describes the
+    artefact."""
     try:
-        document = orjson.loads(data)
-    except orjson.JSONDecodeError as exc:
-        raise ModelFormatError(f"model artefact is not JSON: {exc}") from exc
-    return checked_document(document)
-
-
-def _field(specs: Sequence[Dict[str, Any]], key: str) -> List[Any]:
-    """Each spec's value for ``key`` (None where absent)."""
-    return list(map(methodcaller("get", key), specs))
-
-
-def _covering(codes: Sequence[str], found: List[Any], name: str) -> Optional[List[Any]]:
-    """The per-code values if every code has one, None if none has; else ModelFormatError."""
-    absent = found.count(None)
-    if absent == len(codes):
-        return None
-    if absent:
-        missing = [code for code, value in zip(codes, found) if value is None]
-        raise ModelFormatError(
-            f"{name} must cover every product code or none (differ in {missing[:5]})"
-        )
-    return found
-
-
-def _segments(codes: Sequence[str], specs: Sequence[Any], suffix: str) -> Segments:
-    """Curves checked as model.py's parser does: >= 2 finite knots, increasing, values rising."""
-
-    def fail(position: int, what: str) -> None:
-        raise ModelFormatError(what.format(repr(codes[position] + suffix)))
-
-    def first(bad: BoolArray, what: str) -> None:
-        if bad.any():
-            fail(int(np.flatnonzero(bad)[0]), what)
-
-    if set(map(type, specs)) != {dict}:
-        first(np.array([type(spec) is not dict for spec in specs]), "curve for {} is not an object")
-    knots, values = _field(specs, "knots"), _field(specs, "values")
-    if set(map(type, knots)) | set(map(type, values)) != {list}:
-        first(np.array([type(k) is not list or type(v) is not list
-                        for k, v in zip(knots, values)]), "curve for {} lacks knots or values")
-    counts = np.fromiter(map(len, knots), dtype=np.int64, count=len(knots))
-    value_counts = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
-    first((counts < 2) | (counts != value_counts),
-          "curve for {} needs >= 2 knots and one value per knot")
-    offsets = np.concatenate(([0], np.cumsum(counts)))
-    total = int(offsets[-1])
-
-    def column(lists: List[Any]) -> FloatArray:
-        if not set(map(type, chain.from_iterable(lists))) <= {int, float}:
-            kinds = np.fromiter((type(x) in (int, float) for x in chain.from_iterable(lists)),
-                                np.bool_, total)
-            first(np.add.reduceat(~kinds, offsets[:-1]) > 0,
-                  "curve for {} holds a value that is not a number")
-        with np.errstate(over="ignore"):
-            return np.fromiter(chain.from_iterable(lists), np.float64, total)
-
-    k_arr, v_arr = column(knots), column(values)
-    by_code = offsets[:-1]
-
-    def per_code(bad: BoolArray) -> BoolArray:
-        flagged: BoolArray = np.add.reduceat(bad, by_code) > 0
-        return flagged
-
-    first(per_code(~(np.isfinite(k_arr) & np.isfinite(v_arr))),
-          "curve for {} holds a value that is not finite")
-    within = np.ones(total, dtype=np.bool_)
-    within[by_code] = False  # a curve's first knot has no predecessor in its curve
-    step_k = np.concatenate(([0.0], np.diff(k_arr)))
-    step_v = np.concatenate(([0.0], np.diff(v_arr)))
-    first(per_code(within & ~(step_k > 0)), "knots of {} are not strictly increasing")
-    first(per_code(within & (step_v < 0)) | (v_arr[by_code] < 0),
-          "values of {} are negative or decreasing")
-    return Segments(k_arr, v_arr, offsets)
-
-
-def _check_bounds(codes: Sequence[str], curves: Segments, bounds: Segments) -> None:
-    """ModelFormatError unless each bound is >= its estimate at 0, every knot and beyond."""
-    problem = bound_violations(curves, bounds)
-    if problem is not None:
-        i, text = problem
-        raise ModelFormatError(f"p90 bound of {codes[i]!r} {text}")
-
-
-def bound_violations(curves: Segments, bounds: Segments) -> Optional[Tuple[int, str]]:
-    """The first code (position) whose bound falls below its estimate and why, or None.
-
-    The vectorised form of :func:`pipeline.model_format.bound_violation`: both curves at 0 and at
-    every knot of either, with the same tolerance, then the slopes beyond the last knots.
-    """
-    n = len(curves.offsets) - 1
-    owners = np.arange(n)
-    points = np.concatenate((np.zeros(n), curves.knots, bounds.knots))
-    which = np.concatenate((
-        owners,
-        np.repeat(owners, np.diff(curves.offsets)),
-        np.repeat(owners, np.diff(bounds.offsets)),
-    ))
-    keep = points >= 0.0
-    points, which = points[keep], which[keep]
-    with np.errstate(all="ignore"):
-        low, high = curves.evaluate(which, points), bounds.evaluate(which, points)
-        slack = BOUND_TOLERANCE * np.maximum(1.0, np.abs(low))
-        below = ~(high >= low - slack)
-        if below.any():
-            row = np.flatnonzero(below)
-            row = row[np.lexsort((points[row], which[row]))][0]
-            return int(which[row]), (
-                f"is below the estimate at orders_placed={points[row]:g} "
-                f"({high[row]:g} < {low[row]:g})"
-            )
-        grows, needed = bounds.end_slopes(), curves.end_slopes()
-        slow = ~(grows >= needed - BOUND_TOLERANCE * np.maximum(1.0, np.abs(needed)))
-    if slow.any():
-        i = int(np.flatnonzero(slow)[0])
-        return i, (
-            f"grows slower than the estimate beyond its last knot "
-            f"({grows[i]:g} < {needed[i]:g})"
-        )
-    return None
-
-
-def _ranges(codes: Sequence[str], specs: Sequence[Any]) -> FloatArray:
-    shaped = set(map(type, specs)) == {list} and set(map(len, specs)) == {2}
-    if not (shaped and set(map(type, chain.from_iterable(specs))) <= {int, float}):
-        for code, spec in zip(codes, specs):
-            if not (type(spec) is list and len(spec) == 2
-                    and type(spec[0]) in (int, float) and type(spec[1]) in (int, float)):
-                raise ModelFormatError(f"orders_placed range of {code!r} is not [min, max]")
-    with np.errstate(over="ignore"):
-        flat = np.fromiter(chain.from_iterable(specs), np.float64, 2 * len(specs))
-    ranges = flat.reshape(len(codes), 2)
-    low, high = ranges[:, 0], ranges[:, 1]
-    bad = ~(np.isfinite(low) & np.isfinite(high) & (low >= 0.0) & (low <= high))
-    if bad.any():
-        i = int(np.flatnonzero(bad)[0])
-        raise ModelFormatError(
-            f"orders_placed range of {codes[i]!r} is not 0 <= min <= max: {list(specs[i])}"
-        )
-    return ranges
-
-
-def _bases(codes: Sequence[str], specs: Sequence[Any]) -> npt.NDArray[np.int8]:
-    positions = {basis: i for i, basis in enumerate(BASES)}
-    found = [positions.get(spec, NO_BASIS) if type(spec) is str else NO_BASIS for spec in specs]
-    index = np.array(found, dtype=np.int8)
-    if (index == NO_BASIS).any():
-        i = int(np.flatnonzero(index == NO_BASIS)[0])
-        raise ModelFormatError(f"basis of {codes[i]!r} is {specs[i]!r}, not one of {list(BASES)}")
-    return index
-
-
-def _catalogue(spec: Any) -> Catalogue:
-    if type(spec) is not dict or spec.get(BOUND_KEY) is None:
-        raise ModelFormatError("catalogue curve is not an object with a p90 bound")
-    curve = _segments([CATALOGUE_BASIS], [spec], "")
-    bound = _segments([CATALOGUE_BASIS], [spec[BOUND_KEY]], f" {BOUND_KEY}")
-    problem = bound_violations(curve, bound)
-    if problem is not None:
-        raise ModelFormatError(f"p90 bound of the catalogue curve {problem[1]}")
-    return Catalogue(curve, bound)
-
-
-def _metadata(data: bytes, model_sha256: str) -> Dict[str, Any]:
-    try:
-        metadata = json.loads(data)
-    except ValueError as exc:
-        raise MetadataMismatch(f"model metadata is not JSON: {exc}") from exc
-    if not isinstance(metadata, dict) or metadata.get("model_sha256") != model_sha256:
+        document = parse_document(data)
+    except MetadataError as exc:
+        raise MetadataMismatch(f"model metadata is {exc}") from exc
+    metadata = read_metadata(document)
+    if metadata.model_sha256 != model_sha256:
         raise MetadataMismatch("the metadata does not describe the artefact it sits beside")
-    return metadata
+    return document, metadata
 
 
-def _mapping(value: Any, key: str) -> Dict[str, Any]:
-    found = value.get(key) if isinstance(value, dict) else None
-    return found if isinstance(found, dict) else {}
-
-
-def number(value: Any) -> Optional[float]:
-    """A finite JSON number as a float, else None."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        as_float = float(value)
-        if math.isfinite(as_float):
-            return as_float
-    return None
-
-
-def _coverage(metadata: Dict[str, Any], codes: Sequence[str]) -> FloatArray:
-    """Per code, ``metrics.held_out.per_product_code.<code>.coverage_p90`` (NaN where absent)."""
-    per_code = _mapping(_mapping(_mapping(metadata, "metrics"), "held_out"), "per_product_code")
+def _coverage(held_out: HeldOut, codes: Sequence[str]) -> FloatArray:
+    """Per code, its held-out p90 coverage as recorded (NaN where absent or not finite)."""
+    per_code = held_out.per_product_code
     if not per_code:
         return np.full(len(codes), math.nan)
-    found = (number(_mapping(per_code, code).get("coverage_p90")) for code in codes)
-    return np.fromiter((math.nan if v is None else v for v in found), np.float64, len(codes))
+    found = (per_code.get(code) for code in codes)
+    values = np.fromiter((math.nan if s is None or s.coverage_p90 is None else s.coverage_p90
+                          for s in found), np.float64, len(codes))
+    values[~np.isfinite(values)] = math.nan
+    return values
 
 
 def summarise(value: Any, budget: Optional[List[int]] = None, items: int = SUMMARY_ITEMS) -> Any:
@@ -625,6 +389,8 @@ def _views(segments: Segments) -> Views:
 
 
 def _at(views: Views, i: int, orders: float) -> float:
+    # One curve at one order count in pure Python: the only such path (a single answer's);
+    # Segments.evaluate does the same arithmetic for many rows at once.
     knots, values, offsets = views
     low, high = offsets[i], offsets[i + 1]
     j = min(max(bisect_right(knots, orders, low, high) - 1, low), high - 2)

@@ -9,12 +9,11 @@ service's ``unknown_products`` setting says.
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import numpy as np
@@ -29,6 +28,7 @@ from pipeline.artefacts import (
     read_pointer,
     read_verified,
 )
+from pipeline.metadata import Metadata, parse_time, read_metadata
 from pipeline.model_format import BASES, CATALOGUE_BASIS, ModelFormatError
 from pipeline.store import Store, StoreError
 
@@ -37,7 +37,6 @@ log = logging.getLogger("pipeline.api")
 FloatArray = npt.NDArray[np.float64]
 BoolArray = npt.NDArray[np.bool_]
 IntArray = npt.NDArray[np.int64]
-TRAINED_AT_KEYS = ("created_at", "trained_at")
 
 
 class BatchRows(NamedTuple):
@@ -66,23 +65,18 @@ class BatchAnswer(NamedTuple):
     unknown: IntArray
 
 
-def parse_time(value: Any) -> Optional[datetime]:
-    """An aware datetime from an ISO 8601 string (naive means UTC), or None."""
-    if not isinstance(value, str):
-        return None
-    try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
-
-
 @dataclass(frozen=True)
 class ServingModel:
-    """One loaded model, how unknown parts are answered, and precomputed per-model facts."""
+    """One loaded model, how unknown parts are answered, and precomputed per-model facts.
+
+    ``summary`` is the metadata document summarised (what ``/api/v0.1/model`` shows) and
+    ``metadata`` that summary as the schema reads it, so the facts the service gives are the
+    ones it shows (and finite: the summary has no NaN or infinity).
+    """
 
     pointer: Pointer
-    metadata: Dict[str, Any]
+    metadata: Metadata
+    summary: Dict[str, Any]
     lookup: Lookup
     unknown_products: UnknownProducts
     trained_at: Optional[datetime]
@@ -184,16 +178,14 @@ def serving_from(
     unknown_products: UnknownProducts = UNKNOWN_REJECT,
 ) -> ServingModel:
     """The serving bundle of a prepared model (builds the code index in small steps)."""
-    metadata = prepared.metadata
-    trained = next(
-        (parse_time(metadata.get(key)) for key in TRAINED_AT_KEYS if metadata.get(key)), None
-    )
+    metadata = read_metadata(prepared.metadata)
     serving = ServingModel(
         pointer=pointer,
         metadata=metadata,
+        summary=prepared.metadata,
         lookup=Lookup(prepared),
         unknown_products=unknown_products,
-        trained_at=trained,
+        trained_at=metadata.created,
         published_at=parse_time(pointer.published_at),
         loaded_at=time.time(),
     )
@@ -211,7 +203,7 @@ def build_serving_model(
     """The serving bundle of a model already parsed (in this process; for small models)."""
     model = loaded.model
     prepared = prepare(
-        model.to_json(), json.dumps(loaded.metadata).encode(), loaded.pointer.model_sha256
+        model.to_json(), loaded.metadata.to_json(), loaded.pointer.model_sha256
     )
     # Re-written, a version 1 model reads as version 2 without bounds: say what it was.
     version = 3 if model.bases or model.catalogue else 2 if model.bounds or model.ranges else 1

@@ -3,16 +3,15 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any, Dict, Mapping, Optional, Tuple
+from typing import Optional, Tuple
 
-from pipeline.api.lookup import number
 from pipeline.api.metrics import ApiMetrics, ModelFacts, ModelQuality
 from pipeline.api.requestlog import RequestLog
 from pipeline.api.schemas import RefreshStatus
 from pipeline.api.serving import RefreshOutcome, ServingModel
 from pipeline.api.settings import ServeSettings
 from pipeline.artefacts import Pointer
-from pipeline.history import heldout_mae
+from pipeline.metadata import Metadata, PreviousModel
 from pipeline.store import Store
 
 
@@ -66,43 +65,18 @@ class ServiceState:
 
 
 def accuracy_facts(
-    metadata: Dict[str, Any]
+    metadata: Metadata
 ) -> Tuple[Optional[float], Optional[str], Optional[float]]:
     """Held-out MAE, the replaced model's version and its realised MAE, as the metadata says."""
-    previous = metadata.get("previous_model")
-    version = previous.get("model_version") if isinstance(previous, dict) else None
-    return (
-        heldout_mae(metadata),
-        None if version is None else str(version),
-        number_at(metadata, "previous_model", "realised_mae"),
-    )
+    previous = metadata.previous_model or PreviousModel()
+    return metadata.heldout_mae, previous.model_version, previous.realised_mae
 
 
-def number_at(metadata: Mapping[str, Any], *path: str) -> Optional[float]:
-    """The finite number at a path of keys in the metadata, else None."""
-    value: Any = metadata
-    for key in path:
-        value = value.get(key) if isinstance(value, Mapping) else None
-    return number(value)
-
-
-def count_at(metadata: Mapping[str, Any], *path: str) -> Optional[int]:
-    """The whole number at a path of keys in the metadata, else None."""
-    found = number_at(metadata, *path)
-    return None if found is None or found != int(found) else int(found)
-
-
-def heldout_coverage(metadata: Mapping[str, Any]) -> Optional[float]:
-    """The p90 bound's overall held-out coverage the metadata records, if any."""
-    found = number_at(metadata, "metrics", "held_out", "overall", "coverage_p90")
-    return found if found is not None else number_at(
-        metadata, "metrics", "held_out", "coverage_p90")
-
-
-def quality_facts(metadata: Mapping[str, Any]) -> ModelQuality:
+def quality_facts(metadata: Metadata) -> ModelQuality:
     """The replaced model's promised MAE, the bound's coverage and its gate's minimum."""
+    previous = metadata.previous_model or PreviousModel()
     return ModelQuality(
-        number_at(metadata, "previous_model", "heldout_mae"),
-        heldout_coverage(metadata),
-        number_at(metadata, "options", "thresholds", "coverage_min"),
+        previous.heldout_mae,
+        metadata.metrics.held_out.coverage,
+        metadata.options.thresholds.coverage_min,
     )

@@ -13,6 +13,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
+from pipeline.metadata import Drift
 from pipeline.training.validation import CODE, HOURS, ORDERS, ValidTranche
 
 DEFAULT_DRIFT_THRESHOLD = 0.2
@@ -45,15 +46,15 @@ class DriftSummary:
         """The features whose PSI is above the threshold."""
         return tuple(f.feature for f in self.features if f.drifted)
 
+    def to_metadata(self) -> Drift:
+        """As the metadata records it."""
+        return Drift(previous_tranche=self.previous_key, threshold=self.threshold,
+                     psi={f.feature: round(f.psi, 6) for f in self.features},
+                     drifted=list(self.drifted), note=self.note)
+
     def to_dict(self) -> Dict[str, Any]:
-        """A JSON-ready form for the metadata."""
-        return {
-            "previous_tranche": self.previous_key,
-            "threshold": self.threshold,
-            "psi": {f.feature: round(f.psi, 6) for f in self.features},
-            "drifted": list(self.drifted),
-            "note": self.note,
-        }
+        """A JSON-ready form, as in the metadata."""
+        return self.to_metadata().to_data()
 
 
 def _psi(expected: FloatArray, actual: FloatArray) -> float:

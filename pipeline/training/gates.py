@@ -21,6 +21,7 @@ from pandas.api.types import union_categoricals
 from scipy.stats import binomtest, t as student_t
 from sklearn.metrics import mean_absolute_error, r2_score
 
+from pipeline.metadata import Baseline, ByCode, Gate, HeldOut, Scores
 from pipeline.model_format import (
     BASES, CATALOGUE_BASIS, PRODUCT_BASIS, DispatchModel, rows_by_code,
 )
@@ -57,10 +58,13 @@ class Decision:
     detail: str
     value: Optional[float] = None
 
+    def to_metadata(self) -> Gate:
+        """As the metadata records it."""
+        return Gate(gate=self.gate, outcome=self.outcome, detail=self.detail, value=self.value)
+
     def to_dict(self) -> Dict[str, Any]:
-        """A JSON-ready form for the metadata."""
-        return {"gate": self.gate, "outcome": self.outcome, "detail": self.detail,
-                "value": self.value}
+        """A JSON-ready form, as in the metadata."""
+        return self.to_metadata().to_data()
 
 
 @dataclass(frozen=True)
@@ -72,13 +76,12 @@ class Metrics:
     r2: float
     coverage_p90: Optional[float] = None
 
-    def to_dict(self) -> Dict[str, Any]:
-        """A JSON-ready form (``coverage_p90`` only for a model with a bound)."""
-        result: Dict[str, Any] = {"rows": self.rows, "mae": round(self.mae, 6),
-                                  "r2": round(self.r2, 6)}
-        if self.coverage_p90 is not None:
-            result["coverage_p90"] = round(self.coverage_p90, 6)
-        return result
+    def to_metadata(self) -> Scores:
+        """As the metadata records it (``coverage_p90`` only for a model with a bound)."""
+        mae, r2 = round(self.mae, 6), round(self.r2, 6)
+        if self.coverage_p90 is None:
+            return Scores(rows=self.rows, mae=mae, r2=r2)
+        return Scores(rows=self.rows, mae=mae, r2=r2, coverage_p90=round(self.coverage_p90, 6))
 
 
 @dataclass(frozen=True)
@@ -140,32 +143,39 @@ class Evaluation:
     baselines_by_basis: Dict[str, Dict[str, Metrics]] = field(default_factory=dict)
     scored: Optional[Scored] = field(default=None, compare=False, repr=False)
 
-    def to_dict(self) -> Dict[str, Any]:
-        """A JSON-ready form (``by_basis`` only for a model with bases, ``baselines`` only when
-        they were scored: per baseline, ``overall`` and ``by_basis``)."""
-        result: Dict[str, Any] = {
-            "overall": self.overall.to_dict(),
-            "per_product_code": {c: m.to_dict() for c, m in sorted(self.per_code.items())},
-            "unscored_rows": self.unscored_rows,
-        }
+    def to_metadata(self) -> HeldOut:
+        """As the metadata records it (``by_basis`` only for a model with bases, ``baselines``
+        only when they were scored: per baseline, ``overall`` and, with bases, ``by_basis``)."""
+        sections: Dict[str, Any] = {}
         if self.by_basis:
-            result["by_basis"] = {b: _scored(m) for b, m in self.by_basis.items()}
+            sections["by_basis"] = {b: _scored(m) for b, m in self.by_basis.items()}
         if self.baselines:
-            result["baselines"] = {name: {
-                "overall": _scored(measured),
-                **({"by_basis": {b: _scored(m) for b, m in
-                                 self.baselines_by_basis.get(name, {}).items()}}
-                   if self.by_basis else {}),
-            } for name, measured in self.baselines.items()}
-        return result
+            sections["baselines"] = {name: self._baseline(name, measured)
+                                     for name, measured in self.baselines.items()}
+        return HeldOut(
+            overall=self.overall.to_metadata(),
+            per_product_code=ByCode(Scores, {c: m.to_metadata()
+                                             for c, m in sorted(self.per_code.items())}),
+            unscored_rows=self.unscored_rows, **sections)
+
+    def _baseline(self, name: str, measured: Metrics) -> Baseline:
+        if not self.by_basis:
+            return Baseline(overall=_scored(measured))
+        return Baseline(overall=_scored(measured), by_basis={
+            b: _scored(m) for b, m in self.baselines_by_basis.get(name, {}).items()})
+
+    def to_dict(self) -> Dict[str, Any]:
+        """A JSON-ready form, as in the metadata."""
+        return self.to_metadata().to_data()
 
 
-def _scored(measured: Metrics) -> Dict[str, Any]:
-    """``measured`` as JSON; a basis without rows has null scores, since nothing was measured."""
-    found = measured.to_dict()
-    if measured.rows == 0:
-        found.update({key: None for key in found if key != "rows"})
-    return found
+def _scored(measured: Metrics) -> Scores:
+    """``measured`` as recorded; a basis without rows has null scores: nothing was measured."""
+    if measured.rows:
+        return measured.to_metadata()
+    if measured.coverage_p90 is None:
+        return Scores(rows=0, mae=None, r2=None)
+    return Scores(rows=0, mae=None, r2=None, coverage_p90=None)
 
 
 def metrics(

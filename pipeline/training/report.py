@@ -26,6 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from pipeline.artefacts import create_once, tranche_name
+from pipeline.metadata import ByCode, Metadata, Realised, Scores
 from pipeline.model_format import DispatchModel
 from pipeline.training.gates import BASELINE_NAMES
 from pipeline.training.listing import counts_summary
@@ -99,9 +100,9 @@ class RunRecord:
     decisions: List[Dict[str, Any]] = field(default_factory=list)
     live_version: Optional[str] = None
     live_model: Optional[DispatchModel] = None
-    live_metadata: Optional[Dict[str, Any]] = None
+    live_metadata: Optional[Metadata] = None
     new_model: Optional[DispatchModel] = None
-    realised: Optional[Dict[str, Any]] = None
+    realised: Optional[Realised] = None
     outcome: str = FAILED
     summary: str = ""
     exit_status: Optional[int] = None
@@ -281,14 +282,13 @@ def accuracy_figure(record: RunRecord) -> Optional[Drawn]:
     if record.held_out:
         series.append(("new model, held-out", _maes(record.held_out)))
     if record.live_metadata is not None:
-        promised = record.live_metadata.get("metrics", {}).get("held_out", {})
-        if isinstance(promised, dict) and promised:
-            series.append(("live model, promised (held-out)", _maes(promised)))
-    if record.realised:
+        promised = record.live_metadata.metrics.held_out
+        if promised.model_fields_set:
+            series.append(("live model, promised (held-out)",
+                           _scored_maes(promised.per_product_code, promised.overall.mae)))
+    if record.realised is not None:
         series.append(("live model, realised on this tranche",
-                       {str(k): float(v["mae"]) for k, v in
-                        record.realised.get("per_product_code", {}).items()}
-                       | {"overall": float(record.realised["mae"])}))
+                       _scored_maes(record.realised.per_product_code, record.realised.mae)))
     if not series:
         return None
     every = sorted({c for _, values in series for c in values if c != "overall"})
@@ -316,6 +316,12 @@ def _maes(evaluation: Dict[str, Any]) -> Dict[str, float]:
     if isinstance(overall, dict) and overall.get("mae") is not None:
         values["overall"] = float(overall["mae"])
     return values
+
+
+def _scored_maes(per_code: ByCode[Scores], overall: Optional[float]) -> Dict[str, float]:
+    """Recorded MAE per product code and overall (codes or overall without one left out)."""
+    values = {code: scores.mae for code, scores in per_code.items() if scores.mae is not None}
+    return values if overall is None else {**values, "overall": overall}
 
 
 @_fonts
@@ -432,12 +438,7 @@ FIGURES = (
 
 def report_data(record: RunRecord, figures: Sequence[str]) -> Dict[str, Any]:
     """The JSON twin: everything the page shows, as data."""
-    live_promised = None
-    if record.live_metadata is not None:
-        try:
-            live_promised = float(record.live_metadata["metrics"]["held_out"]["overall"]["mae"])
-        except (KeyError, TypeError, ValueError):
-            live_promised = None
+    live_promised = None if record.live_metadata is None else record.live_metadata.heldout_mae
     points = record.points
     return {
         "run_id": record.run_id,
@@ -462,7 +463,7 @@ def report_data(record: RunRecord, figures: Sequence[str]) -> Dict[str, Any]:
         "live_model": None if record.live_version is None else {
             "model_version": record.live_version,
             "heldout_mae": live_promised,
-            "realised": record.realised,
+            "realised": None if record.realised is None else record.realised.to_data(),
         },
         "figures": list(figures),
         "history": record.history,

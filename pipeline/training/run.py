@@ -39,6 +39,11 @@ from sklearn.model_selection import train_test_split
 
 from pipeline import artefacts, history
 from pipeline.artefacts import Tranche, find_tranches
+from pipeline.metadata import (
+    BasisParts, ByCode, Fit, HistoryTranche, LeftOut, Metadata, Metrics, Options, Pooling,
+    PreviousModel, Quarantine, QuarantinedTranche, Realised, ReportKeys, Rows, TrainedTranche,
+    TrancheRef,
+)
 from pipeline.model_format import BASES, PRODUCT_BASIS, DispatchModel
 from pipeline.store import (
     DEFAULT_MAX_ATTEMPTS, DEFAULT_TIMEOUT_SECONDS, ConcurrentUpdate, ObjectExists, ObjectNotFound,
@@ -142,7 +147,7 @@ class Champion(NamedTuple):
     model: Optional[DispatchModel]
     version: Optional[str]
     token: Optional[str]
-    metadata: Optional[Dict[str, Any]] = None
+    metadata: Optional[Metadata] = None
     pointer: Optional[artefacts.Pointer] = None
 
 
@@ -210,25 +215,30 @@ class History(NamedTuple):
     tranches: Tuple[OlderTranche, ...] = ()
     left_out: Tuple[Tuple[str, str], ...] = ()
 
-    def to_list(self, key: str, sha256: str, newest: ValidTranche) -> List[Dict[str, Any]]:
+    def fed(self, key: str, sha256: str, newest: ValidTranche) -> List[HistoryTranche]:
         """Every tranche that fed the model, newest first: key, sha256, valid rows and rows set
         aside."""
-        return [{"key": key, "sha256": sha256, "rows": newest.rows,
-                 "rows_set_aside": newest.rows_set_aside, "newest": True}] + [
-            {"key": t.key, "sha256": t.sha256, "rows": t.rows.rows,
-             "rows_set_aside": t.rows.rows_set_aside, "newest": False}
+        return [HistoryTranche(key=key, sha256=sha256, rows=newest.rows,
+                               rows_set_aside=newest.rows_set_aside, newest=True)] + [
+            HistoryTranche(key=t.key, sha256=t.sha256, rows=t.rows.rows,
+                           rows_set_aside=t.rows.rows_set_aside, newest=False)
             for t in self.tranches]
 
-    def quarantine(self, key: str, newest: ValidTranche, share: float) -> Dict[str, Any]:
+    def left_out_with_reasons(self) -> List[LeftOut]:
+        """The older tranches left out, each with why."""
+        return [LeftOut(key=key, reason=reason) for key, reason in self.left_out]
+
+    def quarantine(self, key: str, newest: ValidTranche, share: float) -> Quarantine:
         """The rows set aside: the tolerated share, how many in all, and per tranche that set
         some aside (newest first) where they are kept and the rules they broke."""
         tranches = [
-            dict(rows.set_aside.to_dict(), key=name, quarantine=artefacts.quarantine_key(name))
+            QuarantinedTranche(key=name, quarantine=artefacts.quarantine_key(name),
+                               **rows.set_aside.to_dict())
             for name, rows in [(key, newest)] + [(t.key, t.rows) for t in self.tranches]
             if rows.set_aside is not None]
-        return {"max_bad_row_share": share,
-                "rows_set_aside": sum(t["rows_set_aside"] for t in tranches),
-                "tranches": tranches}
+        return Quarantine(max_bad_row_share=share,
+                          rows_set_aside=sum(t.rows_set_aside or 0 for t in tranches),
+                          tranches=tranches)
 
 
 def features_of(rows: ValidTranche) -> pd.DataFrame:
@@ -324,10 +334,11 @@ def read_history(
                  len(kept), options.history_weeks,
                  f", {len(left_out)} left out" if left_out else "")
     if record is not None:
-        record.history = history.to_list(delivered.key, delivered.sha256, delivered.rows)
-        record.history_left_out = [{"key": k, "reason": r} for k, r in left_out]
-        record.quarantine = history.quarantine(delivered.key, delivered.rows,
-                                               options.contract.max_bad_row_share)
+        fed = history.fed(delivered.key, delivered.sha256, delivered.rows)
+        record.history = [tranche.to_data() for tranche in fed]
+        record.history_left_out = [out.to_data() for out in history.left_out_with_reasons()]
+        record.quarantine = history.quarantine(
+            delivered.key, delivered.rows, options.contract.max_bad_row_share).to_data()
     return history
 
 
@@ -536,50 +547,56 @@ def build_metadata(
     model_sha256: str,
     history: Optional[History] = None,
     published: str = "refit on all rows",
-) -> Dict[str, Any]:
+    previous: Optional[PreviousModel] = None,
+    report: Optional[ReportKeys] = None,
+) -> Metadata:
     """Everything a reader needs to know about how the published model came to be."""
     history = history or History()
-    return {
-        "model_version": artefacts.make_model_version(created_at, model_sha256),
-        "model_sha256": model_sha256,
-        "created_at": created_at.isoformat(),
-        "tranche": {"key": tranche_key, "location": store.location(tranche_key),
-                    "sha256": tranche_sha256, "ignored_columns": list(tranche.ignored_columns)},
-        "rows": {
-            "total": tranche.rows,
-            "train": int(len(split.train)),
-            "test": int(len(split.test)),
-            "per_product_code": tranche.rows_by_code(),
-            "skipped_product_codes": dict(final.skipped),
-            "skipped_product_codes_in_training_split": dict(trained.fit.skipped),
-        },
-        "metrics": {"held_out": trained.held_out.to_dict()},
-        "fits": {code: asdict(f) for code, f in sorted(final.fits.items())},
-        "history": history.to_list(tranche_key, tranche_sha256, tranche),
-        "history_left_out": [{"key": k, "reason": r} for k, r in history.left_out],
-        "history_weeks": options.history_weeks,
-        "quarantine": history.quarantine(tranche_key, tranche,
-                                         options.contract.max_bad_row_share),
-        "bases": bases_of(final.model),
-        "pooling": final.pooling,
-        "published_model": published,
-        "held_out": split.describe(),
-        "gates": [d.to_dict() for d in decisions],
-        "drift": drift.to_dict(),
-        "product_codes": list(final.model.product_codes),
-        "library_versions": library_versions(),
-        "git_commit": git_commit(),
-        "training_seconds": round(training_seconds, 3),
-        "options": asdict(options),
-    }
+    return Metadata(
+        model_version=artefacts.make_model_version(created_at, model_sha256),
+        model_sha256=model_sha256,
+        created_at=created_at.isoformat(),
+        tranche=TrainedTranche(key=tranche_key, location=store.location(tranche_key),
+                               sha256=tranche_sha256,
+                               ignored_columns=list(tranche.ignored_columns)),
+        rows=Rows(
+            total=tranche.rows,
+            train=int(len(split.train)),
+            test=int(len(split.test)),
+            per_product_code=tranche.rows_by_code(),
+            skipped_product_codes=dict(final.skipped),
+            skipped_product_codes_in_training_split=dict(trained.fit.skipped),
+        ),
+        metrics=Metrics(held_out=trained.held_out.to_metadata()),
+        fits=ByCode(Fit, {code: Fit.model_validate(asdict(f))
+                          for code, f in sorted(final.fits.items())}),
+        history=history.fed(tranche_key, tranche_sha256, tranche),
+        history_left_out=history.left_out_with_reasons(),
+        history_weeks=options.history_weeks,
+        quarantine=history.quarantine(tranche_key, tranche,
+                                      options.contract.max_bad_row_share),
+        bases=bases_of(final.model),
+        pooling=None if final.pooling is None else Pooling.model_validate(final.pooling),
+        published_model=published,
+        held_out=split.describe(),
+        gates=[d.to_metadata() for d in decisions],
+        drift=drift.to_metadata(),
+        product_codes=list(final.model.product_codes),
+        library_versions=library_versions(),
+        git_commit=git_commit(),
+        training_seconds=round(training_seconds, 3),
+        options=Options.model_validate(asdict(options)),
+        previous_model=previous,
+        report=report,
+    )
 
 
-def bases_of(model: DispatchModel) -> Dict[str, Dict[str, int]]:
+def bases_of(model: DispatchModel) -> Dict[str, BasisParts]:
     """Parts per basis; a model without bases rests on its parts' own rows throughout."""
-    counts = {basis: {"parts": 0} for basis in BASES}
+    counts = dict.fromkeys(BASES, 0)
     for basis in model.bases.values() if model.bases else [PRODUCT_BASIS] * len(model.curves):
-        counts[basis]["parts"] += 1
-    return counts
+        counts[basis] += 1
+    return {basis: BasisParts(parts=parts) for basis, parts in counts.items()}
 
 
 class Delivered(NamedTuple):
@@ -721,14 +738,13 @@ def refit_checks(scored: FitResult, refit: FitResult, held_out: ValidTranche, sp
 
 def trained_on_this(champion: Champion, tranche_sha256: str) -> bool:
     """Whether the live model was trained on exactly these tranche bytes."""
-    return champion.metadata is not None and (
-        history.trained_on(champion.metadata)[1] == tranche_sha256)
+    return champion.metadata is not None and champion.metadata.tranche.sha256 == tranche_sha256
 
 
 def measure_realised(
     store: Store, champion: Champion, key: str, tranche_sha256: str, tranche: ValidTranche,
     run_id: str,
-) -> Optional[Dict[str, Any]]:
+) -> Optional[Realised]:
     """The live model's error on all rows of a tranche it never saw, recorded once in the store."""
     model, version = champion.model, champion.version
     if model is None or version is None:
@@ -737,46 +753,47 @@ def measure_realised(
         log.info("realised accuracy not measured: the live model %s knows none of the tranche's "
                  "product codes", version)
         return None
-    scored = evaluate(model, tranche)
-    promised = history.heldout_mae(champion.metadata or {})
-    record: Dict[str, Any] = {
-        "model_version": version,
-        "tranche": {"key": key, "sha256": tranche_sha256},
-        "rows_scored": scored.overall.rows,
-        "unscored_rows": scored.unscored_rows,
-        "mae": round(scored.overall.mae, 6),
-        "r2": round(scored.overall.r2, 6),
-        "per_product_code": scored.to_dict()["per_product_code"],
-        "by_basis": scored.to_dict().get("by_basis", {}),
-        "heldout_mae": promised,
-        "recorded_at": datetime.now(timezone.utc).isoformat(),
-        "run_id": run_id,
-    }
+    scored = evaluate(model, tranche).to_metadata()
+    promised = None if champion.metadata is None else champion.metadata.heldout_mae
+    record = Realised(
+        model_version=version,
+        tranche=TrancheRef(key=key, sha256=tranche_sha256),
+        rows_scored=scored.overall.rows,
+        unscored_rows=scored.unscored_rows,
+        mae=scored.overall.mae,
+        r2=scored.overall.r2,
+        per_product_code=scored.per_product_code,
+        by_basis=scored.by_basis,
+        heldout_mae=promised,
+        recorded_at=datetime.now(timezone.utc).isoformat(),
+        run_id=run_id,
+    )
     try:
         where, record = history.record_realised(store, record)
-        log.info("realised accuracy of the live model %s on this tranche: MAE %.4f h on %d rows "
-                 "(it promised %s h); recorded in %s", version, record["mae"],
-                 record["rows_scored"], "?" if promised is None else f"{promised:.4f}",
-                 store.location(where))
+        log.info("realised accuracy of the live model %s on this tranche: MAE %s h on %s rows "
+                 "(it promised %s h); recorded in %s", version, _hours(record.mae),
+                 record.rows_scored, _hours(promised), store.location(where))
     except StoreError as exc:
         log.warning("realised accuracy of %s not recorded: %s", version, exc)
     return record
 
 
-def previous_model(
-    champion: Champion, realised: Optional[Dict[str, Any]]
-) -> Optional[Dict[str, Any]]:
+def _hours(value: Optional[float]) -> str:
+    return "?" if value is None else f"{value:.4f}"
+
+
+def previous_model(champion: Champion, realised: Optional[Realised]) -> Optional[PreviousModel]:
     """What the new model's metadata says about the model it replaces."""
     if champion.pointer is None:
         return None
-    return {
-        "model_version": champion.pointer.model_version,
-        "model_sha256": champion.pointer.model_sha256,
-        "metadata_sha256": champion.pointer.metadata_sha256,
-        "heldout_mae": history.heldout_mae(champion.metadata or {}),
-        "realised_mae": None if realised is None else realised["mae"],
-        "realised": realised,
-    }
+    return PreviousModel(
+        model_version=champion.pointer.model_version,
+        model_sha256=champion.pointer.model_sha256,
+        metadata_sha256=champion.pointer.metadata_sha256,
+        heldout_mae=None if champion.metadata is None else champion.metadata.heldout_mae,
+        realised_mae=None if realised is None else realised.mae,
+        realised=realised,
+    )
 
 
 def run(store_url: str, options: TrainOptions, record: Optional[RunRecord] = None) -> int:
@@ -810,14 +827,13 @@ def run(store_url: str, options: TrainOptions, record: Optional[RunRecord] = Non
         final = finish(trained, verdict, tranche, options, history, record, split)
     model_bytes = final.fit.model.to_json()
     created_at = datetime.now(timezone.utc)
+    html_key, json_key = record.report_keys()
     metadata = build_metadata(
         store, delivered.key, tranche_sha256, tranche, split, trained, final.fit,
         final.decisions, drift, options, final.seconds, created_at,
         artefacts.sha256_hex(model_bytes), history, final.describe(options.refit),
+        previous_model(champion, realised), ReportKeys(html=html_key, json=json_key),
     )
-    metadata["previous_model"] = previous_model(champion, realised)
-    html_key, json_key = record.report_keys()
-    metadata["report"] = {"html": html_key, "json": json_key}
     pointer = publish_or_explain(store, model_bytes, metadata, created_at, champion.token)
     record.outcome, record.model_version = PUBLISHED, pointer.model_version
     record.summary = f"model {pointer.model_version} published" + (
@@ -928,11 +944,11 @@ def finish(
 
 
 def publish_or_explain(
-    store: Store, model_bytes: bytes, metadata: Dict[str, Any], created_at: datetime,
+    store: Store, model_bytes: bytes, metadata: Metadata, created_at: datetime,
     token: Optional[str],
 ) -> artefacts.Pointer:
     """Publish; a lost race becomes a StageFailure (exit 7) saying what happened."""
-    version = metadata["model_version"]
+    version = metadata.model_version
     try:
         return artefacts.publish(store, model_bytes, metadata, created_at, token)
     except ObjectExists as exc:

@@ -1,6 +1,6 @@
-"""Run train_model several times at once on each of some stores (test-only helper).
+"""Run train_model several times at once on each of some stores (for tests and benchmarks).
 
-    python -m tests.race_runner [--contenders 4] STORE_URL... [-- TRAIN_ARGS...]
+    python -m testing_support.races [--contenders 4] STORE_URL... [-- TRAIN_ARGS...]
 
 Imports the stage once, then for each store in turn forks ``--contenders`` children
 that meet at a barrier and each run ``train_model.main([STORE_URL, *TRAIN_ARGS])``
@@ -21,6 +21,7 @@ import tempfile
 from typing import Any, Dict, List, Optional, Sequence
 
 from pipeline.artefacts import MODELS_PREFIX, POINTER_KEY, ModelUnavailable, load_latest, sha256_hex
+from pipeline.metadata import read_metadata, read_realised
 from pipeline.model_format import DispatchModel
 from pipeline.store import Store
 
@@ -67,7 +68,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     """Race train_model on every store named; one JSON line of outcomes per store."""
     args = list(sys.argv[1:] if argv is None else argv)
     split = args.index("--") if "--" in args else len(args)
-    parser = argparse.ArgumentParser(prog="race_runner")
+    parser = argparse.ArgumentParser(prog="races")
     parser.add_argument("--contenders", type=int, default=4)
     parser.add_argument("urls", nargs="+")
     options = parser.parse_args(args[:split])
@@ -110,7 +111,7 @@ def model_problems(store: Store, complete: bool = True) -> List[str]:
         # Realised-accuracy records (pipeline.history) sit beside a model: each names it.
         for key in sorted(k for k in found if k.startswith(base + "realised/")):
             found.discard(key)
-            if json.loads(store.read_bytes(key)).get("model_version") != version:
+            if read_realised(store.read_bytes(key)).model_version != version:
                 problems.append(f"{version}: {key} describes another model")
         if not complete and found == {base + "model.json"}:
             DispatchModel.from_json(store.read_bytes(base + "model.json"))
@@ -119,10 +120,10 @@ def model_problems(store: Store, complete: bool = True) -> List[str]:
             problems.append(f"{version}: objects {sorted(found)}")
             continue
         model = store.read_bytes(base + "model.json")
-        metadata = json.loads(store.read_bytes(base + "metadata.json"))
-        if metadata.get("model_version") != version:
-            problems.append(f"{version}: metadata names {metadata.get('model_version')}")
-        if metadata.get("model_sha256") != sha256_hex(model):
+        metadata = read_metadata(store.read_bytes(base + "metadata.json"))
+        if metadata.model_version != version:
+            problems.append(f"{version}: metadata names {metadata.model_version}")
+        if metadata.model_sha256 != sha256_hex(model):
             problems.append(f"{version}: model.json does not match its metadata's sha256")
         DispatchModel.from_json(model)
     return problems

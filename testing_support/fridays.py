@@ -10,7 +10,7 @@ Each week delivers a tranche of some kind (good, drifted, a contract breach, del
 twice, older than the newest, a new product code, a vanishing one) and runs train_model
 in some way (normal, S3 503 bursts, an outage then a re-run, stalls, a lost response,
 killed mid-publish then re-run, two runs at once, a rollback with the models command
-first); then checks the week's invariants. ``python -m tests.fridays loadgen`` is the
+first); then checks the week's invariants. ``python -m testing_support.fridays loadgen`` is the
 load generator.
 
 With ``catalogue=N`` the shop is a long-tailed catalogue of N parts (``pipeline.simulate``'s
@@ -40,6 +40,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from pipeline.api.routes import BATCH_PATH, HEALTH_PATH, SINGLE_PATH
 from pipeline.artefacts import MODELS_PREFIX, POINTER_KEY, ModelUnavailable, load_latest
 from pipeline.simulate import (
     DEFAULT_PRODUCT_CODES, CatalogueWorld, catalogue_world, simulate_tranche, tranche_key,
@@ -50,9 +51,6 @@ CORE_CODES = ("SKU001", "SKU002", "SKU003")  # in every tranche, so every model 
 NEW_CODES = DEFAULT_PRODUCT_CODES + ("SKU006",)
 FEWER_CODES = DEFAULT_PRODUCT_CODES[:4]
 FIRST_FRIDAY = datetime(2026, 1, 2, 23, 0, tzinfo=timezone.utc)
-SINGLE_PATH = "/api/v0.1/time_to_dispatch"
-BATCH_PATH = "/api/v0.1/time_to_dispatch/batch"
-HEALTH_PATH = "/health"
 BATCH_ROWS = 20
 SCORE_BATCH_ROWS = 1000
 TAIL_ROWS = 30
@@ -76,7 +74,7 @@ def models_command_available() -> bool:
 
 def breach_cases() -> Dict[str, Callable[[], bytes]]:
     """Every kind of contract breach the bad-tranche tests know, by name."""
-    from tests.test_reliability_bad_tranches import BAD_TRANCHES
+    from testing_support.tranches import BAD_TRANCHES
 
     return dict(BAD_TRANCHES)
 
@@ -470,8 +468,9 @@ class Year:
     def __enter__(self) -> "Year":
         import boto3
 
-        from tests.conftest import AWS_TEST_ENV
-        from tests.reliability_support import FaultProxy, Service, stage_environment
+        from testing_support.servers import ServeProcess, refreshing
+        from testing_support.stages import AWS_TEST_ENV, stage_env
+        from testing_support.stores import FaultProxy
 
         bucket = f"fridays-{self.seed}-{int(time.time() * 1000) % 10**8}"
         client = boto3.client("s3", endpoint_url=self.endpoint, **_credentials(AWS_TEST_ENV))
@@ -482,9 +481,8 @@ class Year:
         self.serve_proxy = FaultProxy(self.endpoint).__enter__()
         self._cleanup.append(lambda: self.serve_proxy.__exit__())
         self._count_faults()
-        self.train_env = stage_environment(dict(AWS_TEST_ENV,
-                                                AWS_ENDPOINT_URL=self.train_proxy.url))
-        serve_env = stage_environment(dict(AWS_TEST_ENV, AWS_ENDPOINT_URL=self.serve_proxy.url))
+        self.train_env = stage_env(dict(AWS_TEST_ENV, AWS_ENDPOINT_URL=self.train_proxy.url))
+        serve_env = stage_env(dict(AWS_TEST_ENV, AWS_ENDPOINT_URL=self.serve_proxy.url))
         self.store = _direct_store(self.url, self.endpoint)
 
         self._deliver(0, self._good_tranche(0, self.seed, DEFAULT_PRODUCT_CODES), good=True)
@@ -494,7 +492,8 @@ class Year:
         self._remember_objects()
         self.replicas = []
         for _ in range(2):
-            service = Service(self.url, serve_env, self.workdir, refresh_seconds=self.refresh)
+            service = ServeProcess(self.url, serve_env, self.workdir,
+                                   args=refreshing(self.refresh))
             self._cleanup.append(service.close)
             self.replicas.append(service)
         for service in self.replicas:
@@ -503,7 +502,8 @@ class Year:
         self._cleanup.append(self.watch.stop)
         self.load_out = self.workdir / "load.json"
         self.loadgen = subprocess.Popen(
-            [sys.executable, "-m", "tests.fridays", "loadgen", "--out", str(self.load_out),
+            [sys.executable, "-m", "testing_support.fridays", "loadgen", "--out",
+             str(self.load_out),
              *(f"--port={s.port}" for s in self.replicas), *self._loadgen_codes()],
             cwd=Path(__file__).resolve().parents[1], env=self.train_env,
         )
@@ -591,11 +591,11 @@ class Year:
         """Every order of a fresh draw whose part the model's history holds is answered."""
         assert self.world is not None
         loaded = load_latest(self.store)
-        if loaded.metadata.get("tranche", {}).get("key") != self.newest_key:
+        if loaded.metadata.tranche.key != self.newest_key:
             return []
         seen = set()
-        for entry in loaded.metadata.get("history", []):
-            seen |= set(tranche_codes(self.store.read_bytes(entry["key"])))
+        for entry in loaded.metadata.history:
+            seen |= set(tranche_codes(self.store.read_bytes(str(entry.key))))
         newest = Counter(tranche_codes(self.newest_good_bytes))
         fresh = self.world.tranche(number, draw=1)
         codes = [str(c) for c in fresh.product_code]
@@ -670,7 +670,7 @@ class Year:
         return self._finish(label, self._start(options, faults))
 
     def _start(self, options: Sequence[str] = (), faults: Sequence[str] = ()) -> Any:
-        from tests.reliability_support import REPO_ROOT, stage_command
+        from testing_support.stages import REPO_ROOT, stage_command
 
         return subprocess.Popen(
             stage_command("pipeline.train_model", [self.url, *options], faults),
@@ -727,7 +727,7 @@ class Year:
 
     @staticmethod
     def _outcome(run: Run) -> str:
-        from tests.race_runner import published_version
+        from testing_support.races import published_version
 
         word = ("published" if published_version(run.stderr) else "kept") if run.exit == 0 else ""
         return f"{run.label.replace(' ', '-')}={run.exit}{'(' + word + ')' if word else ''}"
@@ -743,7 +743,7 @@ class Year:
         if not choices:
             return []
         target = self.rng.choice(choices)
-        from tests.reliability_support import REPO_ROOT
+        from testing_support.stages import REPO_ROOT
 
         done = subprocess.run(
             [sys.executable, "-m", "pipeline.models", self.url, "rollback", target,
@@ -778,8 +778,8 @@ class Year:
     def _check_runs(
         self, week: Week, runs: List[Run], good: bool, pointer_before: Optional[str]
     ) -> List[str]:
-        from tests.race_runner import published_version, race_problems
-        from tests.reliability_support import error_lines
+        from testing_support.races import published_version, race_problems
+        from testing_support.stages import error_lines
 
         base = {EXIT_OK} if good else {EXIT_BAD_DATA}
         problems = []
@@ -813,7 +813,7 @@ class Year:
     def _check_store(
         self, before: Dict[str, str], good: bool, pointer_before: Optional[str]
     ) -> List[str]:
-        from tests.race_runner import model_problems
+        from testing_support.races import model_problems
 
         problems = self._remember_objects()
         after = self._models()
@@ -830,7 +830,7 @@ class Year:
         elif loaded.version != pointer_before:
             if f"{MODELS_PREFIX}{loaded.version}/model.json" in before:
                 problems.append(f"the pointer moved to {loaded.version}, not a new model")
-            trained_on = loaded.metadata.get("tranche", {}).get("key")
+            trained_on = loaded.metadata.tranche.key
             if trained_on != self.newest_key:
                 problems.append(f"published {loaded.version} trained on {trained_on}, "
                                 f"not the newest tranche {self.newest_key}")
@@ -868,7 +868,7 @@ def _direct_store(url: str, endpoint: str) -> Store:
     """The store on the S3 server itself (not through a proxy), for the checks."""
     import boto3
 
-    from tests.conftest import AWS_TEST_ENV
+    from testing_support.stages import AWS_TEST_ENV
 
     store = open_store(url)
     store._s3 = boto3.client("s3", endpoint_url=endpoint,  # type: ignore[attr-defined]

@@ -1,4 +1,6 @@
-"""A second long-tailed world for the benchmarks, in which parts differ in shape, not by a factor.
+"""Simulated catalogue worlds of the benchmarks' own (their truths checked by
+tests/test_bench_worlds.py): a second long-tailed world, in which parts differ in shape, not by
+a factor, and a heavy-tailed third (:class:`HeavyWorld`).
 
 A catalogue of ``parts`` parts whose popularity falls as 1/rank (a few parts take most orders,
 most parts are ordered a handful of times a week or never), each with its own fixed truth:

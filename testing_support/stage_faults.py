@@ -1,6 +1,6 @@
-"""Run a stage's CLI with a fault planted at the store seam (test-only wrapper).
+"""Run a stage's CLI with a fault planted at the store seam (for tests and benchmarks only).
 
-    python -m tests.reliability_runner [--no-backoff] [--exit-on-write KEY] -- MODULE ARGS...
+    python -m testing_support.stage_faults [--no-backoff] [--exit-on-write KEY] -- MODULE ARGS...
 
 ``--no-backoff`` keeps botocore's standard retry mode and budget but sleeps no backoff
 (so a run that exhausts its retries ends in a second, not fifteen); it prints
@@ -65,7 +65,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     """Plant the faults asked for, then run the module as ``python -m MODULE ARGS``."""
     args = list(sys.argv[1:] if argv is None else argv)
     split = args.index("--")
-    parser = argparse.ArgumentParser(prog="reliability_runner")
+    parser = argparse.ArgumentParser(prog="stage_faults")
     parser.add_argument("--no-backoff", action="store_true")
     parser.add_argument("--exit-on-write", default=None)
     options = parser.parse_args(args[:split])
