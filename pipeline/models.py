@@ -26,6 +26,9 @@ EXIT_STORE = 3
 EXIT_UNKNOWN = 4
 EXIT_CORRUPT = 5
 EXIT_MOVED = 7
+# A catalogue of 100,000 parts is not read line by line: `show` lists the busiest parts and says
+# how many more there are (`show --json` has them all).
+SHOWN_CODES = 20
 
 log = logging.getLogger("models")
 
@@ -115,6 +118,15 @@ def realised_lines(entry: history.ModelEntry) -> List[str]:
     return lines
 
 
+def rows_text(per_code: Dict[str, int]) -> str:
+    """Rows per product code as JSON; beyond SHOWN_CODES codes, the busiest and how many more."""
+    if len(per_code) <= SHOWN_CODES:
+        return json.dumps(per_code)
+    busiest = dict(sorted(per_code.items(), key=lambda item: (-item[1], item[0]))[:SHOWN_CODES])
+    return (f"{json.dumps(busiest)} and {len(per_code) - SHOWN_CODES:,} more product codes "
+            f"({len(per_code):,} in all)")
+
+
 def show_text(store: Store, entry: history.ModelEntry) -> str:
     """One model's metadata in plain lines: its metrics overall, by basis and per code, its
     realised accuracy on later tranches, gates, drift, rollbacks and where its report is."""
@@ -125,14 +137,22 @@ def show_text(store: Store, entry: history.ModelEntry) -> str:
         f"model {entry.version}{'  (live, ' + str(entry.live_by) + ')' if entry.live else ''}",
         f"  created at       {entry.created_at}",
         f"  trained on       {data['tranche_key']} (sha256 {meta.tranche.sha256})",
-        f"  rows             {json.dumps(meta.rows.per_product_code)} total {data['rows']}",
+        f"  rows             {rows_text(meta.rows.per_product_code)} total {data['rows']}",
         f"  held-out         {metrics_text(held.overall)}",
     ]
     split = by_basis_text(held.by_basis)
     if split:
         lines.append(f"    by basis       {split}")
-    for code, values in sorted(held.per_product_code.items()):
-        lines.append(f"    {code:<14} {metrics_text(values)}")
+    per_code = held.per_product_code
+    rows = meta.rows.per_product_code
+    shown = sorted(per_code, key=lambda c: (-rows.get(c, 0), c))[:SHOWN_CODES]
+    for code in sorted(shown):
+        values = per_code.get(code)
+        if values is not None:
+            lines.append(f"    {code:<14} {metrics_text(values)}")
+    if len(per_code) > len(shown):
+        lines.append(f"    ... and {len(per_code) - len(shown):,} more product codes (the "
+                     f"{len(shown)} with the most rows are shown; --json has every one)")
     lines.append(f"  realised MAE     {_number(data['realised_mae'])}"
                  + (" (on the first tranche after its own)" if data["realised_mae"] is not None
                     else " (no later tranche yet)"))

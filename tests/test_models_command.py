@@ -516,6 +516,24 @@ def test_a_rollback_survives_the_stage_as_bodywork_and_the_schedule_run_it(
     assert live_version(local_url) == oldest
 
 
+def test_show_lists_the_busiest_codes_of_a_big_catalogue_and_says_how_many_more(
+    local_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    codes = tuple(f"P{i:03d}" for i in range(models.SHOWN_CODES + 10))
+    tranche = simulate_tranche(1200, seed=5, product_codes=codes)
+    open_store(local_url).write_bytes(tranche_key(FIRST_WEEK.isoformat()), tranche.to_csv())
+    assert train_model.main([local_url, "--no-report"]) == 0
+    capsys.readouterr()
+    assert models.main([local_url, "show", live_version(local_url)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    per_code = [line for line in lines if line.startswith("    P")]
+    assert len(per_code) == models.SHOWN_CODES
+    [more] = [line for line in lines if line.startswith("    ... and ")]
+    assert "and 10 more product codes" in more and "--json" in more
+    [rows] = [line for line in lines if line.startswith("  rows")]
+    assert "and 10 more product codes (30 in all)" in rows and len(rows) < 1000
+
+
 def test_show_prints_the_metrics_by_basis_and_the_realised_accuracy_of_later_weeks(
     three_weeks: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
