@@ -13,7 +13,7 @@ from pipeline.training.gates import (
     CODE_MEDIAN, DEFAULT_BASELINE_CONFIDENCE, FAIL, GLOBAL_MEDIAN, KEEP, PASS, WARN, LogicOptions,
     MedianBaselines, Metrics, MetricThresholds, Scored, baseline_gate, basis_gates,
     champion_gate, coverage_upper_limit, evaluate, held_out_gates, logic_gates, metric_gates,
-    metrics, observed_ranges, paired_difference,
+    metrics, metrics_by_code, observed_ranges, paired_difference,
 )
 from pipeline.training.validation import ValidTranche
 
@@ -350,3 +350,26 @@ def test_the_baselines_are_scored_and_gated_beside_the_model_per_basis() -> None
     assert "by_basis" not in evaluate(DispatchModel({"A": line(5.0, 0.5)}), held,
                                       TRAINED).to_dict()["baselines"][CODE_MEDIAN]
     assert "baselines" not in evaluate(model, held).to_dict()
+
+
+def test_metrics_by_code_agree_with_the_metrics_of_each_codes_rows() -> None:
+    rng = np.random.default_rng(3)
+    codes = np.r_[np.repeat([0, 1, 3], [50, 1, 4]), 5, 5].astype(np.int64)
+    actual = rng.gamma(2.0, 20.0, len(codes))
+    actual[51:55] = 7.0  # code 3: constant labels, missed
+    actual[55:] = 9.0  # code 5: constant labels, matched exactly
+    predicted = actual + rng.normal(0.0, 5.0, len(codes))
+    predicted[55:] = 9.0
+    upper = predicted + 8.0
+    names = ["A", "B", "C", "D", "E", "F"]
+    found = metrics_by_code(names, codes, actual, predicted, upper)
+    assert set(found) == {"A", "B", "D", "F"}
+    for index, name in enumerate(names):
+        if name in found:
+            mask = codes == index
+            expected = metrics(actual[mask], predicted[mask], upper[mask])
+            assert found[name].rows == expected.rows
+            assert found[name].mae == pytest.approx(expected.mae)
+            assert found[name].r2 == pytest.approx(expected.r2)
+            assert found[name].coverage_p90 == pytest.approx(expected.coverage_p90)
+    assert found["D"].r2 == 0.0 and found["F"].r2 == 1.0

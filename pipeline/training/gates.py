@@ -191,6 +191,30 @@ def metrics(
     return Metrics(int(len(actual)), float(mean_absolute_error(actual, predicted)), r2, coverage)
 
 
+def metrics_by_code(
+    names: Sequence[str], codes: npt.NDArray[np.int64], actual: FloatArray,
+    predicted: FloatArray, upper: Optional[FloatArray] = None,
+) -> Dict[str, Metrics]:
+    """:func:`metrics` for each product code with rows, in one pass over the rows (a catalogue
+    of 100,000 parts is scored in a second, not part by part)."""
+    size = len(names)
+    rows = np.bincount(codes, minlength=size)
+    seen = np.flatnonzero(rows)
+    count = np.maximum(rows, 1).astype(np.float64)
+    mae = np.bincount(codes, np.abs(actual - predicted), size) / count
+    spread = actual - (np.bincount(codes, actual, size) / count)[codes]
+    total = np.bincount(codes, spread * spread, size)
+    residual = np.bincount(codes, (actual - predicted) ** 2, size)
+    # As scikit-learn's r2_score: constant labels score 1 when matched exactly, else 0.
+    with np.errstate(divide="ignore", invalid="ignore"):
+        r2 = np.where(total > 0.0, 1.0 - residual / total, (residual == 0.0).astype(np.float64))
+    covered = None if upper is None else np.bincount(
+        codes, (actual <= upper).astype(np.float64), size) / count
+    return {names[i]: Metrics(int(rows[i]), float(mae[i]), float(r2[i]),
+                              None if covered is None else float(covered[i]))
+            for i in seen.tolist()}
+
+
 @dataclass(frozen=True)
 class MetricThresholds:
     """Error and warning levels: R² must not fall below, MAE (hours) must not rise above (each
@@ -270,11 +294,8 @@ def evaluate(
     actual = rows.hours_to_dispatch[answered]
     codes = rows.code_index[answered]
     own = found.basis != CATALOGUE_BASIS
-    per_code = {}
-    for index, mask in rows_by_code(codes[own], len(rows.product_codes)):
-        per_code[rows.product_codes[index]] = metrics(
-            actual[own][mask], predictions[own][mask],
-            None if upper is None else upper[own][mask])
+    per_code = metrics_by_code(rows.product_codes, codes[own], actual[own], predictions[own],
+                               None if upper is None else upper[own])
     by_basis: Dict[str, Metrics] = {}
     row_basis = found.basis if model.bases else np.full(len(codes), "")
     if model.bases:
