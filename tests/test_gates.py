@@ -10,8 +10,8 @@ import pytest
 
 from pipeline.model_format import Curve, DispatchModel
 from pipeline.training.gates import (
-    CODE_MEDIAN, DEFAULT_BASELINE_CONFIDENCE, FAIL, GLOBAL_MEDIAN, KEEP, PASS, WARN, LogicOptions,
-    MedianBaselines, Metrics, MetricThresholds, Scored, baseline_gate, basis_gates,
+    CODE_MEDIAN, DEFAULT_BASELINE_CONFIDENCE, FAIL, GLOBAL_MEDIAN, KEEP, PASS, WARN, Decision,
+    LogicOptions, MedianBaselines, Metrics, MetricThresholds, Scored, baseline_gate, basis_gates,
     champion_gate, coverage_upper_limit, evaluate, held_out_gates, logic_gates, metric_gates,
     metrics, metrics_by_code, observed_ranges, paired_difference,
 )
@@ -373,3 +373,22 @@ def test_metrics_by_code_agree_with_the_metrics_of_each_codes_rows() -> None:
             assert found[name].r2 == pytest.approx(expected.r2)
             assert found[name].coverage_p90 == pytest.approx(expected.coverage_p90)
     assert found["D"].r2 == 0.0 and found["F"].r2 == 1.0
+
+
+def test_a_basis_losing_a_percent_beyond_sampling_error_warns_a_material_loss_fails() -> None:
+    bases = {"A": "product", "B": "pooled"}
+    hours = 100.0 + np.random.default_rng(7).normal(0.0, 20.0, 10_000)
+    x = np.arange(100.0)
+    held = rows(["A"] * 100 + ["B"] * 10_000, np.concatenate([x, np.zeros(10_000)]),
+                np.concatenate([5.0 + x / 2, hours]))
+
+    def pooled_gate(flat: float) -> Decision:
+        model = DispatchModel({"A": line(5.0, 0.5), "B": line(flat, 0.0)},
+                              {c: line(500.0, 1.0) for c in bases}, bases=bases)
+        found = basis_gates(evaluate(model, held, TRAINED), MetricThresholds())
+        return next(d for d in found if d.gate == "mae_vs_code_median_pooled")
+
+    slight = pooled_gate(102.0)  # about 1% worse than B's median, 100 h, on 10,000 rows
+    assert slight.outcome == WARN and "not refused for one basis" in slight.detail
+    assert "beyond sampling error" in slight.detail
+    assert pooled_gate(130.0).outcome == FAIL

@@ -250,8 +250,19 @@ def test_a_random_walk_follows_the_newest_week_and_weekly_noise_is_averaged_out(
     assert fit["model"] == "random walk" and forecast == pytest.approx(steps[0], abs=0.02)
     noise = np.random.default_rng(0).normal(0.0, 0.3, 30)
     forecast, fit = local_level_forecast(noise, np.full(30, 1e-6))
-    assert fit["model"] == "random walk + weekly noise"
+    assert fit["model"] == "constant level + weekly noise"
     assert abs(forecast - noise.mean()) < abs(noise[0] - noise.mean())
+    # Two weeks: both explain the one step alike; the walk follows the newest.
+    forecast, fit = local_level_forecast(np.array([0.3, 0.0]), np.full(2, 1e-6))
+    assert fit["model"] == "random walk" and forecast == pytest.approx(0.3, abs=0.01)
+
+
+def test_a_week_slowed_by_a_holiday_does_not_set_next_weeks_level() -> None:
+    # Log levels, newest first: the newest week sat far below the four before it.
+    levels = np.log(np.array([1.0, 1.60, 1.33, 1.21, 1.33]))
+    forecast, fit = local_level_forecast(levels, np.full(5, 3e-5))
+    assert fit["model"] == "constant level + weekly noise"
+    assert np.exp(forecast) > 1.2
 
 
 def test_a_stores_first_tranche_is_calibrated_on_folds_at_a_wider_level() -> None:
@@ -290,6 +301,10 @@ def test_a_busy_part_rests_on_its_rows_of_every_week_moved_to_the_newest_level()
     estimate = regressor.predict(frame([busy], np.array([75.0]), np.zeros(1)))[0]
     newest_median = 40.0 * shop.factor[0] * regressor.summary_.next_week_level
     assert 0.85 < estimate / newest_median < 1.15
+    # Older weeks are taken up to cv_max_rows rows a part, the newest week always whole.
+    newest = int(((X["product_code"] == busy) & (X[TRANCHE] == 0)).sum())
+    capped = PooledDispatchRegressor(n_jobs=1, cv_max_rows=newest + 10).fit(X, y)
+    assert capped.fits_[busy].rows == newest + 10
 
 
 def test_a_bucket_with_a_few_scores_borrows_every_score_never_a_zero_width() -> None:

@@ -87,6 +87,11 @@ LEVEL_VARIANCES = np.concatenate(([0.0], np.geomspace(1e-5, 1.0, 31)))
 # A weekly noise besides the random walk is kept only when it gains this much log-likelihood
 # (Akaike's price of one more parameter): with a handful of weeks a random walk is the default.
 WEEKLY_NOISE_GAIN = 1.0
+# A constant level is kept over a random walk only when the likelihood prefers it by this much:
+# with two weeks both explain the step alike (their grids decide), and the walk is the default.
+STAYS_GAIN = 0.5
+WALK, STAYS, WALK_AND_NOISE = ("random walk", "constant level + weekly noise",
+                               "random walk + weekly noise")
 OUT_OF_TIME = "later weeks"
 WITHIN_WEEK = "each row against the rest of its week"
 
@@ -218,19 +223,24 @@ class Shifts:
 def local_level_forecast(levels: FloatArray, variances: FloatArray) -> Tuple[float, Dict[str, Any]]:
     """Next week's level from the weeks' (newest first) by a local-level model, and its fit.
 
-    Each week's level is observed with its sampling variance (plus, when the likelihood says so,
-    a weekly noise ``r``) around a random walk with step variance ``q``; both are chosen by
-    maximum likelihood on a grid, and the forecast is the Kalman filter's level after the
-    newest week. A thin week has a large variance and moves the forecast little.
+    Each week's level is observed with its sampling variance around a level that either walks
+    (a random walk, step variance ``q``: next week is like the newest) or stays (a constant
+    level with weekly noise ``r``: next week is like the weeks' average, as when a holiday or a
+    queue shifts one week and the next comes back); each variance is chosen by maximum
+    likelihood on a grid, the constant level is kept when it is likelier by STAYS_GAIN, and
+    both together (``q`` and ``r``) only when they gain WEEKLY_NOISE_GAIN more. The forecast
+    is the Kalman filter's level after the newest week. A thin week has a large variance and
+    moves the forecast little.
     """
     obs, var = levels[::-1], variances[::-1]
     if len(obs) < 2:
         return float(levels[0]), {"weeks": int(len(obs)), "model": "one week", "step_variance":
                                   0.0, "weekly_variance": 0.0, "forecast_variance": 0.0}
-    q = LEVEL_VARIANCES[:, None]
+    q_all = LEVEL_VARIANCES[:, None]
     r_all = LEVEL_VARIANCES[None, :]
     best: Dict[str, Any] = {}
-    for name, r in (("random walk", np.zeros((1, 1))), ("random walk + weekly noise", r_all)):
+    zero = np.zeros((1, 1))
+    for name, q, r in ((WALK, q_all, zero), (STAYS, zero, r_all), (WALK_AND_NOISE, q_all, r_all)):
         state = np.full(np.broadcast(q, r).shape, obs[0])
         spread = var[0] + r + 0.0 * q
         level_var = np.broadcast_to(spread, state.shape).copy()
@@ -246,9 +256,10 @@ def local_level_forecast(levels: FloatArray, variances: FloatArray) -> Tuple[flo
         step, weekly = float(q[i[0], 0]), float(np.broadcast_to(r, loglik.shape)[i])
         best[name] = (float(loglik[i]), float(state[i]), step, weekly,
                       float(level_var[i]) + step + weekly)
-    walk, noisy = best["random walk"], best["random walk + weekly noise"]
-    name, chosen = (("random walk + weekly noise", noisy)
-                    if noisy[0] - walk[0] > WEEKLY_NOISE_GAIN else ("random walk", walk))
+    name = STAYS if best[STAYS][0] - best[WALK][0] > STAYS_GAIN else WALK
+    if best[WALK_AND_NOISE][0] - best[name][0] > WEEKLY_NOISE_GAIN:
+        name = WALK_AND_NOISE
+    chosen = best[name]
     return chosen[1], {"weeks": int(len(obs)), "model": name, "step_variance": chosen[2],
                        "weekly_variance": chosen[3], "forecast_variance": chosen[4]}
 
@@ -464,10 +475,19 @@ def _fit_product_parts(
     """Each part with ``min_rows_per_code`` rows in the newest tranche gets its own curve,
     fitted on its rows of every week of the window, each older row moved to the newest week's
     level (the weeks' levels are warehouse-wide): a busy part's curve rests on the window, not
-    on one week that a holiday or a queue may have shifted."""
+    on one week that a holiday or a queue may have shifted. Older weeks are taken newest first
+    up to ``cv_max_rows`` rows a part (its newest week whole), so the busiest parts of a
+    13-week window do not multiply the memory the fits take."""
     busy = newest_rows[index] >= regressor.min_rows_per_code
     if not busy.any():  # no part of its own: the regressor says so for the newest rows
         busy = tranche == 0
+    else:
+        order = np.lexsort((tranche, index))
+        starts = np.searchsorted(index[order], index[order], side="left")
+        position = np.empty(len(index), dtype=np.int64)
+        position[order] = np.arange(len(index)) - starts
+        cap = np.maximum(newest_rows[index], regressor.cv_max_rows)
+        busy &= position < cap
     moved = np.where(tranche == 0, hours, np.maximum(at_newest_level, 0.0))[busy]
     frame = pd.DataFrame({CODE: pd.Categorical.from_codes(index[busy], names),
                           ORDERS: orders[busy]})
