@@ -1,16 +1,14 @@
-"""Shared fixtures: a real S3 API over HTTP (moto's server) and stores on it or on disk; and
-the model's own answers, the oracles the service's answers are held to."""
+"""Shared fixtures: a real S3 API over HTTP (moto's server) and stores on it or on disk. Kept to
+what the deployment checks' environment (Python 3.9, no pipeline packages) can import; the model's
+own answers, the oracles the service is held to, are in tests/oracles.py."""
 from __future__ import annotations
 
 import uuid
 from pathlib import Path
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator
 
-import numpy as np
 import pytest
 
-from pipeline.api.lookup import Lookup, prepare
-from pipeline.model_format import Curve, DispatchModel
 from testing_support.stages import AWS_TEST_ENV
 from testing_support.stores import moto_server
 
@@ -56,23 +54,3 @@ def store_url(request: pytest.FixtureRequest) -> str:
     """Each test with this fixture runs against both kinds of store."""
     name = "local_url" if request.param == "local" else "s3_url"
     return str(request.getfixturevalue(name))
-
-
-def at(curve: Curve, orders: float) -> float:
-    """A curve's estimate at one order count (through Curve.predict)."""
-    return float(curve.predict(np.array([orders], dtype=np.float64))[0])
-
-
-def served(model: DispatchModel) -> Lookup:
-    """The model as the service holds it: its artefact parsed, checked and put in columns."""
-    return Lookup(prepare(model.to_json(), b'{"model_sha256": "s"}', "s"))
-
-
-def answers(
-    model: DispatchModel, code: str, orders: float
-) -> Tuple[float, Optional[float], Optional[bool]]:
-    """A model's estimate, p90 bound and extrapolated flag for one row (its batch path);
-    KeyError for a code it does not know."""
-    estimate, upper, outside = model.predict_bounded([code], [orders])
-    return (float(estimate[0]), None if upper is None else float(upper[0]),
-            None if outside is None else bool(outside[0]))

@@ -12,7 +12,7 @@ from pipeline.api.app import refresh_once
 from pipeline.artefacts import load_latest
 from pipeline.store import Store
 from tests.api_support import BATCH, CODES, SINGLE, make_app, new_store, publish_fitted, rows
-from tests.conftest import answers
+from tests.oracles import answers
 
 MODEL = "/api/v0.1/model"
 CODES_PAGE = "/api/v0.1/model/product_codes"

@@ -24,7 +24,7 @@ from pipeline.model_format import CatalogueCurve, Curve, DispatchModel, ModelFor
 from pipeline.store import Store
 from testing_support.models import catalogue_artefact
 from tests.api_support import BATCH, CODES, SINGLE, make_app, new_store, publish_raw, rows
-from tests.conftest import answers, at
+from tests.oracles import answers, at
 from tests.test_reliability_model import near_artefacts
 
 MODEL = "/api/v0.1/model"

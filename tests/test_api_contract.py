@@ -24,7 +24,7 @@ from tests.api_support import (
     publish_raw,
     rows,
 )
-from tests.conftest import answers as model_answers
+from tests.oracles import answers as model_answers
 
 BAD_SINGLE: List[Tuple[str, bytes, List[Any], str]] = [
     ("missing code", b'{"orders_placed": 3}', ["body", "product_code"], "missing"),

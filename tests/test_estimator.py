@@ -17,7 +17,7 @@ from pipeline.training.estimator import (
     DEFAULT_FAMILIES, CurveFamilies, DispatchTimeRegressor, MonotoneCurveRegressor, features,
     fit_code, simplest_within_tolerance,
 )
-from tests.conftest import at
+from tests.oracles import at
 
 
 def _data(

@@ -11,7 +11,7 @@ from pipeline.api.lookup import Lookup, prepare
 from pipeline.model_format import Curve, DispatchModel, ModelFormatError
 from pipeline.simulate import noise_floor_mae, simulate_tranche
 from pipeline.training.estimator import DEFAULT_FAMILIES, fit_code, fit_model
-from tests.conftest import answers, at
+from tests.oracles import answers, at
 
 ACCURACY_MARGIN = 1.03
 

@@ -21,7 +21,7 @@ from pipeline.model_format import (
     with_bounds,
 )
 from testing_support.models import v1_artefact, with_test_bounds
-from tests.conftest import answers, at
+from tests.oracles import answers, at
 
 ESTIMATE = Curve((0.0, 100.0, 200.0), (1.0, 3.0, 4.0))
 BOUND = Curve((0.0, 50.0, 200.0), (2.0, 4.0, 6.0))

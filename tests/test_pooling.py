@@ -18,7 +18,7 @@ from pipeline.training.pooling import (
     OUT_OF_TIME, PRODUCT_GROUP, TRANCHE, WITHIN_WEEK, PooledDispatchRegressor, bucket_names,
     group_quantiles, local_level_forecast, rows_bucket,
 )
-from tests.conftest import at
+from tests.oracles import at
 
 
 def frame(codes: List[str], orders: np.ndarray, tranche: np.ndarray) -> pd.DataFrame:

@@ -33,7 +33,7 @@ from pipeline.artefacts import LoadedModel, load_latest
 from pipeline.model_format import CatalogueCurve, Curve
 from pipeline.store import open_store
 from testing_support.models import publish_model, simple_model, with_test_bounds
-from tests.conftest import answers as model_answers
+from tests.oracles import answers as model_answers
 
 SINGLE = "/api/v0.1/time_to_dispatch"
 BATCH = "/api/v0.1/time_to_dispatch/batch"

@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 
 from pipeline.model_format import Curve, DispatchModel, ModelFormatError
 from pipeline.training.estimator import fit_model
-from tests.conftest import answers, served
+from tests.oracles import answers, served
 
 # The largest order count the fuzzing offers: far beyond any real week's trade.
 MAX_ORDERS = 1e9

@@ -27,7 +27,7 @@ from pipeline.serve_model import parse_options
 from testing_support.models import fitted_model, publish_model
 from testing_support.servers import ServeProcess, call, request
 from testing_support.stages import can_connect, stage_env
-from tests.conftest import answers
+from tests.oracles import answers
 from tests.serve_support import RefusedRun, Tally, publish_broken, rows_for
 
 

@@ -19,7 +19,7 @@ from pipeline.model_format import DispatchModel
 from testing_support.models import fitted_model, publish_model
 from testing_support.servers import ServeProcess
 from testing_support.stages import stage_env, wait_for
-from tests.conftest import answers as model_answers
+from tests.oracles import answers as model_answers
 from tests.serve_support import Answer, Tally, keep_asking, publish_broken, rows_for
 
 REFRESH_SECONDS = 1
