@@ -397,14 +397,15 @@ def paired_difference(
 
 
 def baseline_gate(
-    gate: str, baseline: str, scored: Scored, confidence: float
+    gate: str, baseline: str, scored: Scored, confidence: float, tolerance: float = 0.0
 ) -> Decision:
     """The model must be at least as accurate (MAE) as a baseline on the same held-out rows.
 
     It fails when it is worse beyond sampling error (the one-sided lower confidence limit of the
-    paired difference is above 0), warns when it is worse within it, and passes otherwise: a
-    small shop's week of a dozen held-out rows is not refused for a model as good as the median,
-    and a model that clearly loses to it is.
+    paired difference is above 0) and by more than ``tolerance`` of the baseline's MAE, warns
+    when it is worse otherwise, and passes when it is not worse: a small shop's week of a dozen
+    held-out rows is not refused for a model as good as the median, and a model that clearly
+    loses to it is.
     """
     if len(scored.actual) == 0:
         return Decision(gate, FAIL, f"{NO_HELD_OUT}: nothing shows it is as accurate as "
@@ -416,7 +417,11 @@ def baseline_gate(
              f"{found.difference:+.4f} h, one-sided {confidence:.0%} lower limit "
              f"{found.lower:+.4f} h)")
     if found.lower > 0.0:
-        return Decision(gate, FAIL, f"{words}: the model is less accurate beyond sampling error",
+        beyond = f"{words}: the model is less accurate beyond sampling error"
+        if found.difference > tolerance * found.baseline_mae:
+            return Decision(gate, FAIL, beyond, found.difference)
+        return Decision(gate, WARN, f"{beyond}, by {found.difference:.4f} h, within "
+                        f"{tolerance:.0%} of its MAE: not refused for one basis",
                         found.difference)
     if found.difference > 0.0:
         return Decision(gate, WARN, f"{words}: the model is less accurate, within sampling "
@@ -424,12 +429,14 @@ def baseline_gate(
     return Decision(gate, PASS, f"{words}: at least as accurate", found.difference)
 
 
-def baseline_gates(scored: Optional[Scored], confidence: float) -> Tuple[Decision, ...]:
+def baseline_gates(
+    scored: Optional[Scored], confidence: float, tolerance: float = 0.0
+) -> Tuple[Decision, ...]:
     """The model against each baseline on some scored rows (``mae_vs_<baseline>``); none when
     no baseline was scored."""
     if scored is None:
         return ()
-    return tuple(baseline_gate(f"mae_vs_{name}", name, scored, confidence)
+    return tuple(baseline_gate(f"mae_vs_{name}", name, scored, confidence, tolerance)
                  for name in scored.baselines)
 
 
@@ -472,7 +479,10 @@ def basis_gates(
     """The metric and baseline gates again on each basis's held-out rows (``<gate>_<basis>``).
 
     Against a baseline, a basis fails only when it loses beyond sampling error by more than
-    BASIS_LOSS_TOLERANCE of the baseline's MAE; a smaller loss warns (:func:`_material`).
+    BASIS_LOSS_TOLERANCE of the baseline's MAE; a smaller loss warns. A week's level moves every
+    part of a basis together, so thousands of rows of one week are one draw of it: a model that
+    followed last week's level loses a percent or two to a median that lags, by luck, not by
+    what it knows of the parts. The overall gate stays exact.
 
     Only when the held-out rows span more than one basis (otherwise they repeat the overall
     gates word for word); a basis with fewer than ``min_rows`` held-out rows is scored (in the
@@ -490,30 +500,13 @@ def basis_gates(
                 f"{basis} parts have {basis_metrics.rows} held-out rows, fewer than {min_rows}: "
                 f"scored with the rest, not gated on their own")))
             continue
-        own = None if held_out.scored is None else held_out.scored.subset(
-            held_out.scored.basis == basis)
-        baselines = tuple(_material(d, own) for d in
-                          baseline_gates(own, thresholds.baseline_confidence))
+        own = held_out.scored
+        baselines = baseline_gates(None if own is None else own.subset(own.basis == basis),
+                                   thresholds.baseline_confidence, BASIS_LOSS_TOLERANCE)
         for d in metric_gates(basis_metrics, thresholds) + baselines:
             detail = f"{basis} parts ({basis_metrics.rows} rows): {d.detail}"
             decisions.append(Decision(f"{d.gate}_{basis}", d.outcome, detail, d.value))
     return tuple(decisions)
-
-
-def _material(decision: Decision, scored: Optional[Scored]) -> Decision:
-    """A basis's loss to a baseline fails only beyond BASIS_LOSS_TOLERANCE of the baseline's
-    MAE. A week's level moves every part of a basis together, so thousands of rows of one week
-    are one draw of it: a model that followed last week's level loses a percent or two to a
-    median that lags, by luck, not by what it knows of the parts. The overall gate stays exact."""
-    if decision.outcome != FAIL or scored is None or decision.value is None:
-        return decision
-    name = decision.gate[len("mae_vs_"):]
-    baseline_mae = float(np.mean(np.abs(scored.actual - scored.baselines[name])))
-    if decision.value > BASIS_LOSS_TOLERANCE * baseline_mae:
-        return decision
-    return Decision(decision.gate, WARN, f"{decision.detail}, by {decision.value:.4f} h, within "
-                    f"{BASIS_LOSS_TOLERANCE:.0%} of its MAE: not refused for one basis",
-                    decision.value)
 
 
 @dataclass(frozen=True)
