@@ -11,7 +11,7 @@ import getpass
 import json
 import logging
 import sys
-from typing import Any, Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
 
 from pipeline import artefacts, history
 from pipeline.artefacts import tranche_timestamp
@@ -118,12 +118,17 @@ def realised_lines(entry: history.ModelEntry) -> List[str]:
     return lines
 
 
+def busiest(codes: Iterable[str], rows: Mapping[str, int]) -> List[str]:
+    """The SHOWN_CODES codes with the most rows (ties by code), busiest first."""
+    return sorted(codes, key=lambda code: (-rows.get(code, 0), code))[:SHOWN_CODES]
+
+
 def rows_text(per_code: Dict[str, int]) -> str:
     """Rows per product code as JSON; beyond SHOWN_CODES codes, the busiest and how many more."""
     if len(per_code) <= SHOWN_CODES:
         return json.dumps(per_code)
-    busiest = dict(sorted(per_code.items(), key=lambda item: (-item[1], item[0]))[:SHOWN_CODES])
-    return (f"{json.dumps(busiest)} and {len(per_code) - SHOWN_CODES:,} more product codes "
+    busiest_rows = {code: per_code[code] for code in busiest(per_code, per_code)}
+    return (f"{json.dumps(busiest_rows)} and {len(per_code) - SHOWN_CODES:,} more product codes "
             f"({len(per_code):,} in all)")
 
 
@@ -145,7 +150,7 @@ def show_text(store: Store, entry: history.ModelEntry) -> str:
         lines.append(f"    by basis       {split}")
     per_code = held.per_product_code
     rows = meta.rows.per_product_code
-    shown = sorted(per_code, key=lambda c: (-rows.get(c, 0), c))[:SHOWN_CODES]
+    shown = busiest(per_code, rows)
     for code in sorted(shown):
         values = per_code.get(code)
         if values is not None:
