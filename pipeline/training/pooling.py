@@ -447,7 +447,7 @@ def fit_pooled(rows: Rows, regressor: "PooledDispatchRegressor",
     forecast, week_model = local_level_forecast(levels[measured], variances[measured])
     median_shift = float(np.median(residuals))
     product = _fit_product_parts(regressor, names, index, orders, hours, tranche,
-                                 np.exp(z - levels[tranche]) - offset, newest_rows)
+                                 z - levels[tranche], offset, newest_rows)
     scored: Tuple[FloatArray, IntArray] = (np.zeros(0), np.zeros(0, dtype=np.int64))
     if within_week:
         where = {code: i for i, code in enumerate(names)}
@@ -470,14 +470,15 @@ def fit_pooled(rows: Rows, regressor: "PooledDispatchRegressor",
 def _fit_product_parts(
     regressor: "PooledDispatchRegressor", names: Sequence[str], index: IntArray,
     orders: FloatArray, hours: FloatArray, tranche: IntArray, at_newest_level: FloatArray,
-    newest_rows: FloatArray,
+    offset: float, newest_rows: FloatArray,
 ) -> DispatchTimeRegressor:
     """Each part with ``min_rows_per_code`` rows in the newest tranche gets its own curve,
     fitted on its rows of every week of the window, each older row moved to the newest week's
     level (the weeks' levels are warehouse-wide): a busy part's curve rests on the window, not
     on one week that a holiday or a queue may have shifted. Older weeks are taken newest first
     up to ``cv_max_rows`` rows a part (its newest week whole), so the busiest parts of a
-    13-week window do not multiply the memory the fits take."""
+    13-week window do not multiply the memory the fits take. ``at_newest_level``: each row's
+    ``log(hours + offset)`` at the newest week's level."""
     busy = newest_rows[index] >= regressor.min_rows_per_code
     if not busy.any():  # no part of its own: the regressor says so for the newest rows
         busy = tranche == 0
@@ -488,7 +489,9 @@ def _fit_product_parts(
         position[order] = np.arange(len(index)) - starts
         cap = np.maximum(newest_rows[index], regressor.cv_max_rows)
         busy &= position < cap
-    moved = np.where(tranche == 0, hours, np.maximum(at_newest_level, 0.0))[busy]
+    newest = tranche[busy] == 0
+    moved = np.where(newest, hours[busy],
+                     np.maximum(np.exp(at_newest_level[busy]) - offset, 0.0))
     frame = pd.DataFrame({CODE: pd.Categorical.from_codes(index[busy], names),
                           ORDERS: orders[busy]})
     return regressor.product_regressor().fit(frame, moved)
